@@ -1,0 +1,1 @@
+"""Report decoders (image -> report). Not built yet: see issue 5."""

@@ -1,0 +1,192 @@
+"""The ``radloop`` command line: ``radloop <verb> [--config FILE] [key=value ...]``.
+
+Every verb is callable in-process through :func:`main` (tests do so). Bad input ends with one
+line ``radloop: error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from shared.config import ConfigError, load_config, save_run_config
+from shared.data.dataset import DataError
+
+from . import __version__
+
+logger = logging.getLogger("radloop")
+
+#: Stages of the full loop that later work adds; `radloop demo` names those still missing.
+NOT_BUILT_YET = {
+    "backbone": "shared vision-language backbone and training loop (issue 4)",
+    "report model": "image2report decoders (issue 5)",
+    "diffusion model": "report2image latent diffusion (issue 6)",
+    "evaluation": "report/image/loop metrics and the report labeler (issue 3)",
+    "counterfactuals + augmentation + HTML report": "radloop demo workflow (issue 7)",
+}
+
+
+def _echo(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _synth_defaults() -> dict:
+    from shared.data.synthcxr import SynthConfig
+
+    return {"synth": asdict(SynthConfig())}
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from shared.data.synthcxr import SynthConfig, contact_sheet, generate_dataset
+
+    overrides = list(args.overrides)
+    for flag, key in (("patients", "patients"), ("studies_per_patient", "studies_per_patient"),
+                      ("size", "size"), ("seed", "seed"), ("views", "views"), ("workers", "workers")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"synth.{key}={value}")
+    cfg = load_config(_synth_defaults(), args.config, overrides)
+    synth = SynthConfig(**OmegaConf.to_container(cfg.synth, resolve=True))
+    if args.preview:
+        path = contact_sheet(args.preview, size=synth.size, seed=synth.seed)
+        _echo(f"wrote contact sheet {path}")
+    if args.out is None:
+        if not args.preview:
+            raise ConfigError("give --out DIR (and/or --preview FILE)")
+        return 0
+    start = time.perf_counter()
+    summary = generate_dataset(args.out, synth, overwrite=args.overwrite, progress=not args.quiet)
+    save_run_config(cfg, args.out, argv=sys.argv)
+    seconds = time.perf_counter() - start
+    _echo(f"wrote {summary['studies']} studies to {args.out} in {seconds:.1f} s "
+          f"(train/val/test {summary['splits']['train']}/{summary['splits']['val']}/{summary['splits']['test']}, "
+          f"{summary['degraded']} degraded, {summary['wrong_reports']} wrong reports)")
+    return 0
+
+
+def cmd_iu_reports(args: argparse.Namespace) -> int:
+    from shared.data.iu_xray import write_iu_reports
+
+    count = write_iu_reports(args.out, args.archive)
+    _echo(f"wrote {count} IU X-ray reports to {args.out}")
+    return 0
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from shared.data.dataset import load_records
+    from shared.text.tokenizer import ReportTokenizer
+
+    records = [r for r in load_records(args.annotation) if r.get("split", "train") == "train"]
+    if not records:
+        raise DataError(f"{args.annotation} has no training studies to fit a tokenizer on")
+    tok = ReportTokenizer.fit((r["report"] for r in records), min_freq=args.min_freq, dataset=args.dataset)
+    path = tok.save_pretrained(args.out)
+    _echo(f"wrote {path} ({len(tok)} tokens from {len(records)} training reports)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shared.data.synthcxr import SynthConfig, contact_sheet, generate_dataset
+    from shared.text.tokenizer import ReportTokenizer
+
+    out = Path(args.out)
+    times: list[tuple[str, float]] = []
+
+    def stage(name: str, fn: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        fn()
+        times.append((name, time.perf_counter() - start))
+
+    synth = SynthConfig(patients=60 if args.quick else 1000, studies_per_patient=2 if args.quick else 3,
+                        size=64 if args.quick else 128, seed=args.seed)
+    stage("SynthCXR data", lambda: generate_dataset(out / "data", synth, overwrite=True, progress=True))
+
+    def fit_tokenizer() -> None:
+        from shared.data.dataset import load_records
+
+        reports = [r["report"] for r in load_records(out / "data" / "annotation.json") if r["split"] == "train"]
+        ReportTokenizer.fit(reports, min_freq=3).save_pretrained(out / "tokenizer")
+
+    stage("tokenizer", fit_tokenizer)
+    stage("contact sheet", lambda: contact_sheet(out / "synthcxr_sheet.png", size=synth.size, seed=args.seed))
+    _echo("")
+    _echo("| stage | seconds |")
+    _echo("|---|---:|")
+    for name, seconds in times:
+        _echo(f"| {name} | {seconds:.1f} |")
+    _echo("")
+    _echo(f"outputs in {out}/ (data/, tokenizer/, synthcxr_sheet.png)")
+    _echo("not built yet:")
+    for name, what in NOT_BUILT_YET.items():
+        _echo(f"  - {name}: {what}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radloop", description="RadLoop: chest X-ray report generation, report-to-image generation, and the loop."
+    )
+    parser.add_argument("--version", action="version", version=f"radloop {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+    p = verbs.add_parser("synth", help="generate a SynthCXR dataset and/or a contact sheet",
+                         description="Write SynthCXR images, annotation.json, labels.csv and attributes.jsonl.")
+    p.add_argument("--out", help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--patients", type=int)
+    p.add_argument("--studies-per-patient", dest="studies_per_patient", type=int)
+    p.add_argument("--size", type=int, help="image side in pixels")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--views", type=int, choices=(1, 2), help="1: frontal; 2: frontal + lateral")
+    p.add_argument("--workers", type=int, help="processes (0: up to 2)")
+    p.add_argument("--preview", metavar="PNG", help="also save a contact sheet of every finding")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", help="YAML with a 'synth' section")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. synth.degraded_fraction=0.2")
+    p.set_defaults(func=cmd_synth)
+
+    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>", required=True)
+    p = data.add_parser("iu-reports", help="export the IU X-ray reports shipped in the torchxrayvision wheel",
+                        description="Parse the 3,955 OpenI reports into findings, impression, MeSH terms and image ids.")
+    p.add_argument("--out", required=True, help="output .json or .jsonl")
+    p.add_argument("--archive", help="path to NLMCXR_reports.tgz (default: found in the torchxrayvision wheel)")
+    p.set_defaults(func=cmd_iu_reports)
+    p = data.add_parser("tokenizer", help="fit the word-level tokenizer on the training reports of an annotation")
+    p.add_argument("--annotation", required=True, help="annotation.json / .csv / .jsonl")
+    p.add_argument("--out", required=True, help="output folder for tokenizer.json")
+    p.add_argument("--min-freq", dest="min_freq", type=int, default=3, help="R2Gen: 3 (IU X-ray), 10 (MIMIC-CXR)")
+    p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
+                         description="SynthCXR data and everything built so far; names the stages not built yet.")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``radloop`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        sys.stderr.write(f"radloop: error: {err}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Latent diffusion (report -> image). Not built yet: see issue 6."""

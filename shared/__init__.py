@@ -1,0 +1,1 @@
+"""Everything both directions use: data, text, backbone, training. Imports no other project package."""

@@ -1,0 +1,139 @@
+"""Experiment configuration: defaults <- experiment YAML <- CLI ``key=value`` overrides.
+
+Every layer is merged in OmegaConf *struct* mode, so a key that the defaults do not define
+is an error that names the key and where it came from, instead of a silently ignored typo.
+Each run folder receives the resolved config and the git SHA of the code that ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file or key."""
+
+
+def _as_config(defaults: Any) -> DictConfig:
+    if isinstance(defaults, DictConfig):
+        return defaults.copy()
+    if dataclasses.is_dataclass(defaults):
+        return OmegaConf.structured(defaults)
+    if isinstance(defaults, Mapping):
+        return OmegaConf.create(dict(defaults))
+    raise TypeError(f"defaults must be a mapping, a dataclass or a DictConfig, got {type(defaults).__name__}")
+
+
+def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"unknown config key '{key}' in {source}") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        first = str(err).splitlines()[0]
+        where = f"key '{key}' " if key else ""
+        raise ConfigError(f"bad value for {where}in {source}: {first}") from None
+
+
+def load_config(
+    defaults: Any,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+) -> DictConfig:
+    """Build the resolved config of one run.
+
+    Args:
+        defaults: the full schema with default values (dict, dataclass or DictConfig). Only keys
+            present here may be set by the file or the overrides.
+        config_file: an experiment YAML file; may set any subset of the default keys.
+        overrides: ``key.sub=value`` strings from the command line.
+
+    Returns:
+        A struct-mode ``DictConfig`` with interpolations resolved.
+
+    Raises:
+        ConfigError: unknown key, malformed override or unreadable file, naming it.
+    """
+    cfg = _as_config(defaults)
+    OmegaConf.set_struct(cfg, True)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as err:  # yaml errors come in several types
+            raise ConfigError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        cfg = _merge(cfg, file_cfg, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        key = item.split("=", 1)[0]
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse override '{item}': {str(err).splitlines()[0]}") from None
+        cfg = _merge(cfg, dot, f"command-line override '{key}'")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
+    return cfg
+
+
+def git_sha(cwd: str | os.PathLike[str] | None = None) -> str:
+    """The commit of the code that runs (with ``-dirty`` when it has local changes), or ``unknown``."""
+    where = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_run_config(cfg: DictConfig, run_dir: str | os.PathLike[str], argv: Sequence[str] | None = None) -> Path:
+    """Write ``config.yaml`` (the resolved config) and ``run_info.json`` (git SHA, argv) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    info = {"git_sha": git_sha(), "argv": list(argv) if argv is not None else None}
+    atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2) + "\n")
+    return run_dir / "config.yaml"

@@ -1,0 +1,281 @@
+"""Report-image datasets over the R2Gen ``annotation.json`` layout and CSV/JSONL manifests.
+
+R2Gen layout (IU X-ray, MIMIC-CXR; SynthCXR writes the same)::
+
+    {"train": [{"id": ..., "report": ..., "image_path": ["a.png", "b.png"], "split": "train"}, ...],
+     "val": [...], "test": [...]}
+
+Manifests (CSV or JSONL) have one study a row with columns ``id``, ``image_path`` (several paths
+separated by ``;`` in CSV, a list in JSONL), ``report``, ``split`` and optionally
+``patient_id`` and CheXpert label columns. Image paths are relative to ``image_root`` (default:
+the folder of the annotation file).
+
+A sample is a dict:
+
+* ``images``: float tensor (V, 1, H, W), V views in annotation order (``max_views`` of them,
+  the last one repeated when a study has fewer);
+* ``report``: the report text; ``study_id``, ``patient_id`` (``""`` when unknown);
+* ``labels``: float tensor (14,) in CheXpert order when labels are available, else absent;
+* ``image_paths``: the resolved files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..labels import CHEXPERT_LABELS
+from .transforms import build_transform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReportImageDataset", "DataError", "load_records", "read_labels_csv", "collate_samples"]
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and key or row) at fault."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+
+
+def _records_from_r2gen(data: Any, path: Path) -> list[dict[str, Any]]:
+    if not isinstance(data, Mapping) or not any(k in data for k in SPLITS):
+        raise DataError(f"{path} has no 'train'/'val'/'test' keys; expected the R2Gen annotation layout")
+    out = []
+    for split in SPLITS:
+        for i, entry in enumerate(data.get(split, [])):
+            if not isinstance(entry, Mapping):
+                raise DataError(f"{path}: entry {i} of '{split}' is not an object")
+            out.append({**entry, "split": entry.get("split", split)})
+    return out
+
+
+def _records_from_csv(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        if row.get("image_path") is not None:
+            row["image_path"] = [p for p in row["image_path"].split(";") if p]
+    return rows
+
+
+def _records_from_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {n} is not valid JSON: {err.msg}") from None
+    return out
+
+
+def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read an annotation file (R2Gen JSON, CSV or JSONL) into a list of study dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"annotation file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        records = _records_from_r2gen(_read_json(path), path)
+    elif suffix == ".csv":
+        records = _records_from_csv(path)
+    elif suffix == ".jsonl":
+        records = _records_from_jsonl(path)
+    else:
+        raise DataError(f"{path}: unknown annotation format '{suffix}'; use .json (R2Gen), .csv or .jsonl")
+    for n, rec in enumerate(records):
+        for key in ("id", "image_path", "report"):
+            if key not in rec:
+                raise DataError(f"{path}: study {n} has no '{key}' field")
+        paths = rec["image_path"]
+        if isinstance(paths, str):
+            rec["image_path"] = [paths]
+        elif not isinstance(paths, list) or not paths:
+            raise DataError(f"{path}: study '{rec['id']}' has no image paths")
+        rec["id"] = str(rec["id"])
+        rec["patient_id"] = str(rec.get("patient_id", rec.get("subject_id", "")) or "")
+        rec["report"] = "" if rec["report"] is None else str(rec["report"])
+    return records
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
+    """``id -> 14 CheXpert labels`` from a CSV with an ``id`` column and label columns (blank = NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("id", *CHEXPERT_LABELS) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+        out = {}
+        for row in reader:
+            try:
+                out[row["id"]] = [float(row[c]) if row[c] != "" else math.nan for c in CHEXPERT_LABELS]
+            except ValueError as err:
+                raise DataError(f"{path}: study '{row['id']}' has a non-numeric label ({err})") from None
+    return out
+
+
+def _check_image(path: Path) -> str | None:
+    """Why this file is unusable, or None."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return f"corrupt ({type(err).__name__})"
+    return None
+
+
+class ReportImageDataset(Dataset):
+    """Studies of one split with their images, report and (optional) labels.
+
+    Args:
+        annotation: R2Gen ``annotation.json``, or a ``.csv`` / ``.jsonl`` manifest.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` for all.
+        image_root: folder the image paths are relative to (default: the annotation's folder).
+        image_size: output side; ``resize`` is the side before cropping (R2Gen: 128 -> 112).
+        train: use the training transform (random crop, jitter).
+        max_views: number of views per sample (IU X-ray: 2; MIMIC-CXR: 1).
+        labels: a labels CSV (``id`` + CheXpert columns); default: ``labels.csv`` beside the
+            annotation when present, else labels inside the records (``"labels"`` key).
+        on_bad_image: ``"raise"``: a missing or corrupt image raises a :class:`DataError` naming
+            the file; ``"skip"``: such studies are checked up front, dropped and counted in a warning.
+        on_empty_report: ``"raise"`` or ``"skip"`` for studies whose report is empty.
+        transform: overrides the built-in transform (PIL image -> (1, H, W) tensor).
+    """
+
+    def __init__(
+        self,
+        annotation: str | os.PathLike[str],
+        split: str | None = "train",
+        image_root: str | os.PathLike[str] | None = None,
+        image_size: int = 112,
+        resize: int | None = None,
+        train: bool = False,
+        max_views: int = 1,
+        labels: str | os.PathLike[str] | None = None,
+        on_bad_image: str = "raise",
+        on_empty_report: str = "raise",
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
+        for name, value in (("on_bad_image", on_bad_image), ("on_empty_report", on_empty_report)):
+            if value not in ("raise", "skip"):
+                raise ValueError(f"{name} must be 'raise' or 'skip', got {value!r}")
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        if max_views < 1:
+            raise ValueError(f"max_views must be >= 1, got {max_views}")
+        self.annotation = Path(annotation)
+        self.root = Path(image_root) if image_root is not None else self.annotation.parent
+        self.max_views = int(max_views)
+        self.transform = transform or build_transform(image_size, resize, train=train)
+        self.on_bad_image = on_bad_image
+        records = [r for r in load_records(self.annotation) if split is None or r.get("split") == split]
+
+        label_map = self._load_labels(labels)
+        kept, empty, bad = [], [], []
+        for rec in records:
+            if not rec["report"].strip():
+                if on_empty_report == "raise":
+                    raise DataError(f"{self.annotation}: study '{rec['id']}' has an empty report")
+                empty.append(rec["id"])
+                continue
+            paths = [self.root / p for p in rec["image_path"]]
+            if on_bad_image == "raise":
+                missing = next((p for p in paths if not p.is_file()), None)
+                if missing is not None:
+                    raise DataError(f"image not found: {missing} (study '{rec['id']}' in {self.annotation})")
+            else:
+                problem = next(((p, why) for p in paths if (why := _check_image(p))), None)
+                if problem is not None:
+                    bad.append(f"{problem[0]} ({problem[1]})")
+                    continue
+            if label_map is not None:
+                if rec["id"] not in label_map:
+                    raise DataError(f"labels file has no row for study '{rec['id']}'")
+                rec = {**rec, "labels": label_map[rec["id"]]}
+            kept.append({**rec, "paths": paths})
+        if bad:
+            logger.warning("skipped %d studies with missing or corrupt images, e.g. %s", len(bad), bad[0])
+        if empty:
+            logger.warning("skipped %d studies with empty reports, e.g. '%s'", len(empty), empty[0])
+        self.skipped = {"bad_image": len(bad), "empty_report": len(empty)}
+        self.records = kept
+
+    def _load_labels(self, labels: str | os.PathLike[str] | None) -> dict[str, list[float]] | None:
+        if labels is not None:
+            return read_labels_csv(labels)
+        default = self.annotation.parent / "labels.csv"
+        if self.annotation.suffix == ".json" and default.is_file():
+            return read_labels_csv(default)
+        return None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, path: Path) -> torch.Tensor:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return self.transform(im.convert("L"))
+        except FileNotFoundError:
+            raise DataError(f"image not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        paths: Sequence[Path] = rec["paths"][: self.max_views]
+        views = [self._load(p) for p in paths]
+        views += [views[-1]] * (self.max_views - len(views))
+        sample: dict[str, Any] = {
+            "images": torch.stack(views),
+            "report": rec["report"],
+            "study_id": rec["id"],
+            "patient_id": rec["patient_id"],
+            "image_paths": [str(p) for p in paths],
+        }
+        raw = rec.get("labels")
+        if raw is not None:
+            if isinstance(raw, Mapping):
+                raw = [raw.get(name, math.nan) for name in CHEXPERT_LABELS]
+            values = [math.nan if v is None or v == "" else float(v) for v in raw]
+            if len(values) != len(CHEXPERT_LABELS):
+                raise DataError(f"study '{rec['id']}': expected {len(CHEXPERT_LABELS)} labels, got {len(values)}")
+            sample["labels"] = torch.tensor(values, dtype=torch.float32)
+        return sample
+
+    @property
+    def reports(self) -> list[str]:
+        return [r["report"] for r in self.records]
+
+
+def collate_samples(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings and lists as lists."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out

@@ -1,0 +1,39 @@
+"""Image transforms for grayscale chest X-rays.
+
+No horizontal flips: a flip swaps the patient's left and right and so the laterality words
+of the report. Training uses the R2Gen recipe of resize-then-random-crop (e.g. 128 -> 112)
+with a little intensity jitter; evaluation resizes and centre-crops.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+__all__ = ["build_transform"]
+
+
+def build_transform(
+    image_size: int = 112,
+    resize: int | None = None,
+    train: bool = False,
+    mean: float = 0.5,
+    std: float = 0.5,
+) -> T.Compose:
+    """A transform from a PIL grayscale image to a (1, image_size, image_size) float tensor.
+
+    Args:
+        image_size: side of the output crop.
+        resize: side the image is resized to before cropping (default: ``image_size``, no crop).
+        train: random crop and intensity jitter instead of the centre crop.
+        mean, std: normalisation; the defaults map [0, 1] to [-1, 1].
+    """
+    resize = resize or image_size
+    if resize < image_size:
+        raise ValueError(f"resize ({resize}) must be >= image_size ({image_size})")
+    steps: list = [T.Grayscale(num_output_channels=1), T.Resize((resize, resize), antialias=True)]
+    if train:
+        steps += [T.RandomCrop(image_size), T.ColorJitter(brightness=0.1, contrast=0.1)]
+    else:
+        steps += [T.CenterCrop(image_size)]
+    steps += [T.ToTensor(), T.Normalize([mean], [std])]
+    return T.Compose(steps)
