@@ -39,14 +39,14 @@ def _as_config(defaults: Any) -> DictConfig:
     raise TypeError(f"defaults must be a mapping, a dataclass or a DictConfig, got {type(defaults).__name__}")
 
 
-def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def _merge(base: DictConfig, other: DictConfig, source: str, key: str | None = None) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
+        key = key or getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
         raise ConfigError(f"unknown config key '{key}' in {source}") from None
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
+        key = key or getattr(err, "full_key", None)
         first = str(err).splitlines()[0]
         where = f"key '{key}' " if key else ""
         raise ConfigError(f"bad value for {where}in {source}: {first}") from None
@@ -92,7 +92,7 @@ def load_config(
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot parse override '{item}': {str(err).splitlines()[0]}") from None
-        cfg = _merge(cfg, dot, f"command-line override '{key}'")
+        cfg = _merge(cfg, dot, "a command-line override", key)
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:

@@ -4,8 +4,8 @@ The renderer builds a density map in normalised patient coordinates (x to the im
 y downwards; the patient's right lung is on the image left, as on a PA film), then turns it
 into brightness with a Beer-Lambert-like curve, the study's exposure and its noise.
 
-Every finding contributes a term with compact support (edges are ``tanh`` ramps that reach
-exactly 0 in float32 a few pixels out, or polynomial bumps), so rendering the same patient
+Every finding contributes a term with compact support (edges are smoothstep ramps about two
+pixels wide, blobs are polynomial bumps), so rendering the same patient
 and acquisition with other findings changes only the pixels the changed findings touch.
 """
 
@@ -34,8 +34,9 @@ _SEVERITY_LEVEL = {
 
 
 def _soft(d: np.ndarray, eps: float) -> np.ndarray:
-    """1 inside (d < 0), 0 outside, a tanh ramp of width ~eps; exactly 0 beyond ~9 eps in float32."""
-    return (0.5 - 0.5 * np.tanh(d / _F(eps))).astype(_F)
+    """1 inside (d < -eps), 0 outside (d > eps), a smoothstep ramp between: compact support."""
+    t = np.clip(0.5 - d / _F(2.0 * eps), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(_F)
 
 
 def _bump(r: np.ndarray) -> np.ndarray:

@@ -105,8 +105,8 @@ _POSITIVE: dict[str, list[str]] = {
         "{sev} subsegmental atelectasis at the {lat} base.",
     ],
     "Atelectasis/retrocardiac": [
-        "{sev} retrocardiac atelectasis.",
-        "{sev} atelectasis in the retrocardiac region.",
+        "{sev} {lat} retrocardiac atelectasis.",
+        "{sev} atelectasis in the {lat} retrocardiac region.",
     ],
     "Edema": [
         "{sev} pulmonary edema.",
@@ -149,7 +149,7 @@ _HEDGED: dict[str, list[tuple[str, Effects]]] = {
         ("{sev} {lat} basilar atelectasis is not excluded.", {}),
     ],
     "Atelectasis/retrocardiac": [
-        ("retrocardiac opacity may represent {sev} atelectasis.", {"Lung Opacity": 1.0}),
+        ("{lat} retrocardiac opacity may represent {sev} atelectasis.", {"Lung Opacity": 1.0}),
     ],
     "Edema": [
         ("possible {sev} pulmonary edema.", {}),

@@ -102,14 +102,14 @@ class Finding:
             ("kind", spec.kinds),
         ):
             value = getattr(self, attr)
+            if not allowed and value is not None:
+                raise ValueError(f"{self.name}: takes no {attr} (got {value!r})")
             if allowed and value is None:
                 # Fill a missing attribute with the first allowed value so that hand-written
                 # findings such as Finding("Pleural Effusion") render.
                 object.__setattr__(self, attr, allowed[0])
             elif value is not None and value not in allowed:
                 raise ValueError(f"{self.name}: {attr}={value!r} is not one of {list(allowed)}")
-            elif not allowed and value is not None:
-                raise ValueError(f"{self.name}: takes no {attr} (got {value!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

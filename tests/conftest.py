@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny SynthCXR dataset written once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.data.synthcxr import SynthConfig, generate_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_cfg() -> SynthConfig:
+    # Raised prevalences so that every finding appears in a few dozen studies.
+    return SynthConfig(
+        patients=24, studies_per_patient=2, size=32, views=2, seed=7, workers=1,
+        prevalence={name: 0.3 for name in SynthConfig().prevalence},
+        degraded_fraction=0.2, wrong_report_fraction=0.15,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory, tiny_synth_cfg):
+    out = tmp_path_factory.mktemp("synth")
+    summary = generate_dataset(out, tiny_synth_cfg)
+    return out, summary

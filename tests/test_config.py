@@ -1,0 +1,81 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
+
+
+@dataclass
+class Model:
+    width: int = 8
+    name: str = "tiny"
+
+
+@dataclass
+class Defaults:
+    model: Model = field(default_factory=Model)
+    lr: float = 1e-3
+
+
+def test_layers_merge_in_order(tmp_path):
+    yaml = tmp_path / "exp.yaml"
+    yaml.write_text("model:\n  width: 16\nlr: 0.5\n")
+    cfg = load_config(Defaults(), yaml, ["model.width=32"])
+    assert cfg.model.width == 32 and cfg.lr == 0.5 and cfg.model.name == "tiny"
+
+
+def test_dict_defaults_and_interpolation(tmp_path):
+    cfg = load_config({"a": 1, "b": "${a}"}, None, ["a=5"])
+    assert cfg.b == 5
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    yaml = tmp_path / "exp.yaml"
+    yaml.write_text("model:\n  depth: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.depth' in .*exp.yaml"):
+        load_config(Defaults(), yaml)
+
+
+def test_unknown_override_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle.width'.*override"):
+        load_config(Defaults(), None, ["modle.width=3"])
+
+
+def test_bad_value_type_is_named():
+    with pytest.raises(ConfigError, match="model.width"):
+        load_config(Defaults(), None, ["model.width=wide"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Defaults(), None, ["lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Defaults(), tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot parse config file"):
+        load_config(Defaults(), bad)
+
+
+def test_run_folder_gets_config_and_sha(tmp_path):
+    cfg = load_config(Defaults(), None, ["lr=0.1"])
+    save_run_config(cfg, tmp_path / "run", argv=["radloop", "x"])
+    assert "lr: 0.1" in (tmp_path / "run" / "config.yaml").read_text()
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["argv"] == ["radloop", "x"]
+    assert info["git_sha"] == "unknown" or len(info["git_sha"].split("-")[0]) == 40
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
