@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_iu_reports)
     p = data.add_parser("tokenizer", help="fit the word-level tokenizer on the training reports of an annotation")
     p.add_argument("--annotation", required=True, help="annotation.json / .csv / .jsonl")
-    p.add_argument("--out", required=True, help="output folder for tokenizer.json")
+    p.add_argument("--out", required=True, help="output folder for report_tokenizer.json")
     p.add_argument("--min-freq", dest="min_freq", type=int, default=3, help="R2Gen: 3 (IU X-ray), 10 (MIMIC-CXR)")
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
     p.set_defaults(func=cmd_tokenizer)

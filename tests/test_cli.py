@@ -63,7 +63,7 @@ def test_synth_refuses_a_non_empty_folder(tmp_path, capsys):
 def test_tokenizer_verb(tiny_synth, tmp_path, capsys):
     out, _ = tiny_synth
     assert main(["data", "tokenizer", "--annotation", str(out / "annotation.json"), "--out", str(tmp_path)]) == 0
-    vocab = json.loads((tmp_path / "tokenizer.json").read_text())["vocab"]
+    vocab = json.loads((tmp_path / "report_tokenizer.json").read_text())["vocab"]
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and "effusion" in vocab
 
 
@@ -71,5 +71,5 @@ def test_demo_quick_runs_and_says_what_is_missing(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     text = capsys.readouterr().out
     assert "| SynthCXR data |" in text and "not built yet" in text
-    assert (tmp_path / "demo" / "tokenizer" / "tokenizer.json").is_file()
+    assert (tmp_path / "demo" / "tokenizer" / "report_tokenizer.json").is_file()
     assert (tmp_path / "demo" / "synthcxr_sheet.png").is_file()

@@ -3,7 +3,8 @@
 The cleaning follows the protocol of R2Gen (Chen et al., 2020), which most report-generation
 papers report against: lower-case, split into sentences, strip punctuation from each sentence,
 rejoin as ``"w w w . w w ."``. Words seen fewer than ``min_freq`` times in the training reports
-map to ``<unk>``. The vocabulary saves as one JSON file beside each model and also converts to
+map to ``<unk>``. The vocabulary saves as ``report_tokenizer.json`` beside each model (a name that does
+not clash with transformers' ``tokenizer.json``) and also converts to
 a transformers ``PreTrainedTokenizerFast`` for use with generation utilities.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = ["ReportTokenizer", "clean_report", "TOKENIZER_FILE"]
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "report_tokenizer.json"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
@@ -146,7 +147,7 @@ class ReportTokenizer:
                 "max_length": self.max_length, "vocab": self.itos}
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``tokenizer.json`` into ``directory`` (atomically)."""
+        """Write ``report_tokenizer.json`` into ``directory`` (atomically)."""
         from ..config import atomic_write_text
 
         path = Path(directory) / TOKENIZER_FILE
@@ -155,7 +156,7 @@ class ReportTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> ReportTokenizer:
-        """Load from a folder holding ``tokenizer.json`` or from the file itself."""
+        """Load from a folder holding ``report_tokenizer.json`` or from the file itself."""
         path = Path(path)
         if path.is_dir():
             path = path / TOKENIZER_FILE
