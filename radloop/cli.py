@@ -7,6 +7,7 @@ line ``radloop: error: ...`` on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -92,6 +93,19 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_reports(args: argparse.Namespace) -> int:
+    from evaluation.reports import evaluate_reports, load_report_map, markdown_table
+    from shared.config import atomic_write_text
+
+    preds, refs = load_report_map(args.pred), load_report_map(args.ref)
+    metrics = evaluate_reports(preds, refs, uncertain=args.uncertain, meteor=False if args.no_meteor else None,
+                               clean=args.dataset)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
+    _echo(markdown_table(metrics))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from shared.data.synthcxr import SynthConfig, contact_sheet, generate_dataset
     from shared.text.tokenizer import ReportTokenizer
@@ -165,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-freq", dest="min_freq", type=int, default=3, help="R2Gen: 3 (IU X-ray), 10 (MIMIC-CXR)")
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
     p.set_defaults(func=cmd_tokenizer)
+
+    evaluate = verbs.add_parser("evaluate", help="score generated reports or images").add_subparsers(
+        dest="evaluate_verb", metavar="<what>", required=True)
+    p = evaluate.add_parser("reports", help="BLEU/METEOR/ROUGE-L/CIDEr, clinical efficacy and diversity",
+                            description="P and R are JSON objects {study id: report}; R may be an R2Gen annotation.json.")
+    p.add_argument("--pred", required=True, help="generated reports (JSON)")
+    p.add_argument("--ref", required=True, help="reference reports (JSON or annotation.json)")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--uncertain", choices=("negative", "positive"), default="negative",
+                   help="clinical efficacy: what an uncertain mention counts as")
+    p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="R2Gen cleaning rules")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    p.set_defaults(func=cmd_evaluate_reports)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data and everything built so far; names the stages not built yet.")
