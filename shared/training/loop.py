@@ -1,0 +1,355 @@
+"""One Accelerate training loop for every model in the suite.
+
+What it does, in the order of one optimisation step:
+
+1. ``accelerator.accumulate(model)``: forward through the caller's ``loss_fn(model, batch)``,
+   which returns a dict with a scalar ``"loss"`` (and any other scalars to log).
+2. A NaN/inf loss stops the run with :class:`NonFiniteLossError`, naming the step and the last
+   good checkpoint (nothing already written is touched).
+3. ``accelerator.backward``; on ``sync_gradients``: gradient clipping, optimizer and LR-schedule
+   steps, optional EMA update, logging (losses ``gather``-ed across processes), a
+   ``save_state`` checkpoint every ``checkpoint_every`` steps (``total_limit`` kept), validation
+   every ``eval_every`` steps with model selection on the validation metric (never on test):
+   the best weights are written with ``save_pretrained`` to ``<output_dir>/best``.
+4. At the end: ``<output_dir>/final`` (``save_pretrained``) and ``accelerator.end_training()``.
+
+A run whose ``output_dir`` already holds checkpoints resumes from the latest one, with the
+data order, RNG states, optimizer, scheduler and EMA restored, so an interrupted run ends with
+the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "NonFiniteLossError", "seed_everything", "save_folder_atomically"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of an experiment config."""
+
+    output_dir: str = "runs/train"
+    max_steps: int = 1000
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    ema_decay: float | None = None
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int = 2
+    eval_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    report_to: str | None = None
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    output_dir: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
+    """Call ``save(tmp_dir)`` then replace ``target`` by it, so a crash never leaves half a folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class _Counter:
+    """Checkpointed loop state: optimisation steps done, best validation metric."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step, self.best, self.best_step = int(state["step"]), state["best"], state["best_step"]
+
+
+class _EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.shadow})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.decay = state["decay"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+LossFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` on ``train_loader``; see the module docstring.
+
+    Args:
+        model: a ``ModelMixin`` (anything with ``save_pretrained``) or plain module.
+        train_loader: a ``torch.utils.data.DataLoader``; it is cycled until ``max_steps``.
+        loss_fn: ``(model, batch) -> {"loss": scalar tensor, ...}``.
+        cfg: the train section.
+        eval_fn: ``model -> {metric: value}`` on the validation split (called on every process;
+            it should gather if it shards).
+        select_metric, select_mode: the validation metric that picks ``best/`` and ``"max"``/``"min"``.
+        optimizer: default AdamW over trainable parameters.
+        save_extra: ``(folder) -> None`` writes what belongs beside the weights (tokenizer, labels).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: torch.utils.data.DataLoader,
+        loss_fn: LossFn,
+        cfg: TrainConfig,
+        eval_fn: EvalFn | None = None,
+        select_metric: str | None = None,
+        select_mode: str = "max",
+        optimizer: torch.optim.Optimizer | None = None,
+        save_extra: Callable[[Path], None] | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+        if select_mode not in ("max", "min"):
+            raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
+        if cfg.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {cfg.max_steps}")
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        seed_everything(cfg.seed)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            log_with=cfg.report_to,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.out), automatic_checkpoint_naming=True, total_limit=cfg.checkpoints_total_limit
+            ),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        )
+        self.loss_fn, self.eval_fn = loss_fn, eval_fn
+        self.select_metric, self.select_mode = select_metric, select_mode
+        self.save_extra = save_extra
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = optimizer or torch.optim.AdamW(
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas)
+        )
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=cfg.max_steps)
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, train_loader, scheduler
+        )
+        self.state = _Counter()
+        self.accelerator.register_for_checkpointing(self.state)
+        self.ema = _EMA(self.accelerator.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
+        if self.ema is not None:
+            self.accelerator.register_for_checkpointing(self.ema)
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.checkpoint_dir.is_dir():
+            return None
+        found = [p for p in self.checkpoint_dir.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
+        return max(found, key=lambda p: int(p.name.split("_")[-1])) if found else None
+
+    def _resume(self) -> None:
+        latest = self.latest_checkpoint()
+        if latest is None or not self.cfg.resume:
+            return
+        self.accelerator.load_state(str(latest))
+        # automatic naming continues after the loaded checkpoint
+        self.accelerator.project_configuration.iteration = int(latest.name.split("_")[-1]) + 1
+        logger.info("resumed from %s at step %d", latest, self.state.step)
+
+    def _save_model(self, name: str, use_ema: bool = True) -> Path:
+        target = self.out / name
+        model = self.accelerator.unwrap_model(self.model)
+        if self.ema is not None and use_ema:
+            model = copy.deepcopy(model)
+            self.ema.copy_to(model)
+
+        def save(folder: Path) -> None:
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(folder)
+            else:
+                torch.save(model.state_dict(), folder / "model.pt")
+            if self.save_extra is not None:
+                self.save_extra(folder)
+
+        if self.accelerator.is_main_process:
+            save_folder_atomically(save, target)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    # -- evaluation --------------------------------------------------------------------
+    def _evaluate(self, history: list[dict[str, float]]) -> None:
+        if self.eval_fn is None:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        backup = None
+        if self.ema is not None:
+            backup = {k: v.clone() for k, v in model.state_dict().items()}
+            self.ema.copy_to(model)
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.eval_fn(model).items()}
+        model.train()
+        if backup is not None:
+            model.load_state_dict(backup)
+        metrics["step"] = self.state.step
+        history.append({f"val/{k}" if k != "step" else k: v for k, v in metrics.items()})
+        self.accelerator.log({f"val/{k}": v for k, v in metrics.items() if k != "step"}, step=self.state.step)
+        if self.select_metric is None:
+            return
+        if self.select_metric not in metrics:
+            raise KeyError(f"validation returned no '{self.select_metric}' (got {sorted(metrics)})")
+        value = metrics[self.select_metric]
+        better = self.state.best is None or (value > self.state.best if self.select_mode == "max" else value < self.state.best)
+        if better and math.isfinite(value):
+            self.state.best, self.state.best_step = value, self.state.step
+            self._save_model("best")
+
+    # -- loop --------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+        if cfg.report_to:
+            acc.init_trackers("radloop", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
+        self._resume()
+        history: list[dict[str, float]] = []
+        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (acc.is_main_process and cfg.progress),
+                   desc="train", unit="step")
+        self.model.train()
+        epoch_len = len(self.train_loader)
+        if epoch_len == 0:
+            raise ValueError("the training data loader is empty")
+        micro_done = self.state.step * cfg.gradient_accumulation_steps
+        epoch, skip = divmod(micro_done, epoch_len)
+        running: dict[str, list[float]] = {}
+        while self.state.step < cfg.max_steps:
+            self.train_loader.set_epoch(epoch)
+            loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            skip = 0
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    out = self.loss_fn(self.model, batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss.detach()).all():
+                        latest = self.latest_checkpoint()
+                        raise NonFiniteLossError(
+                            f"loss became {loss.item()} at step {self.state.step + 1}; stopped. "
+                            f"Last good checkpoint: {latest if latest else 'none yet'}"
+                        )
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.numel() == 1:
+                        running.setdefault(k, []).append(float(acc.gather(v.detach().reshape(1).float()).mean()))
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                if self.ema is not None:
+                    self.ema.update(acc.unwrap_model(self.model))
+                bar.update(1)
+                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                    logs = {f"train/{k}": float(np.mean(v)) for k, v in running.items()}
+                    logs["train/lr"] = float(self.scheduler.get_last_lr()[0])
+                    acc.log(logs, step=self.state.step)
+                    history.append({"step": self.state.step, **logs})
+                    bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}")
+                    running = {}
+                if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps:
+                    self._evaluate(history)
+                if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
+                    acc.wait_for_everyone()
+                    acc.save_state()
+                if self.state.step >= cfg.max_steps:
+                    break
+            epoch += 1
+        bar.close()
+        self._save_model("final")
+        if acc.is_main_process:
+            (self.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        acc.end_training()
+        return TrainResult(self.state.step, self.state.best, self.state.best_step, history, str(self.out))

@@ -1,0 +1,121 @@
+import json
+import math
+
+import pytest
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch.utils.data import DataLoader, TensorDataset
+
+from shared.training import NonFiniteLossError, TrainConfig, Trainer
+
+
+class TinyRegressor(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _data(n=40, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = x.sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def _loss(model, batch):
+    x, y = batch
+    return {"loss": torch.nn.functional.mse_loss(model(x), y)}
+
+
+def _trainer(tmp, steps, **kw):
+    torch.manual_seed(0)
+    model = TinyRegressor()
+    loader = DataLoader(_data(), batch_size=8, shuffle=True)
+    cfg = TrainConfig(output_dir=str(tmp), max_steps=steps, learning_rate=0.05, checkpoint_every=3,
+                      eval_every=2, log_every=1, progress=False, **kw)
+    val = _data(16, seed=1)
+
+    def eval_fn(m):
+        x, y = val.tensors
+        return {"mse": float(torch.nn.functional.mse_loss(m(x), y))}
+
+    return Trainer(model, loader, _loss, cfg, eval_fn=eval_fn, select_metric="mse", select_mode="min")
+
+
+def _params(folder):
+    return TinyRegressor.from_pretrained(folder).state_dict()
+
+
+def test_two_step_run_writes_everything(tmp_path):
+    result = _trainer(tmp_path, 2).train()
+    assert result.steps == 2 and result.best_step == 2
+    for name in ("final", "best"):
+        assert (tmp_path / name / "config.json").is_file()
+    assert (tmp_path / "checkpoints").is_dir() and json.loads((tmp_path / "history.json").read_text())
+    assert json.loads((tmp_path / "train_config.json").read_text())["max_steps"] == 2
+
+
+def test_training_reduces_the_loss(tmp_path):
+    result = _trainer(tmp_path, 30).train()
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    _trainer(tmp_path / "full", 9).train()
+    # The same run killed during step 7 (checkpoints at 3 and 6), then started again.
+    killed = _trainer(tmp_path / "part", 9)
+    calls = {"n": 0}
+
+    def dies_at_seven(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return _loss(model, batch)
+
+    killed.loss_fn = dies_at_seven
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    result = _trainer(tmp_path / "part", 9).train()
+    assert result.steps == 9
+    full, part = _params(tmp_path / "full" / "final"), _params(tmp_path / "part" / "final")
+    for k in full:
+        torch.testing.assert_close(full[k], part[k], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_total_limit(tmp_path):
+    _trainer(tmp_path, 12, checkpoints_total_limit=2).train()
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, 10)
+    calls = {"n": 0}
+
+    def nan_after_four(model, batch):
+        calls["n"] += 1
+        out = _loss(model, batch)
+        return {"loss": out["loss"] * (math.nan if calls["n"] > 4 else 1.0)}
+
+    trainer.loss_fn = nan_after_four
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*checkpoint_0"):
+        trainer.train()
+    assert (tmp_path / "checkpoints" / "checkpoint_0").is_dir()
+
+
+def test_ema_and_accumulation(tmp_path):
+    result = _trainer(tmp_path, 4, ema_decay=0.5, gradient_accumulation_steps=2).train()
+    assert result.steps == 4
+    ema, raw = _params(tmp_path / "final"), None
+    assert all(torch.isfinite(v).all() for v in ema.values())
+    del raw
+
+
+def test_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="select_mode"):
+        Trainer(TinyRegressor(), DataLoader(_data()), _loss, TrainConfig(output_dir=str(tmp_path)), select_mode="up")
