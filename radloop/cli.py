@@ -29,7 +29,6 @@ NOT_BUILT_YET = {
     "backbone": "shared vision-language backbone and training loop (issue 4)",
     "report model": "image2report decoders (issue 5)",
     "diffusion model": "report2image latent diffusion (issue 6)",
-    "evaluation": "report/image/loop metrics and the report labeler (issue 3)",
     "counterfactuals + augmentation + HTML report": "radloop demo workflow (issue 7)",
 }
 
@@ -100,6 +99,30 @@ def cmd_evaluate_reports(args: argparse.Namespace) -> int:
     preds, refs = load_report_map(args.pred), load_report_map(args.ref)
     metrics = evaluate_reports(preds, refs, uncertain=args.uncertain, meteor=False if args.no_meteor else None,
                                clean=args.dataset)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
+    _echo(markdown_table(metrics))
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from evaluation.train_classifier import ClassifierExperiment, train_classifier
+
+    cfg = load_config(ClassifierExperiment(), args.config, args.overrides)
+    save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
+    result = train_classifier(cfg)
+    _echo(f"classifier trained for {result.steps} steps; best validation mAUC {result.best_metric} "
+          f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    return 0
+
+
+def cmd_evaluate_images(args: argparse.Namespace) -> int:
+    from evaluation.image_eval import evaluate_images
+    from evaluation.reports import markdown_table
+    from shared.config import atomic_write_text
+
+    metrics = evaluate_images(args.generated, args.real, args.real_split, args.classifier, args.features,
+                              args.image_size, args.real_labels, args.min_count)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
     _echo(markdown_table(metrics))
@@ -192,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="R2Gen cleaning rules")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
     p.set_defaults(func=cmd_evaluate_reports)
+
+    p = evaluate.add_parser("images", help="FID/KID (+ floor), conditional FID, MS-SSIM diversity, classifier mAUC",
+                            description="GENERATED is a manifest (JSON/CSV/JSONL) of images with the reports that made them.")
+    p.add_argument("--generated", required=True, help="manifest of generated images and their reports")
+    p.add_argument("--real", help="real annotation for FID (R2Gen annotation.json or manifest)")
+    p.add_argument("--real-split", dest="real_split", default="test")
+    p.add_argument("--real-labels", dest="real_labels", choices=("file", "labeler"), default="file")
+    p.add_argument("--classifier", help="folder of a classifier from `radloop train classifier` (for mAUC)")
+    p.add_argument("--features", default="classifier", help="'classifier' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
+    p.add_argument("--image-size", dest="image_size", type=int, default=128)
+    p.add_argument("--min-count", dest="min_count", type=int, default=10, help="per-finding FID needs this many")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=cmd_evaluate_images)
+
+    train = verbs.add_parser("train", help="train a model").add_subparsers(dest="train_verb", metavar="<what>", required=True)
+    p = train.add_parser("classifier", help="multilabel CXR classifier (the mAUC judge and a FID feature space)")
+    p.add_argument("--config", help="experiment YAML (sections data, model, train)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train_classifier)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data and everything built so far; names the stages not built yet.")

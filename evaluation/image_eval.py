@@ -1,0 +1,141 @@
+"""``radloop evaluate images``: score generated images against real ones and the reports that made them.
+
+* FID / KID and the real-vs-real split-half floor in a chosen feature space;
+* per-pathology FID (reports' labels on the generated side, real labels on the real side);
+* MS-SSIM diversity of the generated images;
+* mAUC: the suite's classifier scores each generated image; the target is the label set of the
+  report that conditioned it (labeler output; uncertain mentions left out).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from shared.data.dataset import ReportImageDataset
+from shared.labels import CHEXPERT_LABELS
+from shared.text.labeler import ReportLabeler
+
+from .images import (
+    FeatureExtractor,
+    conditional_fid,
+    extract_features,
+    fid_report,
+    ms_ssim_diversity,
+    multilabel_auroc,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_image_set", "build_feature_extractor", "evaluate_images"]
+
+
+def load_image_set(
+    manifest: str | os.PathLike[str], split: str | None = None, image_size: int = 128, labels_from: str = "labeler"
+) -> dict[str, Any]:
+    """Images in [0, 1] (N, 1, S, S), reports, ids and labels (N, 14) of an annotation or manifest.
+
+    ``labels_from``: ``"labeler"`` (label the reports) or ``"file"`` (the labels beside the annotation).
+    """
+    to_tensor = T.Compose([T.Grayscale(1), T.Resize((image_size, image_size), antialias=True), T.ToTensor()])
+    ds = ReportImageDataset(manifest, split, transform=to_tensor, max_views=1)
+    if len(ds) == 0:
+        raise ValueError(f"{manifest} has no studies{f' in split {split!r}' if split else ''}")
+    samples = [ds[i] for i in range(len(ds))]
+    images = torch.stack([s["images"][0] for s in samples])
+    reports = [s["report"] for s in samples]
+    if labels_from == "labeler":
+        labels = ReportLabeler().label_batch(reports)
+    elif labels_from == "file":
+        if "labels" not in samples[0]:
+            raise ValueError(f"{manifest} has no labels file; use labels_from='labeler'")
+        labels = np.stack([s["labels"].numpy() for s in samples])
+    else:
+        raise ValueError(f"labels_from must be 'labeler' or 'file', got {labels_from!r}")
+    return {"images": images, "reports": reports, "ids": [s["study_id"] for s in samples], "labels": labels}
+
+
+def build_feature_extractor(spec: str, classifier: torch.nn.Module | None = None) -> FeatureExtractor:
+    """``"classifier"`` (the given CXRClassifier) or ``"timm:ARCH[:WEIGHTS]"`` (a timm model, random or
+    initialised from a local state dict; nothing is downloaded)."""
+    if spec == "classifier":
+        if classifier is None:
+            raise ValueError("features 'classifier' need --classifier DIR")
+        return FeatureExtractor(classifier, in_chans=1, image_size=classifier.config.image_size)
+    if spec.startswith("timm:"):
+        import timm
+
+        from .classifier import load_state_dict_file
+
+        parts = spec.split(":", 2)
+        model = timm.create_model(parts[1], pretrained=False, num_classes=0, in_chans=1)
+        if len(parts) == 3:
+            state = load_state_dict_file(parts[2])
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if len(missing) == len(model.state_dict()):
+                raise ValueError(f"no tensor of {parts[2]} fits timm model '{parts[1]}'")
+            logger.info("feature model %s: %d missing, %d unexpected keys", parts[1], len(missing), len(unexpected))
+        return FeatureExtractor(model, in_chans=1, image_size=None)
+    raise ValueError(f"unknown feature extractor '{spec}'; use 'classifier' or 'timm:ARCH[:WEIGHTS]'")
+
+
+def evaluate_images(
+    generated: str | os.PathLike[str],
+    real: str | os.PathLike[str] | None = None,
+    real_split: str | None = "test",
+    classifier: str | os.PathLike[str] | None = None,
+    features: str = "classifier",
+    image_size: int = 128,
+    real_labels_from: str = "file",
+    min_count: int = 10,
+) -> dict[str, Any]:
+    """All image metrics; keys ``fid``, ``kid_mean``, ``kid_std``, ``fid_floor``, ``fid_over_floor``,
+    ``cfid/<finding>``, ``ms_ssim_diversity``, ``mauc``, ``auroc/<finding>``, ``n_generated``, ``n_real``."""
+    from .train_classifier import load_classifier
+
+    gen = load_image_set(generated, None, image_size, "labeler")
+    out: dict[str, Any] = {"n_generated": len(gen["images"])}
+    out["ms_ssim_diversity"] = ms_ssim_diversity(gen["images"])
+    clf = load_classifier(classifier) if classifier else None
+    if clf is not None:
+        clf.eval()
+        with torch.no_grad():
+            # the classifier sees images normalised like its training data: [0, 1] -> [-1, 1]
+            probs = torch.cat([torch.sigmoid(clf((batch - 0.5) / 0.5).logits)
+                               for batch in _resized(gen["images"], clf.config.image_size).split(64)]).numpy()
+        out.update(multilabel_auroc(probs, gen["labels"], CHEXPERT_LABELS))
+    if real is not None:
+        ref = load_image_set(real, real_split, image_size, real_labels_from)
+        out["n_real"] = len(ref["images"])
+        extractor = build_feature_extractor(features, clf)
+        real_f, gen_f = extract_features(extractor, ref["images"]), extract_features(extractor, gen["images"])
+        out.update(fid_report(real_f, gen_f))
+        for name, value in conditional_fid(real_f, ref["labels"], gen_f, gen["labels"], CHEXPERT_LABELS,
+                                           min_count).items():
+            out[f"cfid/{name}"] = value
+        out["features"] = features
+    return out
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
+def write_generated_manifest(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """Write generated images as a JSONL manifest (``id``, ``image_path``, ``report``, ``split``, ``synthetic``)."""
+    import json
+
+    from shared.config import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, "".join(json.dumps({"split": "test", "synthetic": True, **r}) + "\n" for r in rows))
+    return path
