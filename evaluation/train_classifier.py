@@ -29,7 +29,7 @@ from .images import multilabel_auroc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperiment", "train_classifier",
+__all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperiment", "train_classifier", "classifier_dataset",
            "predict_probs", "masked_bce"]
 
 
@@ -91,7 +91,7 @@ class _LabelerLabels(torch.utils.data.Dataset):
         return {**self.base[i], "labels": self.labels[i]}
 
 
-def _dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
+def classifier_dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
     ds = ReportImageDataset(data.annotation, split, image_size=data.image_size, resize=data.resize, train=train,
                             max_views=1, labels=data.labels)
     if data.label_source == "labeler":
@@ -121,7 +121,7 @@ def train_classifier(cfg: DictConfig | ClassifierExperiment) -> TrainResult:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
-    train_ds, val_ds = _dataset(data, "train", True), _dataset(data, "val", False)
+    train_ds, val_ds = classifier_dataset(data, "train", True), classifier_dataset(data, "val", False)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
     g = torch.Generator().manual_seed(tcfg.seed)

@@ -1,0 +1,64 @@
+"""Train the CXR classifier on SynthCXR with the CPU recipe and report its test mAUC on real images.
+
+    python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 1500] [--model resnet18]
+
+This is the judge that scores generated images (mAUC); its mAUC on *real* test images is the
+ceiling generated images can reach. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from evaluation.images import multilabel_auroc
+from evaluation.train_classifier import (
+    ClassifierExperiment,
+    classifier_dataset,
+    load_classifier,
+    predict_probs,
+    train_classifier,
+)
+from shared.config import load_config
+from shared.data.dataset import collate_samples
+from shared.data.synthcxr import SynthConfig, generate_dataset
+from shared.labels import CHEXPERT_LABELS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="runs/bench/synthcxr")
+    parser.add_argument("--out", default="runs/bench/classifier")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=128)
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "annotation.json").is_file():
+        generate_dataset(data, SynthConfig(patients=1000, studies_per_patient=3, size=128), overwrite=True)
+    cfg = load_config(ClassifierExperiment(), None, [
+        f"data.annotation={data / 'annotation.json'}", f"data.image_size={args.image_size}",
+        f"model.name={args.model}", f"train.max_steps={args.steps}", f"train.output_dir={args.out}",
+        "train.eval_every=250", "train.checkpoint_every=500", "train.progress=false",
+    ])
+    start = time.perf_counter()
+    result = train_classifier(cfg)
+    seconds = time.perf_counter() - start
+    model = load_classifier(Path(args.out) / "best")
+    test = DataLoader(classifier_dataset(cfg.data, "test", False), batch_size=64, collate_fn=collate_samples)
+    probs, labels = predict_probs(model, test)
+    scores = multilabel_auroc(probs, labels, CHEXPERT_LABELS)
+    print(json.dumps({
+        "benchmark": "classifier_synthcxr", "model": args.model, "image_size": args.image_size, "steps": result.steps,
+        "train_seconds": round(seconds, 1), "best_val_mauc": result.best_metric, "best_step": result.best_step,
+        "test_mauc_real_images": scores["mauc"],
+        "test_auroc": {k.split("/", 1)[1]: round(v, 4) for k, v in scores.items() if k.startswith("auroc/")},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
