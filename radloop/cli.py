@@ -26,7 +26,6 @@ logger = logging.getLogger("radloop")
 
 #: Stages of the full loop that later work adds; `radloop demo` names those still missing.
 NOT_BUILT_YET = {
-    "backbone": "shared vision-language backbone and training loop (issue 4)",
     "report model": "image2report decoders (issue 5)",
     "diffusion model": "report2image latent diffusion (issue 6)",
     "counterfactuals + augmentation + HTML report": "radloop demo workflow (issue 7)",
@@ -113,6 +112,17 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     result = train_classifier(cfg)
     _echo(f"classifier trained for {result.steps} steps; best validation mAUC {result.best_metric} "
           f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    return 0
+
+
+def cmd_train_backbone(args: argparse.Namespace) -> int:
+    from shared.backbone.train import BackboneExperiment, train_backbone
+
+    cfg = load_config(BackboneExperiment(), args.config, args.overrides)
+    save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
+    result = train_backbone(cfg)
+    _echo(f"backbone trained for {result.steps} steps; best validation image->report label precision@5 "
+          f"{result.best_metric} at step {result.best_step}; weights in {cfg.train.output_dir}/best")
     return 0
 
 
@@ -230,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate_images)
 
     train = verbs.add_parser("train", help="train a model").add_subparsers(dest="train_verb", metavar="<what>", required=True)
+    p = train.add_parser("backbone", help="contrastive vision-language backbone (RadCLIP)")
+    p.add_argument("--config", help="experiment YAML (sections data, model, train)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train_backbone)
     p = train.add_parser("classifier", help="multilabel CXR classifier (the mAUC judge and a FID feature space)")
     p.add_argument("--config", help="experiment YAML (sections data, model, train)")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -1,0 +1,188 @@
+"""RadCLIP: an open_clip CLIP (ViT image tower, transformer text tower) for grayscale CXRs and our
+word-level report tokenizer.
+
+Built from JSON model configs in ``configs/models/`` (open_clip's own format: ``embed_dim``,
+``vision_cfg``, ``text_cfg``); the text tower's vocabulary is the tokenizer's, pooled at
+``<eos>``. It exposes what both directions need:
+
+* image: pooled, projected embedding (B, E) and patch/grid tokens (B, L, W);
+* text: pooled, projected embedding (B, E) and token features (B, T, W).
+
+Trained with open_clip's ``ClipLoss``. Pretrained open_clip weights load from a local file or
+folder, or from a hub id the user passes (``hf-hub:...``) when online; defaults train from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from ..modeling import RadLoopModel
+from ..text.tokenizer import ReportTokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RadCLIP", "BackboneOutput", "BACKBONE_REGISTRY", "build_backbone", "load_model_config", "MODEL_CONFIG_DIR"]
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+#: registry name -> JSON model config; ``*_tiny`` for tests, ``small`` for CPU runs, ``base`` for GPUs.
+BACKBONE_REGISTRY = {name: f"{name}.json" for name in ("radclip_tiny", "radclip_small", "radclip_base")}
+
+
+def load_model_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A model config by registry name or JSON path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        if str(name_or_path) not in BACKBONE_REGISTRY:
+            raise KeyError(f"unknown backbone '{name_or_path}'; registered: {sorted(BACKBONE_REGISTRY)} or a JSON path")
+        path = MODEL_CONFIG_DIR / BACKBONE_REGISTRY[str(name_or_path)]
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model config {path} is not valid JSON: {err.msg}") from None
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in cfg:
+            raise ValueError(f"model config {path} lacks '{key}'")
+    return cfg
+
+
+@dataclass
+class BackboneOutput(BaseOutput):
+    """Unit-norm embeddings (B, E), token features, and the contrastive temperature."""
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    image_tokens: torch.Tensor
+    text_tokens: torch.Tensor
+    logit_scale: torch.Tensor
+
+
+class RadCLIP(RadLoopModel):
+    """open_clip ``CustomTextCLIP`` over grayscale images and the report tokenizer.
+
+    Args:
+        model_cfg: open_clip config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``).
+        vocab_size: the tokenizer's vocabulary size.
+        in_chans: image channels given to :meth:`encode_image` (1: repeated to the tower's 3).
+    """
+
+    @register_to_config
+    def __init__(self, model_cfg: dict, vocab_size: int, in_chans: int = 1) -> None:
+        super().__init__()
+        import open_clip
+
+        cfg = copy.deepcopy(dict(model_cfg))
+        cfg["text_cfg"] = {**cfg["text_cfg"], "vocab_size": int(vocab_size)}
+        self.clip = open_clip.CustomTextCLIP(**cfg)
+
+    @property
+    def image_size(self) -> int:
+        size = self.config.model_cfg["vision_cfg"]["image_size"]
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config.model_cfg["text_cfg"]["context_length"])
+
+    @property
+    def image_width(self) -> int:
+        return int(self.config.model_cfg["vision_cfg"]["width"])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.config.model_cfg["text_cfg"]["width"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config.model_cfg["embed_dim"])
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, in_chans, S, S) normalised to [-1, 1] -> (embeds (B, E), grid tokens (B, L, W))."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        pooled, tokens = self.clip.visual(images)
+        return pooled, tokens
+
+    def encode_text(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids (B, T) with ``<bos> ... <eos>`` and right padding -> (embeds (B, E), tokens (B, T, W))."""
+        # open_clip's causal mask is built for exactly context_length positions: pad (id 0) or cut.
+        length = self.context_length
+        if input_ids.shape[1] < length:
+            input_ids = nn.functional.pad(input_ids, (0, length - input_ids.shape[1]), value=0)
+        input_ids = input_ids[:, :length]
+        pooled, tokens = self.clip.text(input_ids)
+        return pooled, tokens
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> BackboneOutput:
+        # 1. image tower: pooled embedding and patch tokens
+        image_embeds, image_tokens = self.encode_image(images)
+        # 2. text tower: pooled (at <eos>) embedding and token features
+        text_embeds, text_tokens = self.encode_text(input_ids)
+        # 3. unit-norm embeddings and the learned temperature for the contrastive loss
+        return BackboneOutput(
+            image_embeds=nn.functional.normalize(image_embeds, dim=-1),
+            text_embeds=nn.functional.normalize(text_embeds, dim=-1),
+            image_tokens=image_tokens,
+            text_tokens=text_tokens,
+            logit_scale=self.clip.logit_scale.exp(),
+        )
+
+    def load_open_clip_weights(self, source: str | os.PathLike[str]) -> dict[str, int]:
+        """Copy matching tensors from pretrained open_clip weights.
+
+        ``source`` is a local checkpoint file (``.bin``/``.pt``/``.safetensors``), a folder holding
+        one, or an ``hf-hub:ORG/NAME`` id (needs network; only when the user passes it). Tensors
+        whose name or shape differ (e.g. the token embedding of another vocabulary) are skipped
+        and counted. Returns ``{"loaded": n, "skipped": m}``.
+        """
+        if str(source).startswith("hf-hub:"):
+            import open_clip
+
+            state = open_clip.create_model(str(source), pretrained=str(source)).state_dict()
+        else:
+            path = Path(source)
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
+                if not found:
+                    raise FileNotFoundError(f"no open_clip checkpoint (.bin/.pt/.safetensors) in {path}")
+                path = found[0]
+            if not path.is_file():
+                raise FileNotFoundError(f"open_clip checkpoint not found: {path}")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = self.clip.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise ValueError(f"no tensor of {source} fits this RadCLIP configuration")
+        self.clip.load_state_dict(fitting, strict=False)
+        counts = {"loaded": len(fitting), "skipped": len(state) - len(fitting)}
+        logger.info("open_clip weights from %s: %s", source, counts)
+        return counts
+
+
+def build_backbone(name: str, tokenizer: ReportTokenizer, **overrides: Any) -> RadCLIP:
+    """A registered (or JSON-path) backbone sized for ``tokenizer``; the tokenizer travels with it."""
+    cfg = load_model_config(name)
+    for section, values in overrides.items():
+        if section not in cfg or not isinstance(values, dict):
+            raise KeyError(f"unknown model config section '{section}'")
+        cfg[section] = {**cfg[section], **values}
+    model = RadCLIP(model_cfg=cfg, vocab_size=len(tokenizer))
+    model.tokenizer = tokenizer
+    return model

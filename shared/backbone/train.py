@@ -1,0 +1,127 @@
+"""``radloop train backbone``: contrastive training of RadCLIP on report-image pairs.
+
+Config sections: ``data`` (annotation, sizes, tokenizer threshold), ``model`` (registry name or
+JSON path, optional pretrained open_clip weights), ``train`` (:class:`shared.training.TrainConfig`).
+The tokenizer is fitted on the training reports and saved with the model. Selection on the
+validation split's image -> report label-matched precision@5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ..data.dataset import ReportImageDataset, collate_samples
+from ..text.labeler import ReportLabeler
+from ..text.tokenizer import ReportTokenizer
+from ..training import TrainConfig, Trainer, TrainResult
+from .clip import RadCLIP, build_backbone
+from .retrieval import retrieval_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BackboneDataConfig", "BackboneModelConfig", "BackboneExperiment", "train_backbone", "embed_dataset",
+           "contrastive_loss"]
+
+
+@dataclass
+class BackboneDataConfig:
+    annotation: str = "data/synthcxr/annotation.json"
+    image_size: int | None = None
+    resize: int | None = None
+    batch_size: int = 64
+    min_freq: int = 3
+    max_length: int = 100
+    dataset: str = "iu_xray"
+    num_workers: int = 0
+
+
+@dataclass
+class BackboneModelConfig:
+    name: str = "radclip_small"
+    pretrained: str | None = None
+
+
+@dataclass
+class BackboneExperiment:
+    data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
+    model: BackboneModelConfig = field(default_factory=BackboneModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/backbone", max_steps=1500,
+                                                                   learning_rate=1e-3, eval_every=250,
+                                                                   checkpoint_every=500, warmup_steps=50))
+
+
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """open_clip's ClipLoss, gathering features across processes when several run."""
+    import open_clip
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    loss = open_clip.ClipLoss(
+        gather_with_grad=distributed,
+        rank=torch.distributed.get_rank() if distributed else 0,
+        world_size=torch.distributed.get_world_size() if distributed else 1,
+    )
+    return loss(image_embeds, text_embeds, logit_scale, output_dict=True)["contrastive_loss"]
+
+
+@torch.no_grad()
+def embed_dataset(model: RadCLIP, dataset: ReportImageDataset, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm image and report embeddings (N, E) of a dataset (first view)."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("the backbone has no tokenizer attached")
+    images, texts = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
+    device = next(model.parameters()).device
+    for batch in loader:
+        ids, _ = tok.batch_encode(batch["report"])
+        out = model(batch["images"][:, 0].to(device), ids.to(device))
+        images.append(out.image_embeds.cpu())
+        texts.append(out.text_embeds.cpu())
+    return torch.cat(images), torch.cat(texts)
+
+
+def train_backbone(cfg: DictConfig | BackboneExperiment) -> TrainResult:
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    train_records = ReportImageDataset(data.annotation, "train", image_size=8, max_views=1).reports
+    if not train_records:
+        raise ValueError(f"{data.annotation} has no training studies")
+    tokenizer = ReportTokenizer.fit(train_records, min_freq=data.min_freq, dataset=data.dataset,
+                                    max_length=data.max_length)
+    model = build_backbone(mcfg.name, tokenizer)
+    if mcfg.pretrained:
+        model.load_open_clip_weights(mcfg.pretrained)
+    size = data.image_size or model.image_size
+    if size != model.image_size:
+        raise ValueError(f"data.image_size={size} but model '{mcfg.name}' takes {model.image_size} px images")
+    train_ds = ReportImageDataset(data.annotation, "train", image_size=size, resize=data.resize, train=True)
+    val_ds = ReportImageDataset(data.annotation, "val", image_size=size, resize=data.resize)
+    val_labels = (np.stack([val_ds[i]["labels"].numpy() for i in range(len(val_ds))])
+                  if len(val_ds) and "labels" in val_ds[0] else ReportLabeler().label_batch(val_ds.reports))
+    g = torch.Generator().manual_seed(tcfg.seed)
+    loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
+                        num_workers=data.num_workers, generator=g, drop_last=len(train_ds) > data.batch_size)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        ids, _ = tokenizer.batch_encode(batch["report"])
+        out = m(batch["images"][:, 0], ids.to(batch["images"].device))
+        loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        return {"loss": loss, "logit_scale": out.logit_scale.detach()}
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        if len(val_ds) < 2:
+            return {"i2t_label_precision@5": float("nan")}
+        img, txt = embed_dataset(m, val_ds)  # type: ignore[arg-type]
+        return retrieval_metrics(img, txt, val_labels)
+
+    trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="i2t_label_precision@5",
+                      select_mode="max", save_extra=tokenizer.save_pretrained)
+    return trainer.train()

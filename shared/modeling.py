@@ -1,0 +1,62 @@
+"""What every RadLoop model folder shares: a class check on load and the tokenizer beside the weights.
+
+Models subclass ``RadLoopModel`` (a diffusers ``ModelMixin, ConfigMixin``): ``save_pretrained``
+writes ``config.json`` + ``*.safetensors`` and, when the model holds a tokenizer,
+``report_tokenizer.json``; ``from_pretrained`` refuses a folder written by another model class
+with one clear sentence instead of a shape error deep in ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from diffusers import ConfigMixin, ModelMixin
+
+from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
+
+__all__ = ["RadLoopModel", "check_model_folder"]
+
+
+def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:
+    """Raise a one-line error unless ``path`` holds a saved ``expected`` model."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"no saved model in {path} (config.json missing)")
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config} is not valid JSON: {err.msg}") from None
+    if name != expected:
+        raise ValueError(f"{path} holds a checkpoint of {name}, not of {expected}")
+    return path
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep in name.split("/", 1)[-1]
+
+
+class RadLoopModel(ModelMixin, ConfigMixin):
+    """Base of RadLoop models: diffusers save/load plus the tokenizer and a class check."""
+
+    tokenizer: ReportTokenizer | None = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *args: Any, **kwargs: Any):
+        path = Path(pretrained_model_name_or_path)
+        if path.exists() or _looks_local(str(pretrained_model_name_or_path)):
+            # A local folder never falls through to a hub download attempt.
+            check_model_folder(path, cls.__name__)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        tok = Path(pretrained_model_name_or_path) / TOKENIZER_FILE
+        if tok.is_file():
+            model.tokenizer = ReportTokenizer.from_pretrained(tok)
+        return model

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radloop.cli import main
+from shared.backbone import RadCLIP, build_backbone, load_model_config, retrieval_metrics
+from shared.backbone.train import contrastive_loss
+from shared.text.tokenizer import ReportTokenizer
+
+TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."], min_freq=1)
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    return build_backbone("radclip_tiny", TOK).eval()
+
+
+def test_outputs_and_shapes(tiny):
+    ids, _ = TOK.batch_encode(["no pleural effusion.", "moderate cardiomegaly."])
+    out = tiny(torch.randn(2, 1, 32, 32), ids)
+    assert out.image_embeds.shape == out.text_embeds.shape == (2, 32)
+    torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(2))
+    assert out.image_tokens.shape == (2, 16, 32)  # (32 / 8)^2 patches, width 32
+    assert out.text_tokens.shape == (2, 64, 32)  # padded to the context length
+    loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_save_load_same_output_with_tokenizer(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    assert (tmp_path / "report_tokenizer.json").is_file()
+    again = RadCLIP.from_pretrained(tmp_path).eval()
+    assert again.tokenizer.itos == TOK.itos
+    ids, _ = TOK.batch_encode(["small left pleural effusion."])
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        a, b = tiny(x, ids), again(x, ids)
+    torch.testing.assert_close(a.image_embeds, b.image_embeds)
+    torch.testing.assert_close(a.text_tokens, b.text_tokens)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from evaluation.classifier import build_classifier
+
+    build_classifier("classifier_tiny").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a checkpoint of CXRClassifier, not of RadCLIP"):
+        RadCLIP.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json missing"):
+        RadCLIP.from_pretrained(tmp_path / "empty")
+
+
+def test_local_open_clip_weights(tiny, tmp_path):
+    import open_clip
+
+    cfg = load_model_config("radclip_tiny")
+    donor = open_clip.CustomTextCLIP(**{**cfg, "text_cfg": {**cfg["text_cfg"], "vocab_size": 999}})
+    torch.save({"state_dict": {f"module.{k}": v for k, v in donor.state_dict().items()}}, tmp_path / "ckpt.pt")
+    counts = tiny.load_open_clip_weights(tmp_path)  # a folder holding the checkpoint
+    assert counts["loaded"] > 0 and counts["skipped"] >= 1  # the token embedding of another vocabulary
+    torch.testing.assert_close(tiny.clip.visual.conv1.weight, donor.visual.conv1.weight)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no open_clip checkpoint"):
+        tiny.load_open_clip_weights(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        tiny.load_open_clip_weights(tmp_path / "nothing.pt")
+
+
+def test_model_config_registry(tmp_path):
+    assert load_model_config("radclip_small")["vision_cfg"]["image_size"] == 64
+    with pytest.raises(KeyError, match="unknown backbone 'radclip_huge'"):
+        load_model_config("radclip_huge")
+    (tmp_path / "bad.json").write_text('{"embed_dim": 4}')
+    with pytest.raises(ValueError, match="lacks 'vision_cfg'"):
+        load_model_config(tmp_path / "bad.json")
+
+
+def test_retrieval_metrics_hand_computed():
+    img = torch.eye(3)
+    txt = torch.tensor([[1.0, 0, 0], [0, 0.2, 1.0], [0, 1.0, 0.2]])  # studies 1 and 2 swapped
+    labels = np.zeros((3, 14))
+    labels[1, 2] = labels[2, 2] = 1  # studies 1 and 2 share their findings
+    m = retrieval_metrics(img, txt, labels, ks=(1, 2))
+    assert m["i2t_recall@1"] == pytest.approx(1 / 3) and m["i2t_recall@2"] == 1.0
+    assert m["i2t_label_precision@1"] == 1.0  # the swapped reports carry the same findings
+    assert m["label_chance"] == pytest.approx(5 / 9)
+
+
+def test_train_backbone_two_steps(tmp_path, tiny_synth):
+    out, _ = tiny_synth
+    run = tmp_path / "bb"
+    assert main(["train", "backbone", f"data.annotation={out / 'annotation.json'}", "model.name=radclip_tiny",
+                 "data.batch_size=8", "data.min_freq=1", "train.max_steps=2", f"train.output_dir={run}",
+                 "train.eval_every=1", "train.progress=false"]) == 0
+    model = RadCLIP.from_pretrained(run / "best")
+    assert model.tokenizer is not None and json.loads((run / "history.json").read_text())
