@@ -126,6 +126,19 @@ def cmd_train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_pretrain(args: argparse.Namespace) -> int:
+    from shared.backbone import pretrain
+
+    experiment, fn = {"lsu": (pretrain.LSUExperiment, pretrain.train_lsu),
+                      "radcare": (pretrain.RadCAREExperiment, pretrain.train_radcare)}[args.train_verb]
+    cfg = load_config(experiment(), args.config, args.overrides)
+    save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
+    result = fn(cfg)
+    _echo(f"{args.train_verb} trained for {result.steps} steps; best validation value {result.best_metric} "
+          f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    return 0
+
+
 def cmd_evaluate_images(args: argparse.Namespace) -> int:
     from evaluation.image_eval import evaluate_images
     from evaluation.reports import markdown_table
@@ -244,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="experiment YAML (sections data, model, train)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train_backbone)
+    for verb, what in (("lsu", "UAR's Latent Space Unifier: the VQ image tokenizer"),
+                       ("radcare", "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)")):
+        p = train.add_parser(verb, help=what)
+        p.add_argument("--config", help="experiment YAML (sections data, model, train; radcare also loss)")
+        p.add_argument("overrides", nargs="*", metavar="key=value")
+        p.set_defaults(func=cmd_train_pretrain)
     p = train.add_parser("classifier", help="multilabel CXR classifier (the mAUC judge and a FID feature space)")
     p.add_argument("--config", help="experiment YAML (sections data, model, train)")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -103,9 +103,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return {"loss": out["loss"] * (math.nan if calls["n"] > 4 else 1.0)}
 
     trainer.loss_fn = nan_after_four
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*checkpoint_0"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*checkpoint_3"):
         trainer.train()
-    assert (tmp_path / "checkpoints" / "checkpoint_0").is_dir()
+    assert (tmp_path / "checkpoints" / "checkpoint_3").is_dir()
 
 
 def test_ema_and_accumulation(tmp_path):

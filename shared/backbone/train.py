@@ -27,7 +27,7 @@ from .retrieval import retrieval_metrics
 logger = logging.getLogger(__name__)
 
 __all__ = ["BackboneDataConfig", "BackboneModelConfig", "BackboneExperiment", "train_backbone", "embed_dataset",
-           "contrastive_loss"]
+           "contrastive_loss", "prepare_pairs", "dataset_labels"]
 
 
 @dataclass
@@ -87,28 +87,42 @@ def embed_dataset(model: RadCLIP, dataset: ReportImageDataset, batch_size: int =
     return torch.cat(images), torch.cat(texts)
 
 
+def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int, tokenizer: ReportTokenizer | None = None
+                  ) -> tuple[ReportTokenizer, ReportImageDataset, ReportImageDataset, DataLoader]:
+    """Fit (or reuse) the tokenizer on the training reports; build train/val datasets and the train loader."""
+    if tokenizer is None:
+        reports = ReportImageDataset(data.annotation, "train", image_size=8, max_views=1).reports
+        if not reports:
+            raise ValueError(f"{data.annotation} has no training studies")
+        tokenizer = ReportTokenizer.fit(reports, min_freq=data.min_freq, dataset=data.dataset,
+                                        max_length=data.max_length)
+    train_ds = ReportImageDataset(data.annotation, "train", image_size=image_size, resize=data.resize, train=True)
+    val_ds = ReportImageDataset(data.annotation, "val", image_size=image_size, resize=data.resize)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
+                        num_workers=data.num_workers, generator=g, drop_last=len(train_ds) > data.batch_size)
+    return tokenizer, train_ds, val_ds, loader
+
+
+def dataset_labels(ds: ReportImageDataset) -> np.ndarray:
+    """(N, 14) labels: the labels file when present, else the labeler on the reports."""
+    if len(ds) and "labels" in ds[0]:
+        return np.stack([ds[i]["labels"].numpy() for i in range(len(ds))])
+    return ReportLabeler().label_batch(ds.reports)
+
+
 def train_backbone(cfg: DictConfig | BackboneExperiment) -> TrainResult:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
-    train_records = ReportImageDataset(data.annotation, "train", image_size=8, max_views=1).reports
-    if not train_records:
-        raise ValueError(f"{data.annotation} has no training studies")
-    tokenizer = ReportTokenizer.fit(train_records, min_freq=data.min_freq, dataset=data.dataset,
-                                    max_length=data.max_length)
+    size = data.image_size or model_image_size(mcfg.name)
+    tokenizer, train_ds, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_backbone(mcfg.name, tokenizer)
     if mcfg.pretrained:
         model.load_open_clip_weights(mcfg.pretrained)
-    size = data.image_size or model.image_size
     if size != model.image_size:
         raise ValueError(f"data.image_size={size} but model '{mcfg.name}' takes {model.image_size} px images")
-    train_ds = ReportImageDataset(data.annotation, "train", image_size=size, resize=data.resize, train=True)
-    val_ds = ReportImageDataset(data.annotation, "val", image_size=size, resize=data.resize)
-    val_labels = (np.stack([val_ds[i]["labels"].numpy() for i in range(len(val_ds))])
-                  if len(val_ds) and "labels" in val_ds[0] else ReportLabeler().label_batch(val_ds.reports))
-    g = torch.Generator().manual_seed(tcfg.seed)
-    loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
-                        num_workers=data.num_workers, generator=g, drop_last=len(train_ds) > data.batch_size)
+    val_labels = dataset_labels(val_ds)
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         ids, _ = tokenizer.batch_encode(batch["report"])
@@ -125,3 +139,10 @@ def train_backbone(cfg: DictConfig | BackboneExperiment) -> TrainResult:
     trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="i2t_label_precision@5",
                       select_mode="max", save_extra=tokenizer.save_pretrained)
     return trainer.train()
+
+
+def model_image_size(name: str) -> int:
+    from .clip import load_model_config
+
+    size = load_model_config(name)["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -186,12 +186,14 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         seed_everything(cfg.seed)
         self.accelerator = Accelerator(
+            # Without CUDA, cpu=True is what makes accelerate use gloo across launched processes.
+            cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision,
             log_with=cfg.report_to,
-            project_config=ProjectConfiguration(
-                project_dir=str(self.out), automatic_checkpoint_naming=True, total_limit=cfg.checkpoints_total_limit
-            ),
+            # Checkpoints are named by step here, not by accelerate's automatic naming, whose
+            # existence check races between processes.
+            project_config=ProjectConfiguration(project_dir=str(self.out)),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         )
         self.loss_fn, self.eval_fn = loss_fn, eval_fn
@@ -230,9 +232,20 @@ class Trainer:
         if latest is None or not self.cfg.resume:
             return
         self.accelerator.load_state(str(latest))
-        # automatic naming continues after the loaded checkpoint
-        self.accelerator.project_configuration.iteration = int(latest.name.split("_")[-1]) + 1
         logger.info("resumed from %s at step %d", latest, self.state.step)
+
+    def _checkpoint(self) -> None:
+        """``save_state`` into ``checkpoints/checkpoint_<step>``; keep the newest ``checkpoints_total_limit``."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        acc.save_state(str(self.checkpoint_dir / f"checkpoint_{self.state.step}"))
+        acc.wait_for_everyone()
+        if acc.is_main_process and self.cfg.checkpoints_total_limit:
+            found = sorted((p for p in self.checkpoint_dir.iterdir() if p.name.startswith("checkpoint_")),
+                           key=lambda p: int(p.name.split("_")[-1]))
+            for old in found[: -self.cfg.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
 
     def _save_model(self, name: str, use_ema: bool = True) -> Path:
         target = self.out / name
@@ -342,8 +355,7 @@ class Trainer:
                 if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps:
                     self._evaluate(history)
                 if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
-                    acc.wait_for_everyone()
-                    acc.save_state()
+                    self._checkpoint()
                 if self.state.step >= cfg.max_steps:
                     break
             epoch += 1

@@ -1,0 +1,111 @@
+"""Training entries for UAR's LSU image tokenizer and CMCRL's RadCARE pre-training.
+
+``radloop train lsu``: the VQ image tokenizer (reconstruction + codebook losses); selection on
+validation reconstruction L1. ``radloop train radcare``: the multiway transformer with the four
+RadCARE objectives, each weighted in ``loss`` (0 switches one off); selection on the validation
+total loss. Both share the data section and tokenizer handling of ``radloop train backbone``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ..data.dataset import collate_samples
+from ..training import TrainConfig, Trainer, TrainResult
+from .lsu import LSU_REGISTRY, build_lsu
+from .radcare import RADCARE_REGISTRY, RadCAREWeights, build_radcare
+from .train import BackboneDataConfig, prepare_pairs
+
+__all__ = ["LSUExperiment", "RadCAREExperiment", "train_lsu", "train_radcare"]
+
+
+@dataclass
+class LSUModelConfig:
+    name: str = "lsu_small"
+    dim: int = 128
+
+
+@dataclass
+class LSUExperiment:
+    data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
+    model: LSUModelConfig = field(default_factory=LSUModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/lsu", max_steps=1000,
+                                                                   learning_rate=5e-4, eval_every=250))
+
+
+@dataclass
+class RadCAREModelConfig:
+    name: str = "radcare_small"
+    mask_ratio: float = 0.85
+    degrade_scale: int = 2
+
+
+@dataclass
+class RadCAREExperiment:
+    data: BackboneDataConfig = field(default_factory=BackboneDataConfig)
+    model: RadCAREModelConfig = field(default_factory=RadCAREModelConfig)
+    loss: RadCAREWeights = field(default_factory=RadCAREWeights)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/radcare", max_steps=2000,
+                                                                   learning_rate=5e-4, eval_every=250,
+                                                                   warmup_steps=100))
+
+
+def _val_loss(m: torch.nn.Module, val_loader: DataLoader, fn) -> float:
+    total, n = 0.0, 0
+    for batch in val_loader:
+        total += float(fn(m, batch)["loss"]) * len(batch["report"])
+        n += len(batch["report"])
+    return total / max(n, 1)
+
+
+def train_lsu(cfg: DictConfig | LSUExperiment) -> TrainResult:
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    if mcfg.name not in LSU_REGISTRY:
+        raise KeyError(f"unknown LSU '{mcfg.name}'; registered: {sorted(LSU_REGISTRY)}")
+    size = data.image_size or LSU_REGISTRY[mcfg.name]["image_size"]
+    tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
+    model = build_lsu(mcfg.name, len(tokenizer), mcfg.dim)
+    model.tokenizer = tokenizer
+    val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return m.reconstruction_loss(batch["images"][:, 0])
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        return {"recon_l1": _val_loss(m, val_loader, loss_fn) if len(val_ds) else float("nan")}
+
+    trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="recon_l1", select_mode="min",
+                      save_extra=tokenizer.save_pretrained)
+    return trainer.train()
+
+
+def train_radcare(cfg: DictConfig | RadCAREExperiment) -> TrainResult:
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    data, mcfg, weights, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
+    if mcfg.name not in RADCARE_REGISTRY:
+        raise KeyError(f"unknown RadCARE model '{mcfg.name}'; registered: {sorted(RADCARE_REGISTRY)}")
+    size = data.image_size or RADCARE_REGISTRY[mcfg.name]["image_size"]
+    tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
+    model = build_radcare(mcfg.name, len(tokenizer), mask_ratio=mcfg.mask_ratio, degrade_scale=mcfg.degrade_scale)
+    model.tokenizer = tokenizer
+    val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        ids, _ = tokenizer.batch_encode(batch["report"])
+        return m(batch["images"][:, 0], ids.to(batch["images"].device), weights)
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        torch.manual_seed(tcfg.seed)  # the same masks every evaluation
+        return {"loss": _val_loss(m, val_loader, loss_fn) if len(val_ds) else float("nan")}
+
+    trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="loss", select_mode="min",
+                      save_extra=tokenizer.save_pretrained)
+    return trainer.train()
