@@ -61,9 +61,26 @@ def load_image_set(
     return {"images": images, "reports": reports, "ids": [s["study_id"] for s in samples], "labels": labels}
 
 
+class _ImageTower(torch.nn.Module):
+    """The backbone's image tower as a feature module: pooled (projected) image embedding."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(images)[0]
+
+
 def build_feature_extractor(spec: str, classifier: torch.nn.Module | None = None) -> FeatureExtractor:
-    """``"classifier"`` (the given CXRClassifier) or ``"timm:ARCH[:WEIGHTS]"`` (a timm model, random or
-    initialised from a local state dict; nothing is downloaded)."""
+    """``"classifier"`` (the given CXRClassifier), ``"backbone:DIR"`` (the shared backbone's image
+    tower) or ``"timm:ARCH[:WEIGHTS]"`` (a timm model, random or initialised from a local state dict;
+    nothing is downloaded)."""
+    if spec.startswith("backbone:"):
+        from shared.backbone import RadCLIP
+
+        backbone = RadCLIP.from_pretrained(spec.split(":", 1)[1]).eval()
+        return FeatureExtractor(_ImageTower(backbone), in_chans=1, image_size=backbone.image_size)
     if spec == "classifier":
         if classifier is None:
             raise ValueError("features 'classifier' need --classifier DIR")
@@ -82,7 +99,7 @@ def build_feature_extractor(spec: str, classifier: torch.nn.Module | None = None
                 raise ValueError(f"no tensor of {parts[2]} fits timm model '{parts[1]}'")
             logger.info("feature model %s: %d missing, %d unexpected keys", parts[1], len(missing), len(unexpected))
         return FeatureExtractor(model, in_chans=1, image_size=None)
-    raise ValueError(f"unknown feature extractor '{spec}'; use 'classifier' or 'timm:ARCH[:WEIGHTS]'")
+    raise ValueError(f"unknown feature extractor '{spec}'; use 'classifier', 'backbone:DIR' or 'timm:ARCH[:WEIGHTS]'")
 
 
 def evaluate_images(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import read_json
 from shared.text.labeler import ReportLabeler
 
 from .clinical import clinical_efficacy
@@ -24,10 +24,7 @@ def load_report_map(path: str | os.PathLike[str]) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reports file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    data = read_json(path)
     if isinstance(data, Mapping) and any(k in data for k in ("train", "val", "test")) and all(
         isinstance(v, list) for v in data.values()
     ):

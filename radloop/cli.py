@@ -104,37 +104,28 @@ def cmd_evaluate_reports(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from evaluation.train_classifier import ClassifierExperiment, train_classifier
+#: train verb -> (module, experiment dataclass, train function, what its selection metric is)
+TRAINERS = {
+    "backbone": ("shared.backbone.train", "BackboneExperiment", "train_backbone",
+                 "contrastive vision-language backbone (RadCLIP)", "image->report label precision@5"),
+    "lsu": ("shared.backbone.pretrain", "LSUExperiment", "train_lsu",
+            "UAR's Latent Space Unifier: the VQ image tokenizer", "reconstruction L1"),
+    "radcare": ("shared.backbone.pretrain", "RadCAREExperiment", "train_radcare",
+                "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)", "loss"),
+    "classifier": ("evaluation.train_classifier", "ClassifierExperiment", "train_classifier",
+                   "multilabel CXR classifier (the mAUC judge and a FID feature space)", "mAUC"),
+}
 
-    cfg = load_config(ClassifierExperiment(), args.config, args.overrides)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    module, experiment, fn, _, metric = TRAINERS[args.train_verb]
+    mod = importlib.import_module(module)
+    cfg = load_config(getattr(mod, experiment)(), args.config, args.overrides)
     save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
-    result = train_classifier(cfg)
-    _echo(f"classifier trained for {result.steps} steps; best validation mAUC {result.best_metric} "
-          f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
-    return 0
-
-
-def cmd_train_backbone(args: argparse.Namespace) -> int:
-    from shared.backbone.train import BackboneExperiment, train_backbone
-
-    cfg = load_config(BackboneExperiment(), args.config, args.overrides)
-    save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
-    result = train_backbone(cfg)
-    _echo(f"backbone trained for {result.steps} steps; best validation image->report label precision@5 "
-          f"{result.best_metric} at step {result.best_step}; weights in {cfg.train.output_dir}/best")
-    return 0
-
-
-def cmd_train_pretrain(args: argparse.Namespace) -> int:
-    from shared.backbone import pretrain
-
-    experiment, fn = {"lsu": (pretrain.LSUExperiment, pretrain.train_lsu),
-                      "radcare": (pretrain.RadCAREExperiment, pretrain.train_radcare)}[args.train_verb]
-    cfg = load_config(experiment(), args.config, args.overrides)
-    save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
-    result = fn(cfg)
-    _echo(f"{args.train_verb} trained for {result.steps} steps; best validation value {result.best_metric} "
+    result = getattr(mod, fn)(cfg)
+    _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {metric} {result.best_metric} "
           f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
     return 0
 
@@ -246,27 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-split", dest="real_split", default="test")
     p.add_argument("--real-labels", dest="real_labels", choices=("file", "labeler"), default="file")
     p.add_argument("--classifier", help="folder of a classifier from `radloop train classifier` (for mAUC)")
-    p.add_argument("--features", default="classifier", help="'classifier' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
+    p.add_argument("--features", default="classifier", help="'classifier', 'backbone:DIR' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
     p.add_argument("--image-size", dest="image_size", type=int, default=128)
     p.add_argument("--min-count", dest="min_count", type=int, default=10, help="per-finding FID needs this many")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate_images)
 
     train = verbs.add_parser("train", help="train a model").add_subparsers(dest="train_verb", metavar="<what>", required=True)
-    p = train.add_parser("backbone", help="contrastive vision-language backbone (RadCLIP)")
-    p.add_argument("--config", help="experiment YAML (sections data, model, train)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_train_backbone)
-    for verb, what in (("lsu", "UAR's Latent Space Unifier: the VQ image tokenizer"),
-                       ("radcare", "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)")):
+    for verb, (_, _, _, what, _) in TRAINERS.items():
         p = train.add_parser(verb, help=what)
         p.add_argument("--config", help="experiment YAML (sections data, model, train; radcare also loss)")
         p.add_argument("overrides", nargs="*", metavar="key=value")
-        p.set_defaults(func=cmd_train_pretrain)
-    p = train.add_parser("classifier", help="multilabel CXR classifier (the mAUC judge and a FID feature space)")
-    p.add_argument("--config", help="experiment YAML (sections data, model, train)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_train_classifier)
+        p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data and everything built so far; names the stages not built yet.")

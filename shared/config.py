@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text"]
+__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text", "read_json"]
 
 
 class ConfigError(ValueError):
@@ -128,6 +128,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> Any:
+    """Parse a JSON file; malformed JSON raises ``error`` naming the file, the problem and the line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | os.PathLike[str], argv: Sequence[str] | None = None) -> Path:

@@ -8,13 +8,13 @@ with one clear sentence instead of a shape error deep in ``load_state_dict``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from diffusers import ConfigMixin, ModelMixin
 
+from .config import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
 
 __all__ = ["RadLoopModel", "check_model_folder"]
@@ -26,10 +26,7 @@ def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:
     config = path / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"no saved model in {path} (config.json missing)")
-    try:
-        name = json.loads(config.read_text()).get("_class_name")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config} is not valid JSON: {err.msg}") from None
+    name = read_json(config).get("_class_name")
     if name != expected:
         raise ValueError(f"{path} holds a checkpoint of {name}, not of {expected}")
     return path

@@ -22,7 +22,9 @@ def main() -> None:
     def save_and_capture(self, name, use_ema=True):
         path = original(self, name, use_ema)
         if name == "final":  # still inside the process group (end_training comes after)
-            state = self.accelerator.unwrap_model(self.model).state_dict()
+            # Parameters are what DDP keeps identical; BatchNorm running statistics are per-rank buffers.
+            model = self.accelerator.unwrap_model(self.model)
+            state = {k: v.detach().clone() for k, v in model.named_parameters()}
             torch.save({"world": self.accelerator.num_processes, "state": state},
                        out / f"rank{self.accelerator.process_index}.pt")
         return path

@@ -23,7 +23,7 @@ def test_outputs_and_shapes(tiny):
     out = tiny(torch.randn(2, 1, 32, 32), ids)
     assert out.image_embeds.shape == out.text_embeds.shape == (2, 32)
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(2))
-    assert out.image_tokens.shape == (2, 16, 32)  # (32 / 8)^2 patches, width 32
+    assert out.image_tokens.shape == (2, 16, 32)  # 4 x 4 grid of the stride-8 CNN, 32 channels
     assert out.text_tokens.shape == (2, 64, 32)  # padded to the context length
     loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -60,12 +60,20 @@ def test_local_open_clip_weights(tiny, tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in donor.state_dict().items()}}, tmp_path / "ckpt.pt")
     counts = tiny.load_open_clip_weights(tmp_path)  # a folder holding the checkpoint
     assert counts["loaded"] > 0 and counts["skipped"] >= 1  # the token embedding of another vocabulary
-    torch.testing.assert_close(tiny.clip.visual.conv1.weight, donor.visual.conv1.weight)
+    torch.testing.assert_close(tiny.clip.visual.trunk.conv1.weight, donor.visual.trunk.conv1.weight)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no open_clip checkpoint"):
         tiny.load_open_clip_weights(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         tiny.load_open_clip_weights(tmp_path / "nothing.pt")
+
+
+def test_vit_tower_variant():
+    torch.manual_seed(0)
+    vit = build_backbone("radclip_vit_tiny", TOK).eval()
+    ids, _ = TOK.batch_encode(["moderate cardiomegaly."])
+    out = vit(torch.randn(1, 1, 32, 32), ids)
+    assert out.image_tokens.shape == (1, 16, 32) and vit.image_width == 32
 
 
 def test_model_config_registry(tmp_path):

@@ -144,6 +144,23 @@ def test_train_classifier_and_evaluate_images(tmp_path, tiny_synth, capsys):
     assert "| fid |" in capsys.readouterr().out
 
 
+def test_feature_extractors_by_name(tmp_path):
+    from evaluation.image_eval import build_feature_extractor
+    from shared.backbone import build_backbone
+    from shared.text.tokenizer import ReportTokenizer
+
+    tok = ReportTokenizer.fit(["no effusion."], min_freq=1)
+    build_backbone("radclip_tiny", tok).save_pretrained(tmp_path / "bb")
+    ext = build_feature_extractor(f"backbone:{tmp_path / 'bb'}")
+    assert ext(torch.rand(3, 1, 48, 48)).shape == (3, 32)
+    timm_ext = build_feature_extractor("timm:test_resnet")
+    assert timm_ext(torch.rand(2, 1, 32, 32)).shape == (2, 96)
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        build_feature_extractor("inception")
+    with pytest.raises(ValueError, match="need --classifier"):
+        build_feature_extractor("classifier")
+
+
 def test_evaluate_images_bad_input(tmp_path, capsys):
     (tmp_path / "gen.jsonl").write_text(json.dumps({"id": "a", "image_path": ["nope.png"], "report": "x"}) + "\n")
     assert main(["evaluate", "images", "--generated", str(tmp_path / "gen.jsonl")]) == 2

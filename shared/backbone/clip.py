@@ -29,6 +29,7 @@ from torch import nn
 
 from ..modeling import RadLoopModel
 from ..text.tokenizer import ReportTokenizer
+from . import towers  # noqa: F401  (registers the CXR timm towers by name)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ __all__ = ["RadCLIP", "BackboneOutput", "BACKBONE_REGISTRY", "build_backbone", "
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 #: registry name -> JSON model config; ``*_tiny`` for tests, ``small`` for CPU runs, ``base`` for GPUs.
-BACKBONE_REGISTRY = {name: f"{name}.json" for name in ("radclip_tiny", "radclip_small", "radclip_base")}
+BACKBONE_REGISTRY = {name: f"{name}.json" for name in ("radclip_tiny", "radclip_small", "radclip_base",
+                                                       "radclip_vit_tiny", "radclip_vit_small")}
 
 
 def load_model_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -95,7 +97,13 @@ class RadCLIP(RadLoopModel):
         return int(self.config.model_cfg["text_cfg"]["context_length"])
 
     @property
+    def is_timm_tower(self) -> bool:
+        return bool(self.config.model_cfg["vision_cfg"].get("timm_model_name"))
+
+    @property
     def image_width(self) -> int:
+        if self.is_timm_tower:
+            return int(self.clip.visual.trunk.num_features)
         return int(self.config.model_cfg["vision_cfg"]["width"])
 
     @property
@@ -110,6 +118,12 @@ class RadCLIP(RadLoopModel):
         """images (B, in_chans, S, S) normalised to [-1, 1] -> (embeds (B, E), grid tokens (B, L, W))."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
+        if self.is_timm_tower:
+            # One pass through the CNN: its feature map gives the grid tokens, its pooled head the embedding.
+            visual = self.clip.visual
+            fmap = visual.trunk.forward_features(images)
+            pooled = visual.head(visual.trunk.forward_head(fmap))
+            return pooled, fmap.flatten(2).transpose(1, 2)
         pooled, tokens = self.clip.visual(images)
         return pooled, tokens
 

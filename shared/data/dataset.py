@@ -34,6 +34,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..config import read_json
 from ..labels import CHEXPERT_LABELS
 from .transforms import build_transform
 
@@ -46,13 +47,6 @@ SPLITS = ("train", "val", "test")
 
 class DataError(ValueError):
     """Bad input data; the message names the file (and key or row) at fault."""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
 
 
 def _records_from_r2gen(data: Any, path: Path) -> list[dict[str, Any]]:
@@ -95,7 +89,7 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise DataError(f"annotation file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        records = _records_from_r2gen(_read_json(path), path)
+        records = _records_from_r2gen(read_json(path, DataError), path)
     elif suffix == ".csv":
         records = _records_from_csv(path)
     elif suffix == ".jsonl":

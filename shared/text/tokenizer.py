@@ -162,10 +162,9 @@ class ReportTokenizer:
             path = path / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"tokenizer file {path} is not valid JSON: {err.msg} (line {err.lineno})") from None
+        from ..config import read_json
+
+        data = read_json(path)
         if not isinstance(data, dict) or data.get("type") != "radloop-word-level" or "vocab" not in data:
             raise ValueError(f"{path} is not a RadLoop word-level tokenizer file")
         return cls(data["vocab"], dataset=data.get("dataset", "iu_xray"), max_length=data.get("max_length", 100))
