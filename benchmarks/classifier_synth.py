@@ -1,6 +1,6 @@
 """Train the CXR classifier on SynthCXR with the CPU recipe and report its test mAUC on real images.
 
-    python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 1500] [--model resnet18]
+    python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 300] [--model classifier_small]
 
 This is the judge that scores generated images (mAUC); its mAUC on *real* test images is the
 ceiling generated images can reach. Prints one JSON object.
@@ -33,9 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="runs/bench/synthcxr")
     parser.add_argument("--out", default="runs/bench/classifier")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--model", default="classifier_small")
+    parser.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
     data = Path(args.data)
     if not (data / "annotation.json").is_file():
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = load_config(ClassifierExperiment(), None, [
         f"data.annotation={data / 'annotation.json'}", f"data.image_size={args.image_size}",
         f"model.name={args.model}", f"train.max_steps={args.steps}", f"train.output_dir={args.out}",
-        "train.eval_every=250", "train.checkpoint_every=500", "train.progress=false",
+        "data.batch_size=64", "train.eval_every=100", "train.checkpoint_every=300", "train.progress=false",
     ])
     start = time.perf_counter()
     result = train_classifier(cfg)

@@ -30,6 +30,7 @@ CLASSIFIER_REGISTRY: dict[str, dict] = {
     "densenet121": {"arch": "densenet121"},
     "resnet18": {"arch": "resnet18"},
     "resnet50": {"arch": "resnet50"},
+    "classifier_small": {"arch": "cxr_resnet_small"},
     "classifier_tiny": {"arch": "test_resnet"},
 }
 
@@ -87,6 +88,8 @@ class CXRClassifier(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         import timm
+
+        import shared.backbone.towers  # noqa: F401  (registers the cxr_resnet_* towers in timm)
 
         if len(label_names) != num_classes:
             raise ValueError(f"{len(label_names)} label names for {num_classes} classes")

@@ -145,7 +145,7 @@ def _ribs(fr: _Frame, p: Patient, side: int, fractures: list[Finding]) -> np.nda
         k0 = np.floor(_rib_phase(np.float32(t0), np.float32(_zone_y(p, side, f.zone)), p)) + 0.5
         window = (np.abs(phase - k0) < 0.75) & (np.abs(t - t0 - 0.06) < 0.09)
         shifted = np.power(np.sin(np.pi * (phase + 0.4)), 8)
-        broken = np.where(t > t0, shifted, ribs) * (1.0 - _bump((t - t0) / 0.02))
+        broken = np.where(t > t0, shifted, ribs) * (1.0 - _bump((t - t0) / max(0.02, 1.2 * fr.eps)))
         ribs = np.where(window, broken, ribs).astype(_F)
     return ribs * cage
 
@@ -249,7 +249,7 @@ def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
             if side not in f.sides:
                 continue
             rng = np.random.default_rng(stable_seed(f.seed, "atelectasis"))
-            thick = (0.016, 0.03, 0.03)[_SEVERITY_LEVEL[f.severity]]
+            thick = max((0.016, 0.03, 0.03)[_SEVERITY_LEVEL[f.severity]], 1.2 * eps)
             if f.zone == "retrocardiac":
                 wedge = _soft(_ellipse_sd(x, y, side * 0.15, base - 0.12, 0.08, 0.11), 2 * eps)
                 extra += (0.1 + 0.06 * _SEVERITY_LEVEL[f.severity]) * wedge
@@ -269,7 +269,7 @@ def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
                 edge = cx + side * a * 0.98
                 for k in range(4):
                     yk = base - 0.06 - 0.045 * k
-                    extra += 0.05 * _bump((y - yk) / 0.006) * _bump((x - edge + side * 0.03) / 0.035)
+                    extra += 0.05 * _bump((y - yk) / max(0.006, eps)) * _bump((x - edge + side * 0.03) / 0.035)
 
         for f in by_name.get("Lung Lesion", []):
             if side not in f.sides:
@@ -287,18 +287,22 @@ def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
         dens += 0.075 * p.bone * _ribs(fr, p, side, fractures) * body + 0.2 * p.bone * _clavicle(fr, p, side)
 
     # 3. Support devices: radio-opaque lines and boxes.
+    # Tubes and wires are drawn at least about a pixel wide, so that they stay visible at small sizes.
+    def tube(w: float) -> float:
+        return max(w, 1.2 * eps)
+
     for f in by_name.get("Support Devices", []):
         rng = np.random.default_rng(stable_seed(f.seed, "device"))
         if f.kind == "endotracheal tube":
             tip = -0.42 + rng.uniform(-0.05, 0.05)
-            dens += 0.4 * _polyline(x, y, [(0.005, -1.2), (0.005, tip)], 0.012)
+            dens += 0.4 * _polyline(x, y, [(0.005, -1.2), (0.005, tip)], tube(0.012))
         elif f.kind == "central venous catheter":
             pts = [(-0.62, -0.66), (-0.3, -0.55), (-0.08, -0.36), (-0.05, -0.12 + rng.uniform(-0.04, 0.04))]
-            dens += 0.45 * _polyline(x, y, pts, 0.009)
+            dens += 0.45 * _polyline(x, y, pts, tube(0.009))
         else:  # pacemaker: generator box in the left upper chest, leads into the heart
             gx, gy = 0.52 + rng.uniform(-0.04, 0.04), -0.62
             box = _soft(np.maximum(np.abs(x - gx) - 0.07, np.abs(y - gy) - 0.045), eps)
-            leads = _polyline(x, y, [(gx - 0.05, gy), (0.22, -0.45), (0.04, 0.0), (0.1, p.heart_cy + 0.1)], 0.007)
+            leads = _polyline(x, y, [(gx - 0.05, gy), (0.22, -0.45), (0.04, 0.0), (0.1, p.heart_cy + 0.1)], tube(0.007))
             dens += 0.9 * box + 0.5 * leads
     return dens
 
