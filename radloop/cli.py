@@ -26,7 +26,7 @@ logger = logging.getLogger("radloop")
 
 #: Stages of the full loop that later work adds; `radloop demo` names those still missing.
 NOT_BUILT_YET = {
-    "report model": "image2report decoders (issue 5)",
+    "report models UAR, CMCRL, IFNet": "image2report decoders beyond the baseline (issue 5)",
     "diffusion model": "report2image latent diffusion (issue 6)",
     "counterfactuals + augmentation + HTML report": "radloop demo workflow (issue 7)",
 }
@@ -112,6 +112,8 @@ TRAINERS = {
             "UAR's Latent Space Unifier: the VQ image tokenizer", "reconstruction L1"),
     "radcare": ("shared.backbone.pretrain", "RadCAREExperiment", "train_radcare",
                 "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)", "loss"),
+    "report": ("image2report.train", "ReportExperiment", "train_report_model",
+               "report decoder (baseline; UAR, CMCRL, IFNet to come)", "CE micro-F1"),
     "classifier": ("evaluation.train_classifier", "ClassifierExperiment", "train_classifier",
                    "multilabel CXR classifier (the mAUC judge and a FID feature space)", "mAUC"),
 }
@@ -127,6 +129,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = getattr(mod, fn)(cfg)
     _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {metric} {result.best_metric} "
           f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    return 0
+
+
+def cmd_generate_report(args: argparse.Namespace) -> int:
+    from image2report.train import generate_reports
+    from shared.config import atomic_write_text
+
+    reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams)
+    atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
+    _echo(f"wrote {len(reports)} generated reports to {args.out}")
     return 0
 
 
@@ -249,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="experiment YAML (sections data, model, train; radcare also loss)")
         p.add_argument("overrides", nargs="*", metavar="key=value")
         p.set_defaults(func=cmd_train)
+
+    generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
+        dest="generate_verb", metavar="<what>", required=True)
+    p = generate.add_parser("report", help="write reports for one split of an annotation",
+                            description="Writes {study id: report} JSON, ready for `radloop evaluate reports`.")
+    p.add_argument("--checkpoint", required=True, help="a report-model folder (e.g. runs/report/best)")
+    p.add_argument("--annotation", required=True, help="annotation.json / manifest with the images")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num-beams", dest="num_beams", type=int, default=3, help="1 = greedy")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.set_defaults(func=cmd_generate_report)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data and everything built so far; names the stages not built yet.")

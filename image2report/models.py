@@ -1,0 +1,126 @@
+"""Report decoders. ``baseline``: the R2Gen-base setting — CNN grid features of each view, a
+3-layer Transformer encoder-decoder, word-level output.
+
+The visual extractor is the shared backbone's CNN image tower architecture (``cxr_resnet_*``,
+registered in timm), so a trained RadCLIP folder can initialise it (``init_visual_from``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from shared.modeling import RadLoopModel
+
+__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model"]
+
+
+@dataclass
+class ReportModelOutput(BaseOutput):
+    """``logits`` (B, T, V) for next-token prediction; ``loss`` (scalar) when targets are given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+def _sinusoid(length: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(length).float()[:, None]
+    div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    return pe
+
+
+class BaselineReportModel(RadLoopModel):
+    """CNN grid features -> Transformer encoder-decoder -> report tokens.
+
+    Args:
+        vocab_size: report tokenizer size (pad 0, bos 1, eos 2).
+        visual: timm name of the image tower (``cxr_resnet_small``, ``cxr_resnet_tiny``, ``resnet18``...).
+        image_size: input side; max_views: views per study (IU X-ray 2, MIMIC-CXR 1).
+    """
+
+    @register_to_config
+    def __init__(self, vocab_size: int, visual: str = "cxr_resnet_small", image_size: int = 64, max_views: int = 1,
+                 d_model: int = 256, num_layers: int = 3, num_heads: int = 8, ff_dim: int = 512,
+                 dropout: float = 0.1, max_length: int = 100) -> None:
+        super().__init__()
+        import timm
+
+        import shared.backbone.towers  # noqa: F401  (registers cxr_resnet_*)
+
+        self.image_encoder = timm.create_model(visual, pretrained=False, num_classes=0, in_chans=3)
+        self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)
+        self.view_embed = nn.Embedding(max_views, d_model)
+        self.token_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.register_buffer("pos", _sinusoid(max(max_length, 1024), d_model), persistent=False)
+        self.transformer = nn.Transformer(d_model, num_heads, num_layers, num_layers, ff_dim, dropout,
+                                          batch_first=True)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] -> encoder memory (B, V * L, d)."""
+        b, v = images.shape[:2]
+        if v > self.config.max_views:
+            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
+        x = images.flatten(0, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        # 1. grid features of every view: (B*V, C, h, w) -> (B*V, h*w, d)
+        grid = self.visual_proj(self.image_encoder.forward_features(x).flatten(2).transpose(1, 2))
+        n = grid.shape[1]
+        # 2. positions within the grid and which view each token comes from
+        grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
+        # 3. the transformer encoder over all views' tokens
+        return self.transformer.encoder(grid.reshape(b, v * n, -1))
+
+    def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, V) of the next token at every position of ``tokens`` (N, T)."""
+        t = tokens.shape[1]
+        x = self.token_embed(tokens) + self.pos[:t]
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), 1)
+        h = self.transformer.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == 0)
+        return self.head(h)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
+        """Teacher-forced logits for ``input_ids`` (B, T) (``<bos> ... <eos>``, right-padded) and the CE loss."""
+        memory = self.encode(images)
+        logits = self.decode_step(memory, input_ids[:, :-1])
+        target = input_ids[:, 1:]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=0)
+        return ReportModelOutput(logits=logits, loss=loss)
+
+    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
+
+    def init_visual_from(self, backbone_dir: str) -> int:
+        """Copy the image tower of a trained RadCLIP folder into the visual extractor; returns tensors copied."""
+        from shared.backbone import RadCLIP
+
+        trunk = RadCLIP.from_pretrained(backbone_dir).clip.visual.trunk.state_dict()
+        own = self.image_encoder.state_dict()
+        fitting = {k: v for k, v in trunk.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise ValueError(f"the image tower in {backbone_dir} does not fit visual='{self.config.visual}'")
+        self.image_encoder.load_state_dict(fitting, strict=False)
+        return len(fitting)
+
+
+#: name -> (class, keyword arguments); ``*_tiny`` for tests.
+REPORT_MODELS: dict[str, tuple[type[RadLoopModel], dict]] = {
+    "baseline": (BaselineReportModel, {"visual": "cxr_resnet_small", "d_model": 256, "num_layers": 3}),
+    "baseline_tiny": (BaselineReportModel, {"visual": "cxr_resnet_tiny", "image_size": 32, "d_model": 32,
+                                            "num_layers": 1, "num_heads": 2, "ff_dim": 64}),
+}
+
+
+def build_report_model(name: str, vocab_size: int, **overrides) -> RadLoopModel:
+    if name not in REPORT_MODELS:
+        raise KeyError(f"unknown report model '{name}'; registered: {sorted(REPORT_MODELS)}")
+    cls, kwargs = REPORT_MODELS[name]
+    return cls(vocab_size=vocab_size, **{**kwargs, **overrides})
