@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.labels import CHEXPERT_LABELS
-from shared.training import TrainConfig, Trainer, TrainResult
+from shared.training import TrainConfig, Trainer, TrainResult, training_loader
 
 from .classifier import CXRClassifier, build_classifier
 from .images import multilabel_auroc
@@ -124,9 +124,7 @@ def train_classifier(cfg: DictConfig | ClassifierExperiment) -> TrainResult:
     train_ds, val_ds = classifier_dataset(data, "train", True), classifier_dataset(data, "val", False)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
-    g = torch.Generator().manual_seed(tcfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
-                              num_workers=data.num_workers, generator=g, drop_last=len(train_ds) > data.batch_size)
+    train_loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
     model = build_classifier(mcfg.name, image_size=data.image_size, drop_rate=mcfg.drop_rate)
     if mcfg.init_weights:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
-from shared.training import TrainConfig, Trainer, TrainResult
+from shared.training import TrainConfig, Trainer, TrainResult, training_loader
 
 from .decoding import DecodingConfig
 from .generator import ReportGenerator
@@ -78,9 +78,7 @@ def train_report_model(cfg: DictConfig | ReportExperiment) -> TrainResult:
     model.tokenizer = tokenizer
     if mcfg.init_visual_from:
         model.init_visual_from(mcfg.init_visual_from)
-    g = torch.Generator().manual_seed(tcfg.seed)
-    loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
-                        generator=g, drop_last=len(train_ds) > data.batch_size)
+    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
 

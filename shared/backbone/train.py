@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..data.dataset import ReportImageDataset, collate_samples
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
-from ..training import TrainConfig, Trainer, TrainResult
+from ..training import TrainConfig, Trainer, TrainResult, training_loader
 from .clip import RadCLIP, build_backbone
 from .retrieval import retrieval_metrics
 
@@ -98,9 +98,7 @@ def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int, tokenize
                                         max_length=data.max_length)
     train_ds = ReportImageDataset(data.annotation, "train", image_size=image_size, resize=data.resize, train=True)
     val_ds = ReportImageDataset(data.annotation, "val", image_size=image_size, resize=data.resize)
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=data.batch_size, shuffle=True, collate_fn=collate_samples,
-                        num_workers=data.num_workers, generator=g, drop_last=len(train_ds) > data.batch_size)
+    loader = training_loader(train_ds, data.batch_size, seed, collate_samples, data.num_workers)
     return tokenizer, train_ds, val_ds, loader
 
 

@@ -39,7 +39,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "NonFiniteLossError", "seed_everything", "save_folder_atomically"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "NonFiniteLossError", "seed_everything", "save_folder_atomically",
+           "training_loader"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,6 +86,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def training_loader(dataset: torch.utils.data.Dataset, batch_size: int, seed: int,
+                    collate_fn: Callable | None = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A shuffled loader with a seeded generator, dropping the last partial batch when there is more than one."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate_fn,
+                                       num_workers=num_workers, generator=g,
+                                       drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
 
 
 def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
