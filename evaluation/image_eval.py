@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,14 +144,3 @@ def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                                            antialias=True)
-
-
-def write_generated_manifest(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
-    """Write generated images as a JSONL manifest (``id``, ``image_path``, ``report``, ``split``, ``synthetic``)."""
-    import json
-
-    from shared.config import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, "".join(json.dumps({"split": "test", "synthetic": True, **r}) + "\n" for r in rows))
-    return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -207,7 +207,3 @@ def multilabel_auroc(scores: np.ndarray, labels: np.ndarray, names: Sequence[str
     if undefined:
         logger.info("AUROC undefined (one outcome only) for: %s", ", ".join(undefined))
     return out
-
-
-def labels_matrix(rows: Iterable[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
-    return np.array([[float(r.get(n, math.nan)) for n in names] for r in rows], dtype=float)

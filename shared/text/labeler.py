@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -399,12 +398,3 @@ class LLMAttributeExtractor:
             self.fallbacks += 1
             logger.debug("LLM answer rejected (%s); using the rule-based attributes", err)
             return list(self.rules.finding_attributes(report).values())
-
-
-def labels_from_matrix(matrix: Sequence[Sequence[float]]) -> list[dict[str, float]]:
-    """Rows of a (N, 14) label matrix as dicts."""
-    return [{name: float(v) for name, v in zip(CHEXPERT_LABELS, row, strict=True)} for row in matrix]
-
-
-def is_nan(value: float) -> bool:
-    return isinstance(value, float) and math.isnan(value)

@@ -8,8 +8,7 @@ so they match the image.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -341,8 +340,3 @@ def write_report(
         labels=labels,
         sentences=sentences + impression,
     )
-
-
-def labels_to_row(labels: Mapping[str, float]) -> list[str]:
-    """CSV cells for report labels: '1', '0', '-1' or '' (not mentioned)."""
-    return ["" if math.isnan(labels[name]) else str(int(labels[name])) for name in CHEXPERT_LABELS]
