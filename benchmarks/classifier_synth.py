@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from evaluation.images import multilabel_auroc
@@ -46,7 +47,7 @@ def main() -> None:
         "data.batch_size=64", "train.eval_every=100", "train.checkpoint_every=300", "train.progress=false",
     ])
     start = time.perf_counter()
-    result = train_classifier(cfg)
+    result = train_classifier(OmegaConf.to_object(cfg))
     seconds = time.perf_counter() - start
     model = load_classifier(Path(args.out) / "best")
     test = DataLoader(classifier_dataset(cfg.data, "test", False), batch_size=64, collate_fn=collate_samples)

@@ -121,10 +121,10 @@ def evaluate_images(
     clf = load_classifier(classifier) if classifier else None
     if clf is not None:
         clf.eval()
+        prep = FeatureExtractor(clf, in_chans=1, image_size=clf.config.image_size)
         with torch.no_grad():
-            # the classifier sees images normalised like its training data: [0, 1] -> [-1, 1]
-            probs = torch.cat([torch.sigmoid(clf((batch - 0.5) / 0.5).logits)
-                               for batch in _resized(gen["images"], clf.config.image_size).split(64)]).numpy()
+            probs = torch.cat([torch.sigmoid(clf(prep.prepare(batch)).logits)
+                               for batch in gen["images"].split(64)]).numpy()
         out.update(multilabel_auroc(probs, gen["labels"], CHEXPERT_LABELS))
     if real is not None:
         ref = load_image_set(real, real_split, image_size, real_labels_from)
@@ -137,10 +137,3 @@ def evaluate_images(
             out[f"cfid/{name}"] = value
         out["features"] = features
     return out
-
-
-def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
-        return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                                           antialias=True)

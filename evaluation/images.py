@@ -51,15 +51,19 @@ class FeatureExtractor(nn.Module):
         self.in_chans, self.image_size, self.mean, self.std = in_chans, image_size, mean, std
         self._num_features: int | None = None
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the model's channels, size and normalisation."""
         x = images.float()
         if x.shape[1] != self.in_chans:
             x = x.mean(1, keepdim=True) if self.in_chans == 1 else x.mean(1, keepdim=True).repeat(1, self.in_chans, 1, 1)
         if self.image_size and x.shape[-1] != self.image_size:
             x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                           align_corners=False, antialias=True)
-        out = self.model((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(self.prepare(images))
         out = getattr(out, "features", out)
         if out.dim() == 4:
             out = out.mean((2, 3))

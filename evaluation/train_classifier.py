@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from shared.data.dataset import ReportImageDataset, collate_samples
@@ -116,10 +115,8 @@ def predict_probs(model: CXRClassifier, loader: DataLoader) -> tuple[np.ndarray,
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def train_classifier(cfg: DictConfig | ClassifierExperiment) -> TrainResult:
+def train_classifier(cfg: ClassifierExperiment) -> TrainResult:
     """Train and select on validation mAUC; writes ``best/`` and ``final/`` under ``train.output_dir``."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     train_ds, val_ds = classifier_dataset(data, "train", True), classifier_dataset(data, "val", False)
     if len(train_ds) == 0:

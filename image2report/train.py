@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from shared.data.dataset import ReportImageDataset, collate_samples
@@ -64,9 +63,7 @@ def _dataset(data: ReportDataConfig, split: str, train: bool) -> ReportImageData
                               max_views=data.max_views)
 
 
-def train_report_model(cfg: DictConfig | ReportExperiment) -> TrainResult:
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+def train_report_model(cfg: ReportExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     train_ds, val_ds = _dataset(data, "train", True), _dataset(data, "val", False)
     if len(train_ds) == 0:

@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     mod = importlib.import_module(module)
     cfg = load_config(getattr(mod, experiment)(), args.config, args.overrides)
     save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
-    result = getattr(mod, fn)(cfg)
+    result = getattr(mod, fn)(OmegaConf.to_object(cfg))
     _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {metric} {result.best_metric} "
           f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
     return 0

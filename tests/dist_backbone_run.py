@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from shared.backbone.train import BackboneExperiment, train_backbone
 from shared.config import load_config
@@ -30,7 +31,7 @@ def main() -> None:
         return path
 
     loop.Trainer._save_model = save_and_capture
-    train_backbone(cfg)
+    train_backbone(OmegaConf.to_object(cfg))
 
 
 if __name__ == "__main__":

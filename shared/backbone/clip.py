@@ -58,6 +58,12 @@ def load_model_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     return cfg
 
 
+def config_image_size(model_cfg: dict[str, Any]) -> int:
+    """The image side of a model config (open_clip allows an int or a (h, w) pair)."""
+    size = model_cfg["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 @dataclass
 class BackboneOutput(BaseOutput):
     """Unit-norm embeddings (B, E), token features, and the contrastive temperature."""
@@ -89,8 +95,7 @@ class RadCLIP(RadLoopModel):
 
     @property
     def image_size(self) -> int:
-        size = self.config.model_cfg["vision_cfg"]["image_size"]
-        return int(size[0] if isinstance(size, (list, tuple)) else size)
+        return config_image_size(self.config.model_cfg)
 
     @property
     def context_length(self) -> int:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ..data.dataset import collate_samples
@@ -63,9 +62,7 @@ def _val_loss(m: torch.nn.Module, val_loader: DataLoader, fn) -> float:
     return total / max(n, 1)
 
 
-def train_lsu(cfg: DictConfig | LSUExperiment) -> TrainResult:
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+def train_lsu(cfg: LSUExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     if mcfg.name not in LSU_REGISTRY:
         raise KeyError(f"unknown LSU '{mcfg.name}'; registered: {sorted(LSU_REGISTRY)}")
@@ -86,9 +83,7 @@ def train_lsu(cfg: DictConfig | LSUExperiment) -> TrainResult:
     return trainer.train()
 
 
-def train_radcare(cfg: DictConfig | RadCAREExperiment) -> TrainResult:
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+def train_radcare(cfg: RadCAREExperiment) -> TrainResult:
     data, mcfg, weights, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     if mcfg.name not in RADCARE_REGISTRY:
         raise KeyError(f"unknown RadCARE model '{mcfg.name}'; registered: {sorted(RADCARE_REGISTRY)}")

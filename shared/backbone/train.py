@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ..data.dataset import ReportImageDataset, collate_samples
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
 from ..training import TrainConfig, Trainer, TrainResult, training_loader
-from .clip import RadCLIP, build_backbone
+from .clip import RadCLIP, build_backbone, config_image_size, load_model_config
 from .retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -87,16 +86,14 @@ def embed_dataset(model: RadCLIP, dataset: ReportImageDataset, batch_size: int =
     return torch.cat(images), torch.cat(texts)
 
 
-def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int, tokenizer: ReportTokenizer | None = None
+def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int
                   ) -> tuple[ReportTokenizer, ReportImageDataset, ReportImageDataset, DataLoader]:
-    """Fit (or reuse) the tokenizer on the training reports; build train/val datasets and the train loader."""
-    if tokenizer is None:
-        reports = ReportImageDataset(data.annotation, "train", image_size=8, max_views=1).reports
-        if not reports:
-            raise ValueError(f"{data.annotation} has no training studies")
-        tokenizer = ReportTokenizer.fit(reports, min_freq=data.min_freq, dataset=data.dataset,
-                                        max_length=data.max_length)
+    """Build train/val datasets and the train loader; fit the tokenizer on the training reports."""
     train_ds = ReportImageDataset(data.annotation, "train", image_size=image_size, resize=data.resize, train=True)
+    if len(train_ds) == 0:
+        raise ValueError(f"{data.annotation} has no training studies")
+    tokenizer = ReportTokenizer.fit(train_ds.reports, min_freq=data.min_freq, dataset=data.dataset,
+                                    max_length=data.max_length)
     val_ds = ReportImageDataset(data.annotation, "val", image_size=image_size, resize=data.resize)
     loader = training_loader(train_ds, data.batch_size, seed, collate_samples, data.num_workers)
     return tokenizer, train_ds, val_ds, loader
@@ -109,11 +106,9 @@ def dataset_labels(ds: ReportImageDataset) -> np.ndarray:
     return ReportLabeler().label_batch(ds.reports)
 
 
-def train_backbone(cfg: DictConfig | BackboneExperiment) -> TrainResult:
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
-    size = data.image_size or model_image_size(mcfg.name)
+    size = data.image_size or config_image_size(load_model_config(mcfg.name))
     tokenizer, train_ds, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_backbone(mcfg.name, tokenizer)
     if mcfg.pretrained:
@@ -137,10 +132,3 @@ def train_backbone(cfg: DictConfig | BackboneExperiment) -> TrainResult:
     trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="i2t_label_precision@5",
                       select_mode="max", save_extra=tokenizer.save_pretrained)
     return trainer.train()
-
-
-def model_image_size(name: str) -> int:
-    from .clip import load_model_config
-
-    size = load_model_config(name)["vision_cfg"]["image_size"]
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
