@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import ConfigError, load_config, save_run_config
+from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
 from shared.data.dataset import DataError
 
 from . import __version__
@@ -93,7 +93,6 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_reports(args: argparse.Namespace) -> int:
     from evaluation.reports import evaluate_reports, load_report_map, markdown_table
-    from shared.config import atomic_write_text
 
     preds, refs = load_report_map(args.pred), load_report_map(args.ref)
     metrics = evaluate_reports(preds, refs, uncertain=args.uncertain, meteor=False if args.no_meteor else None,
@@ -114,6 +113,8 @@ TRAINERS = {
                 "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)", "loss"),
     "report": ("image2report.train", "ReportExperiment", "train_report_model",
                "report decoder (baseline; UAR, CMCRL, IFNet to come)", "CE micro-F1"),
+    "diffusion": ("report2image.train", "DiffusionExperiment", "train_diffusion",
+                  "latent diffusion report -> CXR (autoencoder, then UNet + conditioner)", "denoising loss"),
     "classifier": ("evaluation.train_classifier", "ClassifierExperiment", "train_classifier",
                    "multilabel CXR classifier (the mAUC judge and a FID feature space)", "mAUC"),
 }
@@ -134,7 +135,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate_report(args: argparse.Namespace) -> int:
     from image2report.train import generate_reports
-    from shared.config import atomic_write_text
 
     reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams)
     atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
@@ -142,10 +142,39 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_image(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from report2image import ReportToCXRPipeline
+
+    reports = list(args.report or [])
+    if args.reports_file:
+        reports += [line.strip() for line in Path(args.reports_file).read_text().splitlines() if line.strip()]
+    if not reports:
+        raise ValueError("give --report TEXT (repeatable) or --reports-file FILE")
+    if not (Path(args.checkpoint) / "model_index.json").is_file():
+        raise FileNotFoundError(f"no saved ReportToCXRPipeline in {args.checkpoint} (model_index.json missing)")
+    pipe = ReportToCXRPipeline.from_pretrained(args.checkpoint)
+    sampler = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}[args.sampler]
+    pipe.scheduler = sampler.from_config(pipe.scheduler.config)
+    images = pipe(reports, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  generator=torch.Generator().manual_seed(args.seed), output_type="pil").images
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for i, (report, image) in enumerate(zip(reports, images, strict=True)):
+        image.save(out / f"generated_{i:04d}.png")
+        manifest.append({"id": f"generated_{i:04d}", "report": report, "image_path": [f"generated_{i:04d}.png"],
+                         "split": "test", "synthetic": True})
+    atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
+    _echo(f"wrote {len(images)} images and manifest.jsonl to {out}")
+    return 0
+
+
 def cmd_evaluate_images(args: argparse.Namespace) -> int:
     from evaluation.image_eval import evaluate_images
     from evaluation.reports import markdown_table
-    from shared.config import atomic_write_text
 
     metrics = evaluate_images(args.generated, args.real, args.real_split, args.classifier, args.features,
                               args.image_size, args.real_labels, args.min_count)
@@ -272,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", dest="num_beams", type=int, default=3, help="1 = greedy")
     p.add_argument("--out", required=True, help="output JSON")
     p.set_defaults(func=cmd_generate_report)
+
+    p = generate.add_parser("image", help="draw chest X-rays from reports with a trained diffusion pipeline",
+                            description="Writes one PNG per report and a manifest.jsonl (synthetic=true).")
+    p.add_argument("--checkpoint", required=True, help="a pipeline folder (e.g. runs/diffusion/best)")
+    p.add_argument("--report", action="append", help="report text (repeatable)")
+    p.add_argument("--reports-file", dest="reports_file", help="a text file, one report a line")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="dpmsolver++")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_generate_image)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data and everything built so far; names the stages not built yet.")

@@ -104,3 +104,24 @@ def test_train_backbone_two_steps(tmp_path, tiny_synth):
                  "train.eval_every=1", "train.progress=false"]) == 0
     model = RadCLIP.from_pretrained(run / "best")
     assert model.tokenizer is not None and json.loads((run / "history.json").read_text())
+
+
+def test_label_aware_targets_and_loss():
+    from shared.backbone.losses import LabelAwareClipLoss, same_findings_targets
+
+    labels = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 0]])
+    t = same_findings_targets(labels, 0.5)
+    torch.testing.assert_close(t[0], torch.tensor([0.75, 0.25, 0, 0]))
+    torch.testing.assert_close(t[3], torch.tensor([0.0, 0, 0, 1]))
+    torch.testing.assert_close(t.sum(1), torch.ones(4))
+    torch.testing.assert_close(same_findings_targets(labels, 0.0), torch.eye(4))
+    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    plain = contrastive_loss(feats, feats, torch.tensor(10.0))
+    zero = LabelAwareClipLoss(0.0)(feats, feats, torch.tensor(10.0), labels)["contrastive_loss"]
+    torch.testing.assert_close(plain, zero)
+    # Two studies with the same findings: matching them to each other is no longer penalised as much.
+    swapped = feats[[1, 0, 2, 3]]
+    aware = contrastive_loss(feats, swapped, torch.tensor(10.0), labels, 0.5)
+    assert aware < contrastive_loss(feats, swapped, torch.tensor(10.0))
+    with pytest.raises(ValueError, match="label_weight"):
+        same_findings_targets(labels, 1.5)

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# diffusers loads a pipeline component from the module it was saved from and finds its load
+# method through that module's ``ModelMixin`` attribute.
+from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn

@@ -21,6 +21,7 @@ from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
 from ..training import TrainConfig, Trainer, TrainResult, training_loader
 from .clip import RadCLIP, build_backbone, config_image_size, load_model_config
+from .losses import LabelAwareClipLoss
 from .retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class BackboneDataConfig:
 class BackboneModelConfig:
     name: str = "radclip_small"
     pretrained: str | None = None
+    #: weight of the same-findings soft targets (0 = plain CLIP loss); labels come from the
+    #: report labeler on the training reports, never from a labels file
+    label_weight: float = 0.0
 
 
 @dataclass
@@ -56,17 +60,22 @@ class BackboneExperiment:
                                                                    checkpoint_every=500, warmup_steps=50))
 
 
-def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """open_clip's ClipLoss, gathering features across processes when several run."""
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                     labels: torch.Tensor | None = None, label_weight: float = 0.0) -> torch.Tensor:
+    """open_clip's ClipLoss, gathering features across processes when several run.
+
+    With ``labels`` (B, 14) and ``label_weight > 0``: :class:`LabelAwareClipLoss` (same-findings
+    pairs share the target mass instead of being pushed apart as negatives).
+    """
     import open_clip
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    loss = open_clip.ClipLoss(
-        gather_with_grad=distributed,
-        rank=torch.distributed.get_rank() if distributed else 0,
-        world_size=torch.distributed.get_world_size() if distributed else 1,
-    )
-    return loss(image_embeds, text_embeds, logit_scale, output_dict=True)["contrastive_loss"]
+    dist_kw = dict(gather_with_grad=distributed, rank=torch.distributed.get_rank() if distributed else 0,
+                   world_size=torch.distributed.get_world_size() if distributed else 1)
+    if labels is not None and label_weight > 0:
+        return LabelAwareClipLoss(label_weight, **dist_kw)(image_embeds, text_embeds, logit_scale, labels)[
+            "contrastive_loss"]
+    return open_clip.ClipLoss(**dist_kw)(image_embeds, text_embeds, logit_scale, output_dict=True)["contrastive_loss"]
 
 
 @torch.no_grad()
@@ -116,11 +125,18 @@ def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     if size != model.image_size:
         raise ValueError(f"data.image_size={size} but model '{mcfg.name}' takes {model.image_size} px images")
     val_labels = dataset_labels(val_ds)
+    report_labels: dict[str, torch.Tensor] = {}
+    if mcfg.label_weight > 0:
+        labeler = ReportLabeler()
+        report_labels = {r: torch.as_tensor(v, dtype=torch.float32)
+                         for r, v in zip(train_ds.reports, labeler.label_batch(train_ds.reports), strict=True)}
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        device = batch["images"].device
         ids, _ = tokenizer.batch_encode(batch["report"])
-        out = m(batch["images"][:, 0], ids.to(batch["images"].device))
-        loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale)
+        out = m(batch["images"][:, 0], ids.to(device))
+        labels = torch.stack([report_labels[r] for r in batch["report"]]).to(device) if report_labels else None
+        loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, labels, mcfg.label_weight)
         return {"loss": loss, "logit_scale": out.logit_scale.detach()}
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:

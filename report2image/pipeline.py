@@ -1,0 +1,267 @@
+"""``ReportToCXRPipeline``: reports -> chest X-rays with a latent diffusion model (diffusers).
+
+    pipe = ReportToCXRPipeline.from_pretrained("runs/diffusion/final")
+    images = pipe(["Large left pleural effusion."], num_inference_steps=20, guidance_scale=3.0,
+                  generator=torch.Generator().manual_seed(0)).images          # (B, 1, S, S) in [-1, 1]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++
+    edited = pipe.counterfactual(image, "No pleural effusion.", strength=0.6).images
+
+Components: ``vae`` (AutoencoderKL), ``unet`` (UNet2DConditionModel), ``scheduler`` (DDIM by
+default; any diffusers scheduler with the same config), ``text_encoder`` (the shared RadCLIP
+backbone; its text tower gives token features, its image tower scores noise optimisation) and
+``conditioner`` (:class:`~report2image.conditioning.ReportConditioner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMInverseScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+from shared.backbone.clip import RadCLIP
+from shared.text.labeler import ReportLabeler
+
+from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
+
+__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput"]
+
+
+@dataclass
+class CXRPipelineOutput(BaseOutput):
+    """``images``: (B, 1, S, S) tensor in [-1, 1] (``output_type="pt"``), (B, S, S) float array in
+    [0, 1] (``"np"``) or a list of PIL images (``"pil"``); ``latents``: the final latents (B, C, s, s)."""
+
+    images: torch.Tensor | np.ndarray | list[Image.Image]
+    latents: torch.Tensor
+
+
+class ReportToCXRPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->conditioner->unet->vae"
+
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers,
+                 text_encoder: RadCLIP, conditioner: ReportConditioner) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
+                              conditioner=conditioner)
+        self._labeler = ReportLabeler()
+
+    # -- conditioning ------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.vae.config.sample_size)
+
+    def text_features(self, reports: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone token features (B, T, W) and their mask (B, T) for a list of reports."""
+        tok = self.text_encoder.tokenizer
+        if tok is None:
+            raise ValueError("the text encoder has no tokenizer attached")
+        ids, mask = tok.batch_encode(list(reports))
+        length = self.text_encoder.context_length
+        ids, mask = F.pad(ids, (0, max(length - ids.shape[1], 0)))[:, :length], F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
+        _, tokens = self.text_encoder.encode_text(ids.to(self.device))
+        return tokens, mask.to(self.device)
+
+    def encode_reports(self, reports: Sequence[str], identity_images: torch.Tensor | None = None,
+                       identity_codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> ConditionOutput:
+        """Conditioning for the UNet (see :class:`ReportConditioner`)."""
+        tokens, mask = self.text_features(reports)
+        attributes = encode_attributes(reports, self._labeler).to(self.device) if self.conditioner.config.use_attributes else None
+        if identity_images is not None:
+            identity_images = identity_images.to(self.device, self.vae.dtype)
+        return self.conditioner(tokens, mask, attributes, identity_images, drop=drop, identity_codes=identity_codes)
+
+    def _guided_condition(self, reports: Sequence[str], identity_images: torch.Tensor | None,
+                          generator: torch.Generator | None, guidance_scale: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, mask) with the unconditional half first when guidance is on."""
+        codes = None
+        if self.conditioner.config.use_identity and identity_images is None:
+            codes = self.conditioner.identity_from_bank(len(reports), generator)
+        cond = self.encode_reports(reports, identity_images, codes)
+        if guidance_scale <= 1.0:
+            return cond.hidden_states, cond.mask
+        drop = torch.ones(len(reports), dtype=torch.bool, device=self.device)
+        uncond = self.encode_reports(reports, identity_images, cond.identity if codes is not None else None, drop=drop)
+        return torch.cat([uncond.hidden_states, cond.hidden_states]), torch.cat([uncond.mask, cond.mask])
+
+    def _eps(self, latents: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor,
+             guidance_scale: float) -> torch.Tensor:
+        guided = guidance_scale > 1.0
+        x = torch.cat([latents] * 2) if guided else latents
+        x = self.scheduler.scale_model_input(x, t)
+        eps = self.unet(x, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        if guided:
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance_scale * (cond - uncond)
+        return eps
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+    @staticmethod
+    def _format(images: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list[Image.Image]:
+        if output_type == "pt":
+            return images
+        arr = ((images[:, 0].float().cpu() + 1) / 2).clamp(0, 1).numpy()
+        if output_type == "np":
+            return arr
+        if output_type == "pil":
+            return [Image.fromarray((a * 255).round().astype(np.uint8), mode="L") for a in arr]
+        raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
+
+    def prepare_latents(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        c, s = self.unet.config.in_channels, self.unet.config.sample_size
+        latents = torch.randn((batch, c, s, s), generator=generator, device=generator.device if generator else "cpu")
+        return latents.to(self.device, self.unet.dtype)
+
+    def _sample(self, latents: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, guidance_scale: float,
+                num_inference_steps: int, start: int = 0, progress: bool = True) -> torch.Tensor:
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = self.scheduler.timesteps[start:]
+        latents = latents * self.scheduler.init_noise_sigma if start == 0 else latents
+        for t in self.progress_bar(timesteps) if progress else timesteps:
+            eps = self._eps(latents, t, hidden, mask, guidance_scale)
+            latents = self.scheduler.step(eps, t, latents).prev_sample
+        return latents
+
+    # -- generation --------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, reports: str | Sequence[str], num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 generator: torch.Generator | None = None, identity_images: torch.Tensor | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "pt", return_dict: bool = True
+                 ) -> CXRPipelineOutput | tuple:
+        """Generate one image per report.
+
+        Args:
+            reports: report text(s).
+            num_inference_steps: sampler steps (the scheduler decides how they are spaced).
+            guidance_scale: classifier-free guidance on the pathology condition (1 = off).
+            generator: seeds the initial noise (and the identity drawn from the bank).
+            identity_images: (B, 1, S, S) in [-1, 1], the patient whose anatomy to keep; default: a
+                random identity from the bank kept with the model.
+            latents: (B, C, s, s) initial noise (e.g. from :meth:`optimize_initial_noise`).
+        """
+        reports = [reports] if isinstance(reports, str) else list(reports)
+        if not reports:
+            raise ValueError("no reports given")
+        hidden, mask = self._guided_condition(reports, identity_images, generator, guidance_scale)
+        latents = self.prepare_latents(len(reports), generator) if latents is None else latents.to(self.device)
+        latents = self._sample(latents, hidden, mask, guidance_scale, num_inference_steps)
+        images = self._format(self._decode(latents), output_type)
+        return CXRPipelineOutput(images, latents) if return_dict else (images, latents)
+
+    # -- counterfactuals ---------------------------------------------------------------
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, reports: Sequence[str], num_inference_steps: int = 50,
+               strength: float = 1.0) -> tuple[torch.Tensor, int]:
+        """DDIM inversion of images (B, 1, S, S) in [-1, 1] under their own reports (no guidance).
+
+        Returns the noised latents and the index into ``scheduler.timesteps`` from which sampling
+        resumes: the last ``round(strength * num_inference_steps)`` denoising steps undo them.
+        """
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        images = images.to(self.device, self.vae.dtype)
+        latents = self.vae.encode(images).latent_dist.mean * self.vae.config.scaling_factor
+        cond = self.encode_reports(reports, images if self.conditioner.config.use_identity else None)
+        inverse = DDIMInverseScheduler.from_config(self.scheduler.config)
+        inverse.set_timesteps(num_inference_steps, device=self.device)
+        steps = max(1, round(strength * num_inference_steps))
+        for t in inverse.timesteps[:steps]:
+            eps = self.unet(latents, t, encoder_hidden_states=cond.hidden_states,
+                            encoder_attention_mask=cond.mask).sample
+            latents = inverse.step(eps, t, latents).prev_sample
+        return latents, num_inference_steps - steps
+
+    @torch.no_grad()
+    def counterfactual(self, images: torch.Tensor, new_reports: str | Sequence[str],
+                       source_reports: str | Sequence[str] | None = None, strength: float = 0.6,
+                       num_inference_steps: int = 50, guidance_scale: float = 2.0, output_type: str = "pt",
+                       ) -> CXRPipelineOutput:
+        """Keep the patient, change the findings: invert ``images`` under their source reports to
+        ``strength`` of the trajectory, then denoise under ``new_reports`` with the source image's
+        identity. ``source_reports`` default: "No acute cardiopulmonary abnormality." (the inversion
+        only needs a plausible description; the true one inverts more faithfully)."""
+        new_reports = [new_reports] if isinstance(new_reports, str) else list(new_reports)
+        if source_reports is None:
+            source_reports = ["No acute cardiopulmonary abnormality."] * len(new_reports)
+        source_reports = [source_reports] if isinstance(source_reports, str) else list(source_reports)
+        if not (len(images) == len(new_reports) == len(source_reports)):
+            raise ValueError(f"{len(images)} images, {len(new_reports)} new reports and {len(source_reports)} "
+                             "source reports: give one of each per image")
+        from diffusers import DDIMScheduler
+
+        # Inversion is only exact for DDIM; sample with DDIM whatever the pipeline's scheduler is.
+        saved = self.scheduler
+        self.scheduler = DDIMScheduler.from_config(saved.config)
+        try:
+            latents, start = self.invert(images, source_reports, num_inference_steps, strength)
+            identity = images.to(self.device, self.vae.dtype) if self.conditioner.config.use_identity else None
+            hidden, mask = self._guided_condition(new_reports, identity, None, guidance_scale)
+            latents = self._sample(latents, hidden, mask, guidance_scale, num_inference_steps, start=start,
+                                   progress=False)
+        finally:
+            self.scheduler = saved
+        return CXRPipelineOutput(self._format(self._decode(latents), output_type), latents)
+
+    # -- long-tail initial-noise optimisation ------------------------------------------
+    def report_image_score(self, images: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
+        """(B,) cosine similarity between the backbone's embeddings of images (B, 1, S, S) and reports."""
+        size = self.text_encoder.image_size
+        if images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        img, _ = self.text_encoder.encode_image(images)
+        ids, _ = self.text_encoder.tokenizer.batch_encode(list(reports))
+        txt, _ = self.text_encoder.encode_text(ids.to(self.device))
+        return (F.normalize(img, dim=-1) * F.normalize(txt, dim=-1)).sum(-1)
+
+    def optimize_initial_noise(
+        self, reports: str | Sequence[str], score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        steps: int = 5, lr: float = 0.05, prior_weight: float = 1.0, short_steps: int = 4,
+        guidance_scale: float = 3.0, generator: torch.Generator | None = None,
+        identity_images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial latents (B, C, s, s) pushed towards the reports' findings, for rare classes.
+
+        A few Adam steps on the initial noise through a short deterministic DDIM sampler
+        (``short_steps``) and the decoder maximise ``score_fn(images) -> (B,)`` (default: the
+        backbone's image-report similarity) under a Gaussian-prior penalty
+        ``prior_weight * (|z|^2 / d - 1)^2`` that keeps the noise on the shell where N(0, I) samples
+        lie. Pass the result as ``latents=`` to :meth:`__call__`.
+        """
+        from diffusers import DDIMScheduler
+
+        reports = [reports] if isinstance(reports, str) else list(reports)
+        score_fn = score_fn or (lambda images: self.report_image_score(images, reports))
+        with torch.no_grad():
+            hidden, mask = self._guided_condition(reports, identity_images, generator, guidance_scale)
+        z = self.prepare_latents(len(reports), generator).detach().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        short = DDIMScheduler.from_config(self.scheduler.config)
+        saved = self.scheduler
+        frozen = [p for m in (self.unet, self.vae, self.text_encoder) for p in m.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        self.scheduler = short
+        try:
+            for _ in range(steps):
+                latents = self._sample(z, hidden, mask, guidance_scale, short_steps, progress=False)
+                score = score_fn(self._decode(latents))
+                d = z[0].numel()
+                prior = ((z.flatten(1).pow(2).sum(1) / d - 1.0) ** 2).mean()
+                loss = -score.mean() + prior_weight * prior
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            self.scheduler = saved
+            for p in frozen:
+                p.requires_grad_(True)
+        return z.detach()

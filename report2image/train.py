@@ -1,0 +1,346 @@
+"""``radloop train diffusion``: the autoencoder, then the conditioned UNet (DDPM training).
+
+Stage 1 trains a diffusers ``AutoencoderKL`` on the training images (L1 + KL) unless
+``model.autoencoder`` names a saved one, and sets its ``scaling_factor`` to 1 / std of the latents.
+Stage 2 trains the UNet and the :class:`~report2image.conditioning.ReportConditioner` on the
+frozen backbone's text token features with classifier-free condition dropout, and, switchable:
+
+* Diff-CXR latent noise filtering (:class:`~report2image.noise_filter.LatentNoiseFilter`);
+* Diff-CXR vision-aware textual learning (the refiner's alignment to the backbone's image embedding);
+* causal disentanglement: identity tokens from *another study of the same patient*, group
+  supervision and the independence penalty.
+
+Selection: the denoising loss on a fixed validation subset (fixed noise and timesteps). The
+saved folders (``best``, ``final``) are complete ``ReportToCXRPipeline`` folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from torch.utils.data import Dataset
+
+from shared.backbone.clip import RadCLIP, build_backbone
+from shared.config import atomic_write_text
+from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.text.labeler import ReportLabeler
+from shared.text.tokenizer import ReportTokenizer
+from shared.training import TrainConfig, Trainer, TrainResult, training_loader
+
+from .conditioning import (
+    ConditionOutput,
+    ReportConditioner,
+    encode_attributes,
+    group_supervision_loss,
+    independence_loss,
+)
+from .models import build_autoencoder, build_unet, load_ldm_config
+from .noise_filter import LatentNoiseFilter
+from .pipeline import ReportToCXRPipeline
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
+           "noise_scheduler"]
+
+
+@dataclass
+class DiffusionDataConfig:
+    annotation: str = "data/synthcxr/annotation.json"
+    batch_size: int = 32
+    num_workers: int = 0
+    val_samples: int = 64
+
+
+@dataclass
+class DiffusionModelConfig:
+    name: str = "ldm_small"
+    #: a trained RadCLIP folder (``radloop train backbone``); None builds an untrained radclip_tiny
+    #: on the training reports (for tests only: its token features carry little meaning)
+    backbone: str | None = None
+    #: a saved diffusers AutoencoderKL folder; None trains one (stage 1)
+    autoencoder: str | None = None
+    use_refiner: bool = True
+    use_attributes: bool = True
+    use_identity: bool = True
+
+
+@dataclass
+class DiffusionLossConfig:
+    cond_drop_prob: float = 0.1
+    refiner_weight: float = 0.1
+    group_weight: float = 0.05
+    independence_weight: float = 0.05
+    noise_filter: bool = True
+    filter_z: float = 3.0
+    #: steps before the filter drops anything (then it ramps in over as many)
+    filter_warmup: int = 100
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    steps: int = 300
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+    batch_size: int = 32
+
+
+@dataclass
+class DiffusionExperiment:
+    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    loss: DiffusionLossConfig = field(default_factory=DiffusionLossConfig)
+    autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/diffusion", max_steps=2000,
+                                                                   learning_rate=2e-4, eval_every=250,
+                                                                   warmup_steps=50))
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """The training noise schedule (Stable Diffusion's scaled-linear betas, no sample clipping in latent space)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, clip_sample=False)
+
+
+class DiffusionPairs(Dataset):
+    """Report-image pairs with what the diffusion losses need.
+
+    Each item: ``image`` (1, S, S) in [-1, 1], ``report``, ``index`` (for the noise filter),
+    ``identity_image`` (another study of the same patient; the study itself when it is the
+    patient's only one), ``patient_id``, ``attributes`` (14, 3) and ``labels`` (14,) from the
+    report labeler (never from a labels file: real data has none).
+    """
+
+    def __init__(self, annotation: str, split: str, image_size: int, labeler: ReportLabeler | None = None) -> None:
+        self.base = ReportImageDataset(annotation, split, image_size=image_size)
+        labeler = labeler or ReportLabeler()
+        reports = self.base.reports
+        self.attributes = encode_attributes(reports, labeler)
+        self.labels = torch.as_tensor(labeler.label_batch(reports)).nan_to_num(0.0)
+        by_patient: dict[str, list[int]] = {}
+        for i, rec in enumerate(self.base.records):
+            by_patient.setdefault(rec["patient_id"], []).append(i)
+        self.partner = [0] * len(self.base)
+        for members in by_patient.values():
+            for k, i in enumerate(members):
+                self.partner[i] = members[(k + 1) % len(members)]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.base[index]
+        partner = self.partner[index]
+        identity = item["images"][0] if partner == index else self.base[partner]["images"][0]
+        return {"image": item["images"][0], "report": item["report"], "index": torch.tensor(index),
+                "identity_image": identity, "patient_id": item["patient_id"],
+                "attributes": self.attributes[index], "labels": self.labels[index]}
+
+
+# -- stage 1: autoencoder ---------------------------------------------------------------
+def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: AutoencoderTrainConfig, output_dir: Path,
+                      seed: int) -> AutoencoderKL:
+    """L1 reconstruction + ``kl_weight`` * KL; then ``scaling_factor`` = 1 / std of the latents."""
+    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        posterior = m.encode(batch["image"]).latent_dist
+        recon = m.decode(posterior.sample()).sample
+        l1 = F.l1_loss(recon, batch["image"])
+        kl = posterior.kl().mean()
+        return {"loss": l1 + cfg.kl_weight * kl, "l1": l1.detach(), "kl": kl.detach()}
+
+    tcfg = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
+                       eval_every=cfg.steps, checkpoint_every=cfg.steps, log_every=max(cfg.steps // 5, 1),
+                       warmup_steps=min(20, cfg.steps // 10), seed=seed)
+    loader = training_loader(train_ds, cfg.batch_size, seed, collate_samples)
+    Trainer(vae, loader, loss_fn, tcfg).train()
+    vae = AutoencoderKL.from_pretrained(output_dir / "final")
+    vae.register_to_config(scaling_factor=_latent_scale(vae, train_ds))
+    vae.save_pretrained(output_dir / "final")
+    return vae
+
+
+@torch.no_grad()
+def _latent_scale(vae: AutoencoderKL, ds: Dataset, n: int = 256) -> float:
+    images = torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+    latents = vae.encode(images).latent_dist.mean
+    return float(1.0 / latents.std().clamp_min(1e-6))
+
+
+# -- stage 2: UNet + conditioner ----------------------------------------------------------
+class LatentDiffusionModel(nn.Module):
+    """What stage 2 trains (UNet, conditioner, noise-filter state) behind one ``forward``, so that
+    DDP sees every trainable parameter; ``save_pretrained`` writes a complete pipeline folder
+    with the frozen autoencoder and backbone."""
+
+    def __init__(self, unet: UNet2DConditionModel, conditioner: ReportConditioner, vae: AutoencoderKL,
+                 text_encoder: RadCLIP, noise_filter: LatentNoiseFilter | None, bank_images: torch.Tensor) -> None:
+        super().__init__()
+        self.unet, self.conditioner, self.noise_filter = unet, conditioner, noise_filter
+        # Frozen parts are held outside the module tree: not trained, not in the checkpoints.
+        self._frozen = (vae, text_encoder)
+        self._bank_images = bank_images
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                attributes: torch.Tensor | None, identity_images: torch.Tensor | None, drop: torch.Tensor,
+                image_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, ConditionOutput, torch.Tensor | None]:
+        """noisy latents (B, C, s, s), timesteps (B,) -> (predicted noise, conditioning, refiner loss)."""
+        # 1. conditioning (condition dropout for classifier-free guidance inside)
+        cond = self.conditioner(text_tokens, text_mask, attributes, identity_images, drop=drop)
+        # 2. noise prediction
+        pred = self.unet(noisy, timesteps, encoder_hidden_states=cond.hidden_states,
+                         encoder_attention_mask=cond.mask).sample
+        # 3. Diff-CXR vision-aware textual learning: gated report embedding vs the image embedding
+        align = None
+        if image_embeds is not None and cond.gate is not None:
+            align = self.conditioner.refiner.alignment_loss(text_tokens, cond.gate, image_embeds)
+        return pred, cond, align
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        vae, text_encoder = self._frozen
+        self.conditioner.fill_identity_bank(self._bank_images.to(next(self.unet.parameters()).device))
+        scheduler = DDIMScheduler.from_config(noise_scheduler().config, set_alpha_to_one=False, steps_offset=1)
+        ReportToCXRPipeline(vae, self.unet, scheduler, text_encoder, self.conditioner).save_pretrained(folder)
+
+
+def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
+    if name is None:
+        logger.warning("model.backbone is not set: using an untrained radclip_tiny text tower (tests only)")
+        return build_backbone("radclip_tiny", ReportTokenizer.fit(train_reports, min_freq=1))
+    backbone = RadCLIP.from_pretrained(name)
+    if backbone.tokenizer is None:
+        raise FileNotFoundError(f"{name} has no report_tokenizer.json beside the weights")
+    return backbone
+
+
+def _text_features(backbone: RadCLIP, reports: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = backbone.tokenizer.batch_encode(reports)
+    length = backbone.context_length
+    ids = F.pad(ids, (0, max(length - ids.shape[1], 0)))[:, :length]
+    mask = F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
+    _, tokens = backbone.encode_text(ids.to(device))
+    return tokens, mask.to(device)
+
+
+def _image_embeds(backbone: RadCLIP, images: torch.Tensor) -> torch.Tensor:
+    size = backbone.image_size
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return F.normalize(backbone.encode_image(images)[0], dim=-1)
+
+
+def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
+    data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
+    ldm = load_ldm_config(mcfg.name)
+    size = int(ldm["image_size"])
+    labeler = ReportLabeler()
+    train_ds = DiffusionPairs(data.annotation, "train", size, labeler)
+    if len(train_ds) == 0:
+        raise ValueError(f"{data.annotation} has no training studies")
+    val_ds = DiffusionPairs(data.annotation, "val", size, labeler)
+    out = Path(tcfg.output_dir)
+
+    # 1. frozen parts: the backbone and the autoencoder (trained here unless given)
+    backbone = _load_backbone(mcfg.backbone, train_ds.base.reports).eval().requires_grad_(False)
+    if mcfg.autoencoder:
+        vae = AutoencoderKL.from_pretrained(mcfg.autoencoder)
+    elif (out / "autoencoder" / "final").is_dir():
+        vae = AutoencoderKL.from_pretrained(out / "autoencoder" / "final")
+        logger.info("reusing the autoencoder in %s", out / "autoencoder" / "final")
+    else:
+        vae = train_autoencoder(build_autoencoder(ldm), train_ds, cfg.autoencoder, out / "autoencoder", tcfg.seed)
+    vae = vae.eval().requires_grad_(False)
+
+    # 2. what is trained: UNet, conditioner, noise-filter state
+    conditioner = ReportConditioner(text_width=backbone.text_width, embed_dim=backbone.embed_dim,
+                                    use_refiner=mcfg.use_refiner, use_attributes=mcfg.use_attributes,
+                                    use_identity=mcfg.use_identity, **ldm["conditioner"])
+    scheduler = noise_scheduler()
+    T = scheduler.config.num_train_timesteps
+    nfilter = LatentNoiseFilter(len(train_ds), T, z=lcfg.filter_z, warmup_steps=lcfg.filter_warmup) \
+        if lcfg.noise_filter else None
+    bank = torch.stack([train_ds[i]["identity_image"] for i in range(min(64, len(train_ds)))])
+    model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
+    sf = float(vae.config.scaling_factor)
+
+    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        device, b = x.device, len(x)
+        vae.to(device)
+        backbone.to(device)
+        # 3. latents, text token features and (for the refiner) image embeddings from frozen models
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample() * sf
+            tokens, mask = _text_features(backbone, batch["report"], device)
+            image_embeds = _image_embeds(backbone, x) if mcfg.use_refiner else None
+        # 4. DDPM: noise at a random timestep, condition dropped with cond_drop_prob
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, T, (b,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        drop = torch.rand(b, device=device) < lcfg.cond_drop_prob
+        pred, cond, align = m(noisy, t, tokens, mask, batch["attributes"] if mcfg.use_attributes else None,
+                              batch["identity_image"] if mcfg.use_identity else None, drop, image_embeds)
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
+        # 5. Diff-CXR noise filtering: weights from the anomaly scores of conditioned samples
+        weights = torch.ones_like(per_sample)
+        inner = m.module if hasattr(m, "module") else m
+        if inner.noise_filter is not None:
+            kept = ~drop
+            inner.noise_filter.update(batch["index"][kept], t[kept], per_sample[kept])
+            weights = inner.noise_filter.weights(batch["index"]).to(device)
+        diffusion = (weights * per_sample).sum() / weights.sum().clamp_min(1.0)
+        logs = {"diffusion": diffusion.detach(), "kept": weights.mean().detach()}
+        loss = diffusion
+        if align is not None:
+            loss = loss + lcfg.refiner_weight * align
+            logs["refiner"] = align.detach()
+        if cond.identity is not None:
+            group = group_supervision_loss(cond.identity, cond.pathology, batch["patient_id"], batch["labels"])
+            indep = independence_loss(cond.identity, cond.pathology)
+            loss = loss + lcfg.group_weight * group + lcfg.independence_weight * indep
+            logs.update(group=group.detach(), independence=indep.detach())
+        return {"loss": loss, **logs}
+
+    # 6. validation: denoising loss on a fixed subset with fixed noise and timesteps
+    n_val = min(data.val_samples, len(val_ds))
+    val_batch = collate_samples([val_ds[i] for i in range(n_val)]) if n_val else None
+    gen = torch.Generator().manual_seed(1234)
+    val_t = torch.randint(0, T, (n_val,), generator=gen)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        if val_batch is None:
+            return {"denoising_loss": float("nan")}
+        device = next(m.parameters()).device
+        x = val_batch["image"].to(device)
+        latents = vae.to(device).encode(x).latent_dist.mean * sf
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(4321)).to(device)
+        tokens, mask = _text_features(backbone.to(device), val_batch["report"], device)
+        t = val_t.to(device)
+        pred, _, _ = m(scheduler.add_noise(latents, noise, t), t, tokens, mask,
+                       val_batch["attributes"].to(device) if mcfg.use_attributes else None,
+                       val_batch["identity_image"].to(device) if mcfg.use_identity else None,
+                       torch.zeros(n_val, dtype=torch.bool, device=device))
+        return {"denoising_loss": float(F.mse_loss(pred, noise))}
+
+    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    result = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="denoising_loss",
+                     select_mode="min").train()
+    if nfilter is not None:
+        _write_filter_report(nfilter, train_ds, out)
+    return result
+
+
+def _write_filter_report(nfilter: LatentNoiseFilter, ds: DiffusionPairs, out: Path) -> None:
+    """``noise_filter.json``: the study ids the filter flagged, with their anomaly scores."""
+    flagged = nfilter.flagged()
+    ids = [rec["id"] for rec in ds.base.records]
+    payload = {"flagged": [ids[i] for i in flagged.nonzero().flatten().tolist()],
+               "scores": {ids[i]: round(float(nfilter.score[i]), 4) for i in range(len(ids)) if nfilter.seen[i] > 0}}
+    atomic_write_text(out / "noise_filter.json", json.dumps(payload, indent=1) + "\n")

@@ -1,0 +1,175 @@
+"""report2image: conditioning, noise filter, pipeline save/load, counterfactual, noise optimisation, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from report2image import LatentNoiseFilter, ReportConditioner, ReportToCXRPipeline
+from report2image.conditioning import encode_attributes, group_supervision_loss, independence_loss
+from report2image.models import build_autoencoder, build_unet, load_ldm_config
+from shared.backbone.clip import build_backbone
+from shared.labels import CHEXPERT_LABELS
+from shared.text.tokenizer import ReportTokenizer
+
+REPORTS = ["Large left pleural effusion.", "No acute cardiopulmonary abnormality.",
+           "Mild cardiomegaly. Small right pneumothorax."]
+
+
+def tiny_pipeline(**switches: bool) -> ReportToCXRPipeline:
+    torch.manual_seed(0)
+    tok = ReportTokenizer.fit(REPORTS * 3, min_freq=1)
+    backbone = build_backbone("radclip_tiny", tok)
+    cfg = load_ldm_config("ldm_tiny")
+    cond = ReportConditioner(text_width=backbone.text_width, embed_dim=backbone.embed_dim, **cfg["conditioner"],
+                             **switches)
+    if cond.config.use_identity:
+        cond.fill_identity_bank(torch.randn(4, 1, 32, 32))
+    pipe = ReportToCXRPipeline(build_autoencoder(cfg), build_unet(cfg), DDIMScheduler(), backbone, cond)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_encode_attributes_reads_status_severity_laterality():
+    att = encode_attributes(REPORTS)
+    eff = CHEXPERT_LABELS.index("Pleural Effusion")
+    assert att.shape == (3, 14, 3)
+    assert att[0, eff, 0] == 3  # positive
+    assert att[0, eff, 1] == 1 + ("trace", "small", "mild", "moderate", "large", "severe").index("large")
+    assert att[0, eff, 2] == 1 + ("left", "right", "bilateral").index("left")
+    assert att[1, eff].tolist() == [0, 0, 0]  # not mentioned
+    assert encode_attributes(["No pleural effusion."])[0, eff, 0] == 1  # negative
+    assert att[2, CHEXPERT_LABELS.index("Pneumothorax"), 2] == 2  # right
+
+
+def test_pipeline_save_load_same_output(tmp_path):
+    pipe = tiny_pipeline()
+    out = pipe(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (3, 1, 32, 32) and out.images.abs().max() <= 1
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["conditioner"][1] == "ReportConditioner"
+    again = ReportToCXRPipeline.from_pretrained(tmp_path)
+    again.set_progress_bar_config(disable=True)
+    out2 = again(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.images, out2.images)
+    pil = again(REPORTS[:1], num_inference_steps=2, output_type="pil").images
+    assert pil[0].size == (32, 32) and pil[0].mode == "L"
+
+
+def test_dpm_solver_and_guidance_off_run():
+    pipe = tiny_pipeline(use_identity=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    a = pipe(REPORTS, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(1)).images
+    b = pipe(REPORTS, num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(1)).images
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+def test_conditioning_switches_change_the_token_layout():
+    pipe = tiny_pipeline()
+    full = pipe.encode_reports(REPORTS, identity_images=torch.zeros(3, 1, 32, 32))
+    plain = tiny_pipeline(use_refiner=False, use_attributes=False, use_identity=False).encode_reports(REPORTS)
+    assert full.hidden_states.shape[1] == plain.hidden_states.shape[1] + 14 + 2  # attributes + identity tokens
+    assert full.gate is not None and plain.gate is None and plain.identity is None
+    with pytest.raises(ValueError, match="identity"):
+        pipe.conditioner(torch.zeros(1, 4, pipe.text_encoder.text_width), torch.ones(1, 4),
+                         encode_attributes(REPORTS[:1]))
+
+
+def test_counterfactual_keeps_shapes_and_inversion_round_trips():
+    pipe = tiny_pipeline()
+    images = pipe(REPORTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    edited = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
+                                 num_inference_steps=4)
+    assert edited.images.shape == images.shape
+    latents, start = pipe.invert(images, REPORTS, num_inference_steps=4, strength=0.5)
+    assert start == 2 and latents.shape == (3, 4, 16, 16)
+    with pytest.raises(ValueError, match="one of each"):
+        pipe.counterfactual(images, ["x"] * 2)
+    with pytest.raises(ValueError, match="strength"):
+        pipe.invert(images, REPORTS, strength=0.0)
+
+
+def test_initial_noise_optimisation_raises_the_score_and_keeps_the_prior():
+    pipe = tiny_pipeline(use_identity=False)
+    gen = torch.Generator().manual_seed(0)
+    z0 = pipe.prepare_latents(2, torch.Generator().manual_seed(0))
+
+    def score(images: torch.Tensor) -> torch.Tensor:  # "brighter is the target finding"
+        return images.mean((1, 2, 3))
+
+    z = pipe.optimize_initial_noise(REPORTS[:2], score_fn=score, steps=4, lr=0.1, short_steps=2, generator=gen)
+    with torch.no_grad():
+        before = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z0).images)
+        after = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z).images)
+    assert (after > before).all()
+    assert abs(float(z.pow(2).mean()) - 1.0) < 0.3  # still on the Gaussian shell
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # restored
+
+
+def test_group_supervision_and_independence_losses():
+    torch.manual_seed(0)
+    labels = torch.zeros(4, 14)
+    labels[:2, 3] = 1
+    ident = torch.tensor([[1.0, 0], [1.0, 0.1], [0, 1.0], [0.1, 1.0]])
+    good = group_supervision_loss(ident, ident.flip(1), ["a", "a", "b", "b"], labels)
+    bad = group_supervision_loss(ident, ident.flip(1), ["a", "b", "a", "b"], labels)
+    assert good < bad
+    x = torch.randn(256, 3)
+    assert independence_loss(x, x) > 0.3
+    assert independence_loss(x, torch.randn(256, 3)) < 0.05
+
+
+def test_noise_filter_flags_the_pairs_that_stay_hard():
+    f = LatentNoiseFilter(100, num_train_timesteps=1000, warmup_steps=5, z=3.0)
+    rng = np.random.default_rng(0)
+    noisy = torch.arange(90, 100)
+    for _ in range(20):
+        idx = torch.arange(100)
+        t = torch.as_tensor(rng.integers(0, 1000, 100))
+        loss = 0.1 + 0.5 * t.float() / 1000 + torch.as_tensor(rng.normal(0, 0.01, 100)).float()
+        loss[noisy] *= 2.0  # wrong reports stay hard to denoise at every timestep
+        f.update(idx, t, loss)
+    flagged = f.flagged()
+    assert flagged[noisy].all() and flagged.sum() == 10
+    assert f.strength() == 1.0
+    w = f.weights(torch.tensor([0, 95]))
+    assert w.tolist() == [1.0, 0.0]
+    state = f.state_dict()
+    g = LatentNoiseFilter(100)
+    g.load_state_dict(state)
+    assert torch.equal(g.flagged(), flagged)
+
+
+def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
+    from radloop.cli import main
+
+    data, _ = tiny_synth
+    run = tmp_path / "diff"
+    rc = main(["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+               "data.batch_size=8", "autoencoder.steps=2", "autoencoder.batch_size=8", "train.max_steps=2",
+               "train.eval_every=2", "train.checkpoint_every=2", "train.progress=false", "loss.filter_warmup=1",
+               f"train.output_dir={run}"])
+    assert rc == 0
+    assert (run / "autoencoder" / "final" / "config.json").is_file()
+    assert (run / "best" / "model_index.json").is_file() and (run / "final" / "model_index.json").is_file()
+    flagged = json.loads((run / "noise_filter.json").read_text())
+    assert set(flagged) == {"flagged", "scores"} and flagged["scores"]
+    history = json.loads((run / "history.json").read_text())
+    assert any("val/denoising_loss" in h for h in history)
+    out = tmp_path / "gen"
+    assert main(["generate", "image", "--checkpoint", str(run / "final"), "--report", "Large left pleural effusion.",
+                 "--report", "No acute cardiopulmonary abnormality.", "--steps", "2", "--out", str(out)]) == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["synthetic"] is True
+    assert (out / "generated_0001.png").is_file()
+
+
+def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
+    from radloop.cli import main
+
+    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "no saved ReportToCXRPipeline" in capsys.readouterr().err
