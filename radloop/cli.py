@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,13 +25,6 @@ from . import __version__
 logger = logging.getLogger("radloop")
 
 #: Stages of the full loop that later work adds; `radloop demo` names those still missing.
-NOT_BUILT_YET = {
-    "report models UAR, CMCRL, IFNet": "image2report decoders beyond the baseline (issue 5)",
-    "diffusion model": "report2image latent diffusion (issue 6)",
-    "counterfactuals + augmentation + HTML report": "radloop demo workflow (issue 7)",
-}
-
-
 def _echo(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
@@ -185,39 +178,47 @@ def cmd_evaluate_images(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shared.data.synthcxr import SynthConfig, contact_sheet, generate_dataset
-    from shared.text.tokenizer import ReportTokenizer
+    from .demo import run_demo
 
-    out = Path(args.out)
-    times: list[tuple[str, float]] = []
-
-    def stage(name: str, fn: Callable[[], object]) -> None:
-        start = time.perf_counter()
-        fn()
-        times.append((name, time.perf_counter() - start))
-
-    synth = SynthConfig(patients=60 if args.quick else 1000, studies_per_patient=2 if args.quick else 3,
-                        size=64 if args.quick else 128, seed=args.seed)
-    stage("SynthCXR data", lambda: generate_dataset(out / "data", synth, overwrite=True, progress=True))
-
-    def fit_tokenizer() -> None:
-        from shared.data.dataset import load_records
-
-        reports = [r["report"] for r in load_records(out / "data" / "annotation.json") if r["split"] == "train"]
-        ReportTokenizer.fit(reports, min_freq=3).save_pretrained(out / "tokenizer")
-
-    stage("tokenizer", fit_tokenizer)
-    stage("contact sheet", lambda: contact_sheet(out / "synthcxr_sheet.png", size=synth.size, seed=args.seed))
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, echo=_echo)
     _echo("")
     _echo("| stage | seconds |")
     _echo("|---|---:|")
-    for name, seconds in times:
+    for name, seconds in results["stage_seconds"].items():
         _echo(f"| {name} | {seconds:.1f} |")
+    _echo(f"| total | {results['total_seconds']:.1f} |")
     _echo("")
-    _echo(f"outputs in {out}/ (data/, tokenizer/, synthcxr_sheet.png)")
-    _echo("not built yet:")
-    for name, what in NOT_BUILT_YET.items():
-        _echo(f"  - {name}: {what}")
+    _echo(f"report: {Path(args.out) / 'report.html'} (numbers in {Path(args.out) / 'results.json'})")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from .augment import AugmentExperiment, run_augment
+
+    cfg = load_config(AugmentExperiment(), args.config, args.overrides)
+    save_run_config(cfg, cfg.output_dir, argv=sys.argv)
+    result = run_augment(OmegaConf.to_object(cfg))
+    d = result["summary"]["rare_f1_mean"]
+    _echo(f"rare findings {result['rare_findings']}: rare-class CE F1 real {d['real']['mean']:.3f}, "
+          f"real+synthetic {d['real+synthetic']['mean']:.3f}, difference {d['difference']['mean']:+.3f} "
+          f"[{d['difference']['ci_low']:.3f}, {d['difference']['ci_high']:.3f}] -> {result['verdict']}")
+    _echo(f"details in {cfg.output_dir}/augment_results.json")
+    return 0
+
+
+def cmd_roundtrip(args: argparse.Namespace) -> int:
+    from .roundtrip import run_roundtrip
+
+    result = run_roundtrip(args.diffusion, args.report_model, args.annotation, args.split, args.n, args.steps,
+                           args.guidance, args.seed)
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=1, default=float) + "\n")
+    rr, ri = result["report_to_image_to_report"], result["image_to_report_to_image"]
+    _echo(f"report -> image -> report: label-set agreement {rr['label_set_agreement']:.3f}, "
+          f"CE micro-F1 {rr['ce_micro_f1']:.3f} (n={rr['n']})")
+    for name, v in rr["per_finding"].items():
+        _echo(f"  {name}: survives {v['survival']:.2f} (n={v['n']})")
+    _echo(f"image -> report -> image: embedding cosine {ri['embedding_cosine']:.3f}, SSIM {ri['ssim']:.3f}")
     return 0
 
 
@@ -315,11 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate_image)
 
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
-                         description="SynthCXR data and everything built so far; names the stages not built yet.")
+                         description="SynthCXR data -> backbone -> report model -> classifier -> diffusion -> "
+                                     "evaluation -> counterfactuals -> augmentation -> round trip -> report.html.")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    p.add_argument("--quick", action="store_true", help="tiny models and data, under 2 minutes (used by the tests)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = verbs.add_parser("augment", help="rare-finding augmentation with report2image, real vs real+synthetic",
+                         description="Compose reports for rare findings, generate images, train the report model "
+                                     "on real and on real+synthetic over seeds, compare with intervals.")
+    p.add_argument("--config", help="YAML (keys of AugmentExperiment; 'report' holds a report experiment)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_augment)
+
+    p = verbs.add_parser("roundtrip", help="report -> image -> report and image -> report -> image")
+    p.add_argument("--diffusion", required=True, help="a ReportToCXRPipeline folder")
+    p.add_argument("--report-model", dest="report_model", required=True, help="a report-model folder")
+    p.add_argument("--annotation", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=64, help="studies")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON with every metric and the worst cases")
+    p.set_defaults(func=cmd_roundtrip)
     return parser
 
 

@@ -67,9 +67,26 @@ def test_tokenizer_verb(tiny_synth, tmp_path, capsys):
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and "effusion" in vocab
 
 
-def test_demo_quick_runs_and_says_what_is_missing(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+def test_demo_quick_writes_every_section_with_finite_numbers(tmp_path, capsys):
+    import re
+
+    from radloop.demo import all_finite
+    from radloop.html_report import SECTIONS
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| SynthCXR data |" in text and "not built yet" in text
-    assert (tmp_path / "demo" / "tokenizer" / "report_tokenizer.json").is_file()
-    assert (tmp_path / "demo" / "synthcxr_sheet.png").is_file()
+    for stage in ("SynthCXR data", "backbone", "report model", "diffusion", "counterfactuals", "augmentation",
+                  "round trip", "HTML report", "total"):
+        assert f"| {stage} |" in text
+    page = (out / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
+    assert page.count("data:image/png;base64,") >= 5
+    results = json.loads((out / "results.json").read_text())
+    assert all_finite(results)
+    # every number printed in the page's tables is finite too
+    cells = re.findall(r"<td>([^<]*)</td>", page)
+    assert not any(c.strip().lower() in ("nan", "inf", "-inf") for c in cells)
+    assert (out / "training_curves.png").is_file()

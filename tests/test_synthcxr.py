@@ -252,3 +252,20 @@ def test_contact_sheet(tmp_path):
     path = contact_sheet(tmp_path / "sheet.png", size=32, per_row=2)
     with Image.open(path) as im:
         assert im.size[0] > 100 and im.size[1] > 400
+
+
+def test_counterfactual_edits_change_only_the_edited_finding(tiny_synth):
+    from shared.data.synthcxr import counterfactual_edits
+
+    out, _ = tiny_synth
+    edits = counterfactual_edits(out, "train", n=6, seed=0)
+    assert len(edits) == 6
+    for e in edits:
+        assert e.source.shape == e.true_cf.shape == (32, 32)
+        assert len(e.added) + len(e.removed) == 1
+        assert e.new_report != e.source_report
+        # The truth differs from the source image (the edit is visible) but not everywhere (same patient).
+        changed = np.abs(e.true_cf - e.source) > 2 / 255
+        assert 0 < changed.mean() < 0.6
+    again = counterfactual_edits(out, "train", n=6, seed=0)
+    assert [e.new_report for e in again] == [e.new_report for e in edits]

@@ -29,10 +29,14 @@ __all__ = [
     "stable_seed",
 ]
 
+from .counterfactuals import CounterfactualEdit, counterfactual_edits, read_attributes  # noqa: E402
 from .generate import DEGRADATIONS, SynthConfig, contact_sheet, degrade, generate_dataset, patient_for  # noqa: E402
 from .reports import SynthReport, write_report  # noqa: E402
 
 __all__ += [
+    "CounterfactualEdit",
+    "counterfactual_edits",
+    "read_attributes",
     "DEGRADATIONS",
     "SynthConfig",
     "SynthReport",

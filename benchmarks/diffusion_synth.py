@@ -1,0 +1,162 @@
+"""Score a trained report -> CXR pipeline on SynthCXR and time its samplers. Prints one JSON object.
+
+    python benchmarks/diffusion_synth.py --pipeline runs/diffusion/best --data runs/bench/synthcxr64 \
+        --classifier runs/bench/clf64/best --backbone runs/backbone/best [--n 300] [--run-dir runs/diffusion]
+
+* generation from test reports (DPM-Solver++ 20 steps, guidance 3): classifier mAUC against the
+  generator's ground-truth image labels (beside the classifier's mAUC on the real test images, the
+  ceiling), FID/KID in the backbone's image-embedding space beside the real-vs-real split-half floor;
+* counterfactual edits against SynthCXR's true counterfactuals: flip rate, SSIM to the truth;
+* initial-noise optimisation: AUC of the rarest training findings, plain vs optimised sampling;
+* noise filtering: precision/recall of the studies the filter flagged against SynthCXR's
+  degraded / wrong-report flags (from ``<run-dir>/noise_filter.json``);
+* images/s of 20-step DPM-Solver++ and 50-step DDIM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from evaluation.image_eval import build_feature_extractor, load_image_set
+from evaluation.images import FeatureExtractor, extract_features, fid_report, multilabel_auroc
+from evaluation.loop import counterfactual_metrics
+from evaluation.train_classifier import load_classifier
+from report2image import ReportToCXRPipeline
+from shared.data.synthcxr import counterfactual_edits, read_attributes
+from shared.labels import CHEXPERT_LABELS
+
+
+def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,
+             batch: int = 50, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """[0, 1] images (N, 1, S, S)."""
+    out = []
+    for k in range(0, len(reports), batch):
+        z = None if latents is None else latents[k:k + batch]
+        images = pipe(reports[k:k + batch], num_inference_steps=steps, guidance_scale=guidance,
+                      generator=torch.Generator().manual_seed(seed + k), latents=z).images
+        out.append((images + 1) / 2)
+    return torch.cat(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--data", default="runs/bench/synthcxr64")
+    parser.add_argument("--classifier", required=True)
+    parser.add_argument("--backbone", required=True, help="RadCLIP folder whose image tower gives FID features")
+    parser.add_argument("--run-dir", dest="run_dir", help="the training run (for noise_filter.json)")
+    parser.add_argument("--n", type=int, default=300, help="test reports to generate from")
+    parser.add_argument("--edits", type=int, default=64)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    data = Path(args.data)
+    pipe = ReportToCXRPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.image_size
+    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
+                    "conditioner": {k: pipe.conditioner.config[k] for k in ("use_refiner", "use_attributes", "use_identity")}}
+
+    # 1. generation from test reports, scored by the classifier and FID
+    real = load_image_set(data / "annotation.json", "test", size, "file")
+    n = min(args.n, len(real["reports"]))
+    reports, labels = real["reports"][:n], real["labels"][:n]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    start = time.perf_counter()
+    fake = generate(pipe, reports, 20, args.guidance, args.seed)
+    result["dpm20_images_per_s"] = round(n / (time.perf_counter() - start), 2)
+    clf = load_classifier(args.classifier).eval()
+    prep = FeatureExtractor(clf, in_chans=1, image_size=clf.config.image_size)
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([torch.sigmoid(clf(prep.prepare(b)).logits) for b in images.split(64)])
+
+    gen_auc = multilabel_auroc(classify(fake).numpy(), labels, CHEXPERT_LABELS)
+    real_auc = multilabel_auroc(classify(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
+    result.update(n_generated=n, mauc_generated=gen_auc["mauc"], mauc_real_ceiling=real_auc["mauc"],
+                  auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items() if k.startswith("auroc/")})
+    extractor = build_feature_extractor(f"backbone:{args.backbone}")
+    fid = fid_report(extract_features(extractor, real["images"]), extract_features(extractor, fake))
+    result.update({f"backbone_{k}": v for k, v in fid.items()})
+
+    # 2. samplers: 20-step DPM-Solver++ above; 50-step DDIM on a subset
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    m = min(50, n)
+    start = time.perf_counter()
+    generate(pipe, reports[:m], 50, args.guidance, args.seed)
+    result["ddim50_images_per_s"] = round(m / (time.perf_counter() - start), 2)
+
+    # 3. counterfactuals against the true counterfactual
+    edits = counterfactual_edits(data, "test", args.edits, args.seed)
+    source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
+    truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
+    for strength in (0.5, 0.7):
+        edited = pipe.counterfactual(source * 2 - 1, [e.new_report for e in edits], [e.source_report for e in edits],
+                                     strength=strength, num_inference_steps=50, guidance_scale=2.0).images
+        cf = counterfactual_metrics(source, (edited + 1) / 2, truth, classify, [e.added for e in edits],
+                                    [e.removed for e in edits])
+        result[f"counterfactual_strength_{strength}"] = {k: v for k, v in cf.items() if k != "per_edit"}
+    source_cf = counterfactual_metrics(source, source, truth, classify, [e.added for e in edits],
+                                       [e.removed for e in edits])
+    result["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
+
+    # 4. long-tail initial-noise optimisation on the rarest training findings
+    if not args.skip_noise_opt:
+        train_counts = {name: 0 for name in CHEXPERT_LABELS}
+        for rec in read_attributes(data):
+            if rec["split"] == "train":
+                for name, v in rec["image_labels"].items():
+                    train_counts[name] += int(v == 1)
+        rare = [k for k, _ in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding"][:3]
+        idx = [CHEXPERT_LABELS.index(r) for r in rare]
+        # every test report with a rare finding, plus as many without
+        pos = [i for i in range(len(real["reports"])) if (real["labels"][i, idx] == 1).any()]
+        neg = [i for i in range(len(real["reports"])) if i not in set(pos)][: max(len(pos), 16)]
+        sel = pos + neg
+        sub_reports = [real["reports"][i] for i in sel]
+        sub_labels = real["labels"][sel]
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        plain = generate(pipe, sub_reports, 20, args.guidance, args.seed + 7)
+        start = time.perf_counter()
+        z = torch.cat([pipe.optimize_initial_noise(sub_reports[k:k + 25], steps=5, lr=0.05, short_steps=4,
+                                                   guidance_scale=args.guidance,
+                                                   generator=torch.Generator().manual_seed(args.seed + 7 + k))
+                       for k in range(0, len(sub_reports), 25)])
+        opt_seconds = time.perf_counter() - start
+        optimised = generate(pipe, sub_reports, 20, args.guidance, args.seed + 7, batch=25, latents=z)
+        auc_plain = multilabel_auroc(classify(plain).numpy(), sub_labels, CHEXPERT_LABELS)
+        auc_opt = multilabel_auroc(classify(optimised).numpy(), sub_labels, CHEXPERT_LABELS)
+        per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
+                      "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
+                      "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
+        result["noise_optimisation"] = {"rare_findings": per, "n_images": len(sel),
+                                        "seconds_per_image": round(opt_seconds / len(sel), 2),
+                                        "score": "backbone image-report cosine (not the judging classifier)"}
+
+    # 5. noise filtering: flagged studies vs the degraded / wrong-report truth
+    if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
+        flagged = set(json.loads((Path(args.run_dir) / "noise_filter.json").read_text())["flagged"])
+        noisy = {r["id"] for r in read_attributes(data)
+                 if r["split"] == "train" and (r.get("degradation") or r.get("wrong_report"))}
+        hit = len(flagged & noisy)
+        n_train = sum(r["split"] == "train" for r in read_attributes(data))
+        result["noise_filter"] = {"flagged": len(flagged), "noisy_in_train": len(noisy), "train": n_train,
+                                  "precision": round(hit / len(flagged), 3) if flagged else None,
+                                  "recall": round(hit / len(noisy), 3) if noisy else None,
+                                  "base_rate": round(len(noisy) / n_train, 3)}
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
