@@ -117,7 +117,7 @@ def main() -> None:
             if rec["split"] == "train":
                 for name, v in rec["image_labels"].items():
                     train_counts[name] += int(v == 1)
-        rare = [k for k, _ in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding"][:3]
+        rare = [k for k, v in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding" and v > 0][:3]
         idx = [CHEXPERT_LABELS.index(r) for r in rare]
         # every test report with a rare finding, plus as many without
         pos = [i for i in range(len(real["reports"])) if (real["labels"][i, idx] == 1).any()]

@@ -64,7 +64,8 @@ class VisionAwareTextRefiner(nn.Module):
 
     ``forward`` returns the gated tokens and the gate (B, T) in [0, 1]; ``alignment_loss`` is the
     InfoNCE between the gate-weighted mean token (projected to the backbone's embedding size)
-    and the backbone image embedding, plus ``sparsity`` times the mean gate (keep few tokens).
+    and the backbone image embedding, plus ``sparsity`` times the mean gate (keep few tokens); it
+    also returns each pair's cosine, which the noise filter reads (pairs that stay misaligned).
     """
 
     def __init__(self, text_width: int, dim: int, embed_dim: int, sparsity: float = 0.05) -> None:
@@ -79,14 +80,16 @@ class VisionAwareTextRefiner(nn.Module):
         gate = torch.sigmoid(self.score(tokens).squeeze(-1)) * mask
         return self.proj(tokens) * gate[..., None], gate
 
-    def alignment_loss(self, tokens: torch.Tensor, gate: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T, W), gate (B, T), unit-norm image_embeds (B, E) -> scalar."""
+    def alignment_loss(self, tokens: torch.Tensor, gate: torch.Tensor, image_embeds: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T, W), gate (B, T), unit-norm image_embeds (B, E) -> (scalar loss, per-pair cosine (B,))."""
         pooled = (tokens * gate[..., None]).sum(1) / gate.sum(1, keepdim=True).clamp_min(1e-6)
         text = F.normalize(self.to_embed(pooled), dim=-1)
         logits = text @ image_embeds.T / 0.07
         target = torch.arange(len(text), device=text.device)
         nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        return nce + self.sparsity * gate.sum(1).div(gate.shape[1]).mean()
+        cosine = (text * image_embeds).sum(-1).detach()
+        return nce + self.sparsity * gate.sum(1).div(gate.shape[1]).mean(), cosine
 
 
 class _IdentityEncoder(nn.Module):

@@ -1,16 +1,19 @@
 """Diff-CXR's latent noise filtering: learn which training pairs behave as anomalies and drop them.
 
-A pair whose report does not describe its image (or whose image is degraded) stays hard to
-denoise *given its report*: its denoising loss stays above what its timestep predicts. The
-filter keeps
+Two signals, both learnt as training goes:
 
-* a running mean of the loss per timestep bucket (the loss depends mostly on t), and
-* per training sample, an exponential moving average of ``loss / bucket mean`` (its anomaly score),
+* ``"loss"``: a pair whose report does not describe its image (or whose image is degraded) stays
+  hard to denoise *given its report*. The filter keeps a running mean of the loss per timestep
+  bucket (the loss depends mostly on t) and, per sample, an exponential moving average of
+  ``loss / bucket mean``.
+* ``"alignment"``: Diff-CXR's vision-aware text module is trained to align each report with its
+  image; a pair it keeps apart (low cosine) is one whose report and image disagree. The filter
+  keeps an exponential moving average of ``1 - cosine`` per sample.
 
-and weights each sample's loss by 0 once its score is an outlier among the scores seen so far
-(above median + ``z`` * MAD), ramping the filter in over ``warmup_steps`` so that the general
-patterns are learnt before anything is dropped. Its state lives in buffers, so it is saved and
-restored with the model's checkpoints.
+A sample is flagged once a score is an outlier among the samples seen so far (above median + ``z``
+robust standard deviations; ``"both"`` flags on either), and its loss weight goes to 0, ramped in
+after ``warmup_steps`` so that the general patterns are learnt before anything is dropped. The
+state lives in buffers, so it is saved and restored with the model's checkpoints.
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ class LatentNoiseFilter(nn.Module):
         z: the outlier threshold in MADs above the median score.
         warmup_steps: steps before any sample is dropped (the filter then ramps in linearly over as many).
         min_seen: a sample is judged only after this many visits.
+        signal: ``"loss"``, ``"alignment"`` or ``"both"``.
     """
 
     def __init__(self, num_samples: int, num_train_timesteps: int = 1000, buckets: int = 10, momentum: float = 0.7,
-                 z: float = 3.0, warmup_steps: int = 100, min_seen: int = 2) -> None:
+                 z: float = 3.0, warmup_steps: int = 100, min_seen: int = 2, signal: str = "loss") -> None:
         super().__init__()
+        if signal not in ("loss", "alignment", "both"):
+            raise ValueError(f"signal must be 'loss', 'alignment' or 'both', got {signal!r}")
+        self.signal = signal
         self.num_train_timesteps, self.momentum, self.z = num_train_timesteps, momentum, z
         self.warmup_steps, self.min_seen = warmup_steps, min_seen
         self.register_buffer("bucket_mean", torch.zeros(buckets))
         self.register_buffer("bucket_count", torch.zeros(buckets))
         self.register_buffer("score", torch.zeros(num_samples))
+        self.register_buffer("align_score", torch.zeros(num_samples))
         self.register_buffer("seen", torch.zeros(num_samples))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -50,8 +58,10 @@ class LatentNoiseFilter(nn.Module):
         return (timesteps.long() * b // self.num_train_timesteps).clamp(0, b - 1)
 
     @torch.no_grad()
-    def update(self, indices: torch.Tensor, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record per-sample losses (B,) at timesteps (B,) for training indices (B,)."""
+    def update(self, indices: torch.Tensor, timesteps: torch.Tensor, losses: torch.Tensor,
+               cosines: torch.Tensor | None = None) -> None:
+        """Record per-sample losses (B,) at timesteps (B,) -- and report-image cosines (B,) when the
+        alignment signal is on -- for training indices (B,)."""
         idx, bucket, losses = indices.long(), self._bucket(timesteps), losses.detach().float()
         for b in bucket.unique():
             sel = bucket == b
@@ -61,6 +71,10 @@ class LatentNoiseFilter(nn.Module):
         ratio = losses / self.bucket_mean[bucket].clamp_min(1e-8)
         first = self.seen[idx] == 0
         self.score[idx] = torch.where(first, ratio, self.momentum * self.score[idx] + (1 - self.momentum) * ratio)
+        if cosines is not None:
+            gap = 1.0 - cosines.detach().float().to(self.align_score.device)
+            self.align_score[idx] = torch.where(first, gap, self.momentum * self.align_score[idx]
+                                                + (1 - self.momentum) * gap)
         self.seen[idx] += 1
         self.step += 1
 
@@ -69,10 +83,14 @@ class LatentNoiseFilter(nn.Module):
         judged = self.seen >= self.min_seen
         if judged.sum() < 10:
             return torch.zeros_like(judged)
-        s = self.score[judged]
-        med = s.median()
-        mad = (s - med).abs().median().clamp_min(1e-6)
-        return judged & (self.score > med + self.z * 1.4826 * mad)
+        flagged = torch.zeros_like(judged)
+        scores = {"loss": [self.score], "alignment": [self.align_score], "both": [self.score, self.align_score]}
+        for score in scores[self.signal]:
+            s = score[judged]
+            med = s.median()
+            mad = (s - med).abs().median().clamp_min(1e-6)
+            flagged |= judged & (score > med + self.z * 1.4826 * mad)
+        return flagged
 
     def strength(self) -> float:
         """0 during warm-up, then a linear ramp to 1 over another ``warmup_steps``."""

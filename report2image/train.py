@@ -49,7 +49,7 @@ from .pipeline import ReportToCXRPipeline
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
-           "noise_scheduler"]
+           "noise_scheduler", "CachedPairs"]
 
 
 @dataclass
@@ -81,6 +81,9 @@ class DiffusionLossConfig:
     independence_weight: float = 0.05
     noise_filter: bool = True
     filter_z: float = 3.0
+    #: what marks an anomaly: "loss" (denoising loss above its timestep's), "alignment" (the
+    #: vision-aware refiner keeps the report and image apart), or "both" (either)
+    filter_signal: str = "both"
     #: steps before the filter drops anything (then it ramps in over as many)
     filter_warmup: int = 100
 
@@ -145,6 +148,46 @@ class DiffusionPairs(Dataset):
                 "attributes": self.attributes[index], "labels": self.labels[index]}
 
 
+class CachedPairs(Dataset):
+    """What the frozen models make of every training pair, computed once: the autoencoder's
+    latent distribution (mean, std), the backbone's text tokens and image embedding. The images
+    stay in memory for the (trained) identity encoder. Items carry the keys the UNet stage reads."""
+
+    @torch.no_grad()
+    def __init__(self, pairs: DiffusionPairs, vae: AutoencoderKL, backbone: RadCLIP, image_embeds: bool,
+                 batch_size: int = 64) -> None:
+        self.pairs = pairs
+        images, means, stds, tokens, masks, embeds = [], [], [], [], [], []
+        for k in range(0, len(pairs), batch_size):
+            items = [pairs.base[i] for i in range(k, min(k + batch_size, len(pairs)))]
+            x = torch.stack([it["images"][0] for it in items])
+            dist = vae.encode(x).latent_dist
+            tok, mask = _text_features(backbone, [it["report"] for it in items], torch.device("cpu"))
+            images.append(x)
+            means.append(dist.mean)
+            stds.append(dist.std)
+            tokens.append(tok)
+            masks.append(mask)
+            if image_embeds:
+                embeds.append(_image_embeds(backbone, x))
+        self.images, self.latent_mean, self.latent_std = torch.cat(images), torch.cat(means), torch.cat(stds)
+        self.tokens, self.mask = torch.cat(tokens), torch.cat(masks)
+        self.image_embeds = torch.cat(embeds) if image_embeds else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"index": torch.tensor(index), "latent_mean": self.latent_mean[index],
+                "latent_std": self.latent_std[index], "tokens": self.tokens[index], "mask": self.mask[index],
+                "identity_image": self.images[self.pairs.partner[index]],
+                "patient_id": self.pairs.base.records[index]["patient_id"],
+                "attributes": self.pairs.attributes[index], "labels": self.pairs.labels[index]}
+        if self.image_embeds is not None:
+            item["image_embeds"] = self.image_embeds[index]
+        return item
+
+
 # -- stage 1: autoencoder ---------------------------------------------------------------
 def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: AutoencoderTrainConfig, output_dir: Path,
                       seed: int) -> AutoencoderKL:
@@ -190,8 +233,10 @@ class LatentDiffusionModel(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
                 attributes: torch.Tensor | None, identity_images: torch.Tensor | None, drop: torch.Tensor,
-                image_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, ConditionOutput, torch.Tensor | None]:
-        """noisy latents (B, C, s, s), timesteps (B,) -> (predicted noise, conditioning, refiner loss)."""
+                image_embeds: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ConditionOutput, tuple[torch.Tensor, torch.Tensor] | None]:
+        """noisy latents (B, C, s, s), timesteps (B,) -> (predicted noise, conditioning,
+        (refiner loss, per-pair report-image cosine) or None)."""
         # 1. conditioning (condition dropout for classifier-free guidance inside)
         cond = self.conditioner(text_tokens, text_mask, attributes, identity_images, drop=drop)
         # 2. noise prediction
@@ -264,43 +309,43 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
                                     use_identity=mcfg.use_identity, **ldm["conditioner"])
     scheduler = noise_scheduler()
     T = scheduler.config.num_train_timesteps
-    nfilter = LatentNoiseFilter(len(train_ds), T, z=lcfg.filter_z, warmup_steps=lcfg.filter_warmup) \
+    nfilter = LatentNoiseFilter(len(train_ds), T, z=lcfg.filter_z, warmup_steps=lcfg.filter_warmup,
+                                signal=lcfg.filter_signal if mcfg.use_refiner else "loss") \
         if lcfg.noise_filter else None
     bank = torch.stack([train_ds[i]["identity_image"] for i in range(min(64, len(train_ds)))])
     model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
     sf = float(vae.config.scaling_factor)
 
+    # 3. the frozen models' outputs, once: latent distributions, text tokens, image embeddings
+    cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner)
+
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        device, b = x.device, len(x)
-        vae.to(device)
-        backbone.to(device)
-        # 3. latents, text token features and (for the refiner) image embeddings from frozen models
-        with torch.no_grad():
-            latents = vae.encode(x).latent_dist.sample() * sf
-            tokens, mask = _text_features(backbone, batch["report"], device)
-            image_embeds = _image_embeds(backbone, x) if mcfg.use_refiner else None
+        mean = batch["latent_mean"]
+        device, b = mean.device, len(mean)
+        latents = (mean + batch["latent_std"] * torch.randn_like(mean)) * sf
+        tokens, mask, image_embeds = batch["tokens"], batch["mask"], batch.get("image_embeds")
         # 4. DDPM: noise at a random timestep, condition dropped with cond_drop_prob
         noise = torch.randn_like(latents)
         t = torch.randint(0, T, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         drop = torch.rand(b, device=device) < lcfg.cond_drop_prob
-        pred, cond, align = m(noisy, t, tokens, mask, batch["attributes"] if mcfg.use_attributes else None,
-                              batch["identity_image"] if mcfg.use_identity else None, drop, image_embeds)
+        pred, cond, refined = m(noisy, t, tokens, mask, batch["attributes"] if mcfg.use_attributes else None,
+                                batch["identity_image"] if mcfg.use_identity else None, drop, image_embeds)
         per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
         # 5. Diff-CXR noise filtering: weights from the anomaly scores of conditioned samples
         weights = torch.ones_like(per_sample)
         inner = m.module if hasattr(m, "module") else m
         if inner.noise_filter is not None:
             kept = ~drop
-            inner.noise_filter.update(batch["index"][kept], t[kept], per_sample[kept])
+            inner.noise_filter.update(batch["index"][kept], t[kept], per_sample[kept],
+                                      None if refined is None else refined[1][kept])
             weights = inner.noise_filter.weights(batch["index"]).to(device)
         diffusion = (weights * per_sample).sum() / weights.sum().clamp_min(1.0)
         logs = {"diffusion": diffusion.detach(), "kept": weights.mean().detach()}
         loss = diffusion
-        if align is not None:
-            loss = loss + lcfg.refiner_weight * align
-            logs["refiner"] = align.detach()
+        if refined is not None:
+            loss = loss + lcfg.refiner_weight * refined[0]
+            logs["refiner"] = refined[0].detach()
         if cond.identity is not None:
             group = group_supervision_loss(cond.identity, cond.pathology, batch["patient_id"], batch["labels"])
             indep = independence_loss(cond.identity, cond.pathology)
@@ -329,7 +374,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
                        torch.zeros(n_val, dtype=torch.bool, device=device))
         return {"denoising_loss": float(F.mse_loss(pred, noise))}
 
-    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    loader = training_loader(cached, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     result = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="denoising_loss",
                      select_mode="min").train()
     if nfilter is not None:
@@ -341,6 +386,8 @@ def _write_filter_report(nfilter: LatentNoiseFilter, ds: DiffusionPairs, out: Pa
     """``noise_filter.json``: the study ids the filter flagged, with their anomaly scores."""
     flagged = nfilter.flagged()
     ids = [rec["id"] for rec in ds.base.records]
-    payload = {"flagged": [ids[i] for i in flagged.nonzero().flatten().tolist()],
-               "scores": {ids[i]: round(float(nfilter.score[i]), 4) for i in range(len(ids)) if nfilter.seen[i] > 0}}
+    seen = [i for i in range(len(ids)) if nfilter.seen[i] > 0]
+    payload = {"signal": nfilter.signal, "flagged": [ids[i] for i in flagged.nonzero().flatten().tolist()],
+               "scores": {ids[i]: round(float(nfilter.score[i]), 4) for i in seen},
+               "alignment_scores": {ids[i]: round(float(nfilter.align_score[i]), 4) for i in seen}}
     atomic_write_text(out / "noise_filter.json", json.dumps(payload, indent=1) + "\n")

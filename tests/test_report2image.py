@@ -157,7 +157,7 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     assert (run / "autoencoder" / "final" / "config.json").is_file()
     assert (run / "best" / "model_index.json").is_file() and (run / "final" / "model_index.json").is_file()
     flagged = json.loads((run / "noise_filter.json").read_text())
-    assert set(flagged) == {"flagged", "scores"} and flagged["scores"]
+    assert set(flagged) == {"signal", "flagged", "scores", "alignment_scores"} and flagged["scores"]
     history = json.loads((run / "history.json").read_text())
     assert any("val/denoising_loss" in h for h in history)
     out = tmp_path / "gen"
@@ -173,3 +173,17 @@ def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
 
     assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out", str(tmp_path / "o")]) == 2
     assert "no saved ReportToCXRPipeline" in capsys.readouterr().err
+
+
+def test_noise_filter_alignment_signal_flags_pairs_the_refiner_keeps_apart():
+    f = LatentNoiseFilter(50, warmup_steps=0, signal="alignment", z=3.0)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        idx = torch.arange(50)
+        cos = torch.as_tensor(rng.normal(0.8, 0.02, 50)).float()
+        cos[:3] = 0.1  # three reports that never match their images
+        f.update(idx, torch.full((50,), 500), torch.ones(50), cos)
+    assert f.flagged().nonzero().flatten().tolist() == [0, 1, 2]
+    assert not LatentNoiseFilter(50, signal="loss").flagged().any()
+    with pytest.raises(ValueError, match="signal"):
+        LatentNoiseFilter(5, signal="vibes")
