@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/ablation")
     parser.add_argument("--arms", nargs="*", default=list(ARMS))
     parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--edits", type=int, default=64)
+    parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
     args = parser.parse_args()
     results = {}
     for arm in args.arms:
@@ -48,7 +50,8 @@ def main() -> None:
             train_seconds = round(time.perf_counter() - start, 1)
         score = subprocess.run([sys.executable, "benchmarks/diffusion_synth.py", "--pipeline", str(run / "best"),
                                 "--data", args.data, "--classifier", args.classifier, "--backbone", args.backbone,
-                                "--run-dir", str(run), "--n", str(args.n)],
+                                "--run-dir", str(run), "--n", str(args.n), "--edits", str(args.edits),
+                                *(["--skip-noise-opt"] if args.skip_noise_opt else [])],
                                check=True, capture_output=True, text=True).stdout
         results[arm] = {"overrides": ARMS[arm], "unet_train_seconds": train_seconds, **json.loads(score)}
         print(json.dumps({arm: results[arm]}, default=float), file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from torch import nn
 
 from shared.modeling import RadLoopModel
 
-__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model"]
+__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model"]
 
 
 @dataclass
@@ -26,6 +26,8 @@ class ReportModelOutput(BaseOutput):
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    #: the loss terms, detached, for logging (e.g. UAR's ce / triplet / mask)
+    aux: dict[str, torch.Tensor] | None = None
 
 
 def _sinusoid(length: int, dim: int) -> torch.Tensor:
@@ -114,9 +116,17 @@ class BaselineReportModel(RadLoopModel):
 #: name -> (class, keyword arguments); ``*_tiny`` for tests.
 REPORT_MODELS: dict[str, tuple[type[RadLoopModel], dict]] = {
     "baseline": (BaselineReportModel, {"visual": "cxr_resnet_small", "d_model": 256, "num_layers": 3}),
+    # the demo's size: a CPU trains it in a minute or two
+    "baseline_small": (BaselineReportModel, {"visual": "cxr_resnet_tiny", "d_model": 128, "num_layers": 2,
+                                             "num_heads": 4, "ff_dim": 256}),
     "baseline_tiny": (BaselineReportModel, {"visual": "cxr_resnet_tiny", "image_size": 32, "d_model": 32,
                                             "num_layers": 1, "num_heads": 2, "ff_dim": 64}),
 }
+
+
+def register_report_model(name: str, cls: type[RadLoopModel], kwargs: dict) -> None:
+    """Add a model to :data:`REPORT_MODELS` (modules of other decoders call this on import)."""
+    REPORT_MODELS[name] = (cls, kwargs)
 
 
 def build_report_model(name: str, vocab_size: int, **overrides) -> RadLoopModel:

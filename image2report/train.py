@@ -45,7 +45,10 @@ class ReportDataConfig:
 @dataclass
 class ReportModelConfig:
     name: str = "baseline"
+    #: a RadCLIP folder whose CNN image tower initialises the visual extractor (baseline)
     init_visual_from: str | None = None
+    #: a trained LSU folder (``radloop train lsu``) whose VQ tokenizer UAR uses
+    init_lsu_from: str | None = None
 
 
 @dataclass
@@ -73,15 +76,20 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     model = build_report_model(mcfg.name, len(tokenizer), image_size=data.image_size, max_views=data.max_views,
                                max_length=data.max_length)
     model.tokenizer = tokenizer
-    if mcfg.init_visual_from:
-        model.init_visual_from(mcfg.init_visual_from)
+    for option, method in (("init_visual_from", "init_visual_from"), ("init_lsu_from", "init_lsu_from")):
+        source = getattr(mcfg, option)
+        if source:
+            if not hasattr(model, method):
+                raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
+            getattr(model, method)(source)
     loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         ids, _ = tokenizer.batch_encode(batch["report"])
-        return {"loss": m(batch["images"], ids.to(batch["images"].device)).loss}
+        out = m(batch["images"], ids.to(batch["images"].device))
+        return {"loss": out.loss, **(out.aux or {})}
 
     def eval_val(m: torch.nn.Module) -> dict[str, float]:
         if not val_idx:

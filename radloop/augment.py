@@ -160,6 +160,17 @@ def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str]
     return out
 
 
+def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, float]]]) -> str:
+    """Gain / loss when the paired difference's interval excludes 0; says so when neither arm
+    ever reports a rare finding (the comparison then says nothing about the synthetic data)."""
+    if all(r["rare_f1_mean"] == 0 for arm in runs.values() for r in arm):
+        return "no difference: neither arm reports the rare findings in any run (rare-class F1 0)"
+    d = rare["difference"]
+    if not np.isfinite(d["ci_low"]):
+        return "one seed: no interval"
+    return "gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference"
+
+
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``<output_dir>/augment_results.json`` and returns it."""
     from omegaconf import OmegaConf
@@ -220,9 +231,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
         mean, lo, hi = mean_ci(diff)
         row["difference"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
         summary[key] = row
-    d = summary["rare_f1_mean"]["difference"]
-    verdict = ("gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference") \
-        if np.isfinite(d["ci_low"]) else "one seed: no interval"
+    verdict = _verdict(summary["rare_f1_mean"], runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
               "seeds": list(cfg.seeds), "runs": runs, "summary": summary, "verdict": verdict,
               "examples": {f: v[:3] for f, v in composed.items()}}

@@ -87,10 +87,11 @@ QUICK = DemoSizes(patients=30, studies=2, size=32, backbone="radclip_tiny", back
                   report_model="baseline_tiny", report_steps=3, classifier="classifier_tiny", classifier_steps=3,
                   ldm="ldm_tiny", autoencoder_steps=3, unet_steps=4, batch_size=8, n_eval=12, edits=4,
                   augment_per_finding=3, augment_report_steps=2, roundtrip_n=6, sample_steps=3)
-FULL = DemoSizes(patients=400, studies=3, size=64, backbone="radclip_small", backbone_steps=120,
-                 report_model="baseline", report_steps=150, classifier="classifier_small", classifier_steps=150,
-                 ldm="ldm_small", autoencoder_steps=100, unet_steps=300, batch_size=32, n_eval=120, edits=16,
-                 augment_per_finding=30, augment_report_steps=100, roundtrip_n=32, sample_steps=20)
+# About 9.5 minutes on a 2-core CPU (the per-stage times are printed and in results.json).
+FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", backbone_steps=100,
+                 report_model="baseline_small", report_steps=180, classifier="classifier_small", classifier_steps=100,
+                 ldm="ldm_small", autoencoder_steps=100, unet_steps=150, batch_size=32, n_eval=100, edits=16,
+                 augment_per_finding=20, augment_report_steps=60, roundtrip_n=24, sample_steps=20)
 
 
 def _train_cfg(out: Path, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -255,8 +256,9 @@ def _write_html(out: Path, sizes: DemoSizes, test: dict, n: int, ev: dict, cf: d
     real = test["images"][:n, 0].numpy()
     fake = ev["gen_images"][:, 0].numpy()
     sections: dict[str, tuple[str, str]] = {}
-    sections["stages"] = ("Stages and times", H.metric_table([(name, sec) for name, sec in times],
-                                                             ("stage", "seconds")))
+    sections["stages"] = ("Stages and times", H.metric_table(
+        [(name, f"{sec:.1f}") for name, sec in times] + [("total (before this page)", f"{sum(t for _, t in times):.1f}")],
+        ("stage", "seconds")))
     img = results["image_metrics"]
     rep = results["report_metrics"]
     tables = "<h3>image -> report (test split)</h3>" + H.metric_table(
@@ -270,8 +272,10 @@ def _write_html(out: Path, sizes: DemoSizes, test: dict, n: int, ev: dict, cf: d
     tables += "<h3>counterfactual edits</h3>" + H.metric_table(cf["metrics"])
     sections["metrics"] = ("Metrics", tables)
     grid_rows, captions = [], []
+    blank = np.ones_like(real[0])
     for name, idx in _rows_by_finding(test["labels"][:n], 4):
-        grid_rows.append([real[i] for i in idx] + [np.ones_like(real[0])] + [fake[i] for i in idx])
+        pad = [blank] * (4 - len(idx))  # keep the generated block in the same columns on every row
+        grid_rows.append([real[i] for i in idx] + pad + [blank] + [fake[i] for i in idx])
         captions.append(html.escape(name))
     sections["images"] = ("Real vs generated, per finding", (
         "<p class=\"note\">Each row: up to 4 real test images with the finding (left), then the images generated "
