@@ -7,14 +7,13 @@ keyword arguments and the ``image_size``; nothing here re-implements what diffus
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from shared.backbone.clip import MODEL_CONFIG_DIR
+from shared.config import load_model_json
 
 __all__ = ["LDM_REGISTRY", "load_ldm_config", "build_autoencoder", "build_unet", "latent_size"]
 
@@ -23,19 +22,8 @@ LDM_REGISTRY = {name: f"{name}.json" for name in ("ldm_tiny", "ldm_small", "ldm_
 
 def load_ldm_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     """A latent-diffusion config by registry name or JSON path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        if str(name_or_path) not in LDM_REGISTRY:
-            raise KeyError(f"unknown diffusion model '{name_or_path}'; registered: {sorted(LDM_REGISTRY)} or a JSON path")
-        path = MODEL_CONFIG_DIR / LDM_REGISTRY[str(name_or_path)]
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"diffusion model config {path} is not valid JSON: {err.msg}") from None
-    for key in ("image_size", "vae", "unet", "conditioner"):
-        if key not in cfg:
-            raise ValueError(f"diffusion model config {path} lacks '{key}'")
-    return cfg
+    return load_model_json(name_or_path, LDM_REGISTRY, MODEL_CONFIG_DIR, ("image_size", "vae", "unet", "conditioner"),
+                           "diffusion model")
 
 
 def latent_size(cfg: dict[str, Any]) -> int:

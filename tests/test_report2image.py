@@ -187,3 +187,12 @@ def test_noise_filter_alignment_signal_flags_pairs_the_refiner_keeps_apart():
     assert not LatentNoiseFilter(50, signal="loss").flagged().any()
     with pytest.raises(ValueError, match="signal"):
         LatentNoiseFilter(5, signal="vibes")
+
+
+def test_ldm_config_errors_name_the_model_and_file(tmp_path):
+    with pytest.raises(KeyError, match="unknown diffusion model 'ldm_huge'"):
+        load_ldm_config("ldm_huge")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"image_size": 32, "vae": {}, "unet": {}}')
+    with pytest.raises(ValueError, match="bad.json lacks 'conditioner'"):
+        load_ldm_config(bad)

@@ -15,7 +15,6 @@ folder, or from a hub id the user passes (``hf-hub:...``) when online; defaults 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..config import load_model_json
 from ..modeling import RadLoopModel
 from ..text.tokenizer import ReportTokenizer
 from . import towers  # noqa: F401  (registers the CXR timm towers by name)
@@ -47,19 +47,8 @@ BACKBONE_REGISTRY = {name: f"{name}.json" for name in ("radclip_tiny", "radclip_
 
 def load_model_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     """A model config by registry name or JSON path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        if str(name_or_path) not in BACKBONE_REGISTRY:
-            raise KeyError(f"unknown backbone '{name_or_path}'; registered: {sorted(BACKBONE_REGISTRY)} or a JSON path")
-        path = MODEL_CONFIG_DIR / BACKBONE_REGISTRY[str(name_or_path)]
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"model config {path} is not valid JSON: {err.msg}") from None
-    for key in ("embed_dim", "vision_cfg", "text_cfg"):
-        if key not in cfg:
-            raise ValueError(f"model config {path} lacks '{key}'")
-    return cfg
+    return load_model_json(name_or_path, BACKBONE_REGISTRY, MODEL_CONFIG_DIR, ("embed_dim", "vision_cfg", "text_cfg"),
+                           "backbone")
 
 
 def config_image_size(model_cfg: dict[str, Any]) -> int:
