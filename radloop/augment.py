@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from evaluation.clinical import binarize, per_label_scores
 from evaluation.reports import evaluate_reports
@@ -118,7 +119,7 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
-    for finding, reports in reports_by_finding.items():
+    for finding, reports in tqdm(reports_by_finding.items(), desc="augment: synthetic images", unit="finding"):
         slug = re.sub(r"\W+", "_", finding.lower())
         for k in range(0, len(reports), batch_size):
             chunk = reports[k:k + batch_size]
@@ -208,17 +209,18 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     base = OmegaConf.to_object(OmegaConf.structured(cfg.report)) if not isinstance(cfg.report, ReportExperiment) \
         else cfg.report
     runs: dict[str, list[dict[str, float]]] = {"real": [], "real+synthetic": []}
-    for seed in cfg.seeds:
-        for arm, manifest in (("real", annotation), ("real+synthetic", merged)):
-            exp = copy.deepcopy(base)
-            exp.data.annotation = str(manifest)
-            exp.train.seed = seed
-            exp.train.output_dir = str(out / "runs" / f"{arm.replace('+', '_')}_seed{seed}")
-            train_report_model(exp)
-            preds = generate_reports(str(Path(exp.train.output_dir) / "best"), str(annotation), "test",
-                                     num_beams=exp.decoding.num_beams)
-            runs[arm].append(_arm_scores(preds, refs, rare, labeler))
-            logger.info("augment %s seed %d: %s", arm, seed, runs[arm][-1])
+    plan = [(seed, arm, manifest) for seed in cfg.seeds
+            for arm, manifest in (("real", annotation), ("real+synthetic", merged))]
+    for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
+        exp = copy.deepcopy(base)
+        exp.data.annotation = str(manifest)
+        exp.train.seed = seed
+        exp.train.output_dir = str(out / "runs" / f"{arm.replace('+', '_')}_seed{seed}")
+        train_report_model(exp)
+        preds = generate_reports(str(Path(exp.train.output_dir) / "best"), str(annotation), "test",
+                                 num_beams=exp.decoding.num_beams)
+        runs[arm].append(_arm_scores(preds, refs, rare, labeler))
+        logger.info("augment %s seed %d: %s", arm, seed, runs[arm][-1])
 
     # 3. means with t-intervals over seeds, and the paired per-seed difference
     summary: dict[str, Any] = {}

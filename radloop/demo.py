@@ -91,11 +91,12 @@ QUICK = DemoSizes(patients=30, studies=2, size=32, backbone="radclip_tiny", back
                   ldm="ldm_tiny", autoencoder_steps=3, unet_steps=4, batch_size=8, n_eval=8, edits=4,
                   augment_per_finding=3, augment_report_steps=2, roundtrip_n=4, sample_steps=3, max_length=40,
                   val_samples=8)
-# About 9.5 minutes on a 2-core CPU (the per-stage times are printed and in results.json).
+# About 8 minutes on a 2-core CPU (the per-stage times are printed and in results.json), so that
+# `make demo` on a fresh clone, install included, stays near 10 minutes.
 FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", backbone_steps=100,
-                 report_model="baseline_small", report_steps=180, classifier="classifier_small", classifier_steps=100,
-                 ldm="ldm_small", autoencoder_steps=100, unet_steps=150, batch_size=32, n_eval=100, edits=16,
-                 augment_per_finding=20, augment_report_steps=60, roundtrip_n=24, sample_steps=20)
+                 report_model="baseline_small", report_steps=150, classifier="classifier_small", classifier_steps=100,
+                 ldm="ldm_small", autoencoder_steps=100, unet_steps=120, batch_size=32, n_eval=100, edits=16,
+                 augment_per_finding=20, augment_report_steps=40, roundtrip_n=24, sample_steps=20)
 
 
 def _train_cfg(out: Path, steps: int, lr: float, seed: int) -> TrainConfig:

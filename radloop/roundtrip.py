@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from evaluation.image_eval import load_image_set
 from evaluation.loop import image_round_trip, report_round_trip
@@ -35,7 +36,7 @@ class RoundTrip:
 
     def report_to_image(self, reports: list[str]) -> torch.Tensor:
         out = []
-        for k in range(0, len(reports), self.batch):
+        for k in tqdm(range(0, len(reports), self.batch), desc="report -> image", unit="batch", leave=False):
             images = self.pipe(reports[k:k + self.batch], num_inference_steps=self.steps,
                                guidance_scale=self.guidance,
                                generator=torch.Generator().manual_seed(self.seed + k)).images
