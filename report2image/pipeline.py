@@ -30,7 +30,20 @@ from shared.text.labeler import ReportLabeler
 
 from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
 
-__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput"]
+__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "backbone_text_features"]
+
+
+def backbone_text_features(backbone: RadCLIP, reports: Sequence[str], device: torch.device | str
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's token features (B, T, W) and mask (B, T), padded/cut to its context length."""
+    if backbone.tokenizer is None:
+        raise ValueError("the text encoder has no tokenizer attached")
+    ids, mask = backbone.tokenizer.batch_encode(list(reports))
+    length = backbone.context_length
+    ids = F.pad(ids, (0, max(length - ids.shape[1], 0)))[:, :length]
+    mask = F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
+    _, tokens = backbone.encode_text(ids.to(device))
+    return tokens, mask.to(device)
 
 
 @dataclass
@@ -59,14 +72,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
     def text_features(self, reports: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone token features (B, T, W) and their mask (B, T) for a list of reports."""
-        tok = self.text_encoder.tokenizer
-        if tok is None:
-            raise ValueError("the text encoder has no tokenizer attached")
-        ids, mask = tok.batch_encode(list(reports))
-        length = self.text_encoder.context_length
-        ids, mask = F.pad(ids, (0, max(length - ids.shape[1], 0)))[:, :length], F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
-        _, tokens = self.text_encoder.encode_text(ids.to(self.device))
-        return tokens, mask.to(self.device)
+        return backbone_text_features(self.text_encoder, reports, self.device)
 
     def encode_reports(self, reports: Sequence[str], identity_images: torch.Tensor | None = None,
                        identity_codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> ConditionOutput:

@@ -44,7 +44,7 @@ from .conditioning import (
 )
 from .models import build_autoencoder, build_unet, load_ldm_config
 from .noise_filter import LatentNoiseFilter
-from .pipeline import ReportToCXRPipeline
+from .pipeline import ReportToCXRPipeline, backbone_text_features
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class CachedPairs(Dataset):
             items = [pairs.base[i] for i in range(k, min(k + batch_size, len(pairs)))]
             x = torch.stack([it["images"][0] for it in items])
             dist = vae.encode(x).latent_dist
-            tok, mask = _text_features(backbone, [it["report"] for it in items], torch.device("cpu"))
+            tok, mask = backbone_text_features(backbone, [it["report"] for it in items], torch.device("cpu"))
             images.append(x)
             means.append(dist.mean)
             stds.append(dist.std)
@@ -265,15 +265,6 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
     return backbone
 
 
-def _text_features(backbone: RadCLIP, reports: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = backbone.tokenizer.batch_encode(reports)
-    length = backbone.context_length
-    ids = F.pad(ids, (0, max(length - ids.shape[1], 0)))[:, :length]
-    mask = F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
-    _, tokens = backbone.encode_text(ids.to(device))
-    return tokens, mask.to(device)
-
-
 def _image_embeds(backbone: RadCLIP, images: torch.Tensor) -> torch.Tensor:
     size = backbone.image_size
     if images.shape[-1] != size:
@@ -366,7 +357,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
         x = val_batch["image"].to(device)
         latents = vae.to(device).encode(x).latent_dist.mean * sf
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(4321)).to(device)
-        tokens, mask = _text_features(backbone.to(device), val_batch["report"], device)
+        tokens, mask = backbone_text_features(backbone.to(device), val_batch["report"], device)
         t = val_t.to(device)
         pred, _, _ = m(scheduler.add_noise(latents, noise, t), t, tokens, mask,
                        val_batch["attributes"].to(device) if mcfg.use_attributes else None,
