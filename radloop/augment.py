@@ -174,8 +174,6 @@ def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, f
 
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``<output_dir>/augment_results.json`` and returns it."""
-    from omegaconf import OmegaConf
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     annotation = Path(cfg.annotation)
@@ -206,8 +204,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     merged = _merged_manifest(annotation, synthetic, out)
 
     # 2. both arms over the seeds, scored on the real test split
-    base = OmegaConf.to_object(OmegaConf.structured(cfg.report)) if not isinstance(cfg.report, ReportExperiment) \
-        else cfg.report
+    base = cfg.report
     runs: dict[str, list[dict[str, float]]] = {"real": [], "real+synthetic": []}
     plan = [(seed, arm, manifest) for seed in cfg.seeds
             for arm, manifest in (("real", annotation), ("real+synthetic", merged))]

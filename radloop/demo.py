@@ -229,12 +229,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
 
     # 9. round trip
     def roundtrip() -> dict[str, Any]:
-        from evaluation.loop import image_round_trip, report_round_trip
-
         k = min(sizes.roundtrip_n, n)
-        with torch.no_grad():
-            rt_reports = report_round_trip(test["reports"][:k], trip.report_to_image, trip.image_to_report)
-            rt_images = image_round_trip(test["images"][:k], trip.image_to_report, trip.report_to_image, trip.embed)
+        rt_reports, rt_images = trip.both(test["reports"][:k], test["images"][:k])
         return {"reports": rt_reports, "images": rt_images}
 
     rt = stage("round trip", roundtrip)

@@ -19,6 +19,7 @@ from evaluation.image_eval import load_image_set
 from evaluation.loop import image_round_trip, report_round_trip
 from image2report.generator import ReportGenerator
 from report2image import ReportToCXRPipeline
+from report2image.pipeline import backbone_image_embeds
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,15 @@ class RoundTrip:
         return self.generator.generate(images * 2 - 1, num_beams=self.beams)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The diffusion backbone's image embedding of [0, 1] images."""
-        backbone = self.pipe.text_encoder
-        x = images * 2 - 1
-        if x.shape[-1] != backbone.image_size:
-            x = F.interpolate(x, size=(backbone.image_size, backbone.image_size), mode="bilinear", align_corners=False)
-        return backbone.encode_image(x)[0]
+        """The diffusion backbone's (unit-norm) image embedding of [0, 1] images."""
+        return backbone_image_embeds(self.pipe.text_encoder, images * 2 - 1)
+
+    @torch.no_grad()
+    def both(self, reports: list[str], images: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(report -> image -> report metrics of ``reports``, image -> report -> image metrics of
+        ``images`` (N, 1, S, S) in [0, 1]); the latter keeps the regenerated images."""
+        return (report_round_trip(reports, self.report_to_image, self.image_to_report),
+                image_round_trip(images, self.image_to_report, self.report_to_image, self.embed))
 
 
 def run_roundtrip(diffusion: str, report_model: str, annotation: str, split: str = "test", n: int = 64,
@@ -66,9 +70,7 @@ def run_roundtrip(diffusion: str, report_model: str, annotation: str, split: str
     trip = RoundTrip(pipe, ReportGenerator.from_pretrained(report_model), num_inference_steps, guidance_scale, seed)
     data = load_image_set(annotation, split, trip.size, "labeler")
     n = min(n, len(data["reports"]))
-    with torch.no_grad():
-        reports_trip = report_round_trip(data["reports"][:n], trip.report_to_image, trip.image_to_report)
-        images_trip = image_round_trip(data["images"][:n], trip.image_to_report, trip.report_to_image, trip.embed)
+    reports_trip, images_trip = trip.both(data["reports"][:n], data["images"][:n])
     images_trip.pop("regenerated")
     for case in images_trip["worst"]:
         case["id"] = data["ids"][case["index"]]

@@ -30,7 +30,7 @@ from shared.text.labeler import ReportLabeler
 
 from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
 
-__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "backbone_text_features"]
+__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "backbone_text_features", "backbone_image_embeds"]
 
 
 def backbone_text_features(backbone: RadCLIP, reports: Sequence[str], device: torch.device | str
@@ -44,6 +44,14 @@ def backbone_text_features(backbone: RadCLIP, reports: Sequence[str], device: to
     mask = F.pad(mask, (0, max(length - mask.shape[1], 0)))[:, :length]
     _, tokens = backbone.encode_text(ids.to(device))
     return tokens, mask.to(device)
+
+
+def backbone_image_embeds(backbone: RadCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Unit-norm image embeddings (B, E) of images (B, 1, S, S) in [-1, 1], resized to the tower's side."""
+    size = backbone.image_size
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return F.normalize(backbone.encode_image(images)[0], dim=-1)
 
 
 @dataclass
@@ -220,13 +228,10 @@ class ReportToCXRPipeline(DiffusionPipeline):
     # -- long-tail initial-noise optimisation ------------------------------------------
     def report_image_score(self, images: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
         """(B,) cosine similarity between the backbone's embeddings of images (B, 1, S, S) and reports."""
-        size = self.text_encoder.image_size
-        if images.shape[-1] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        img, _ = self.text_encoder.encode_image(images)
+        img = backbone_image_embeds(self.text_encoder, images)
         ids, _ = self.text_encoder.tokenizer.batch_encode(list(reports))
         txt, _ = self.text_encoder.encode_text(ids.to(self.device))
-        return (F.normalize(img, dim=-1) * F.normalize(txt, dim=-1)).sum(-1)
+        return (img * F.normalize(txt, dim=-1)).sum(-1)
 
     def optimize_initial_noise(
         self, reports: str | Sequence[str], score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,

@@ -44,7 +44,7 @@ from .conditioning import (
 )
 from .models import build_autoencoder, build_unet, load_ldm_config
 from .noise_filter import LatentNoiseFilter
-from .pipeline import ReportToCXRPipeline, backbone_text_features
+from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_features
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class CachedPairs(Dataset):
             tokens.append(tok)
             masks.append(mask)
             if image_embeds:
-                embeds.append(_image_embeds(backbone, x))
+                embeds.append(backbone_image_embeds(backbone, x))
         self.images, self.latent_mean, self.latent_std = torch.cat(images), torch.cat(means), torch.cat(stds)
         self.tokens, self.mask = torch.cat(tokens), torch.cat(masks)
         self.image_embeds = torch.cat(embeds) if image_embeds else None
@@ -211,8 +211,8 @@ def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: Autoenc
 
 
 @torch.no_grad()
-def _latent_scale(vae: AutoencoderKL, ds: Dataset, n: int = 256) -> float:
-    images = torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+def _latent_scale(vae: AutoencoderKL, ds: DiffusionPairs, n: int = 256) -> float:
+    images = torch.stack([ds.base[i]["images"][0] for i in range(min(n, len(ds)))])
     latents = vae.encode(images).latent_dist.mean
     return float(1.0 / latents.std().clamp_min(1e-6))
 
@@ -265,13 +265,6 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
     return backbone
 
 
-def _image_embeds(backbone: RadCLIP, images: torch.Tensor) -> torch.Tensor:
-    size = backbone.image_size
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return F.normalize(backbone.encode_image(images)[0], dim=-1)
-
-
 def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     ldm = load_ldm_config(mcfg.name)
@@ -303,12 +296,11 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     nfilter = LatentNoiseFilter(len(train_ds), T, z=lcfg.filter_z, warmup_steps=lcfg.filter_warmup,
                                 signal=lcfg.filter_signal if mcfg.use_refiner else "loss") \
         if lcfg.noise_filter else None
-    bank = torch.stack([train_ds[i]["identity_image"] for i in range(min(64, len(train_ds)))])
-    model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
-    sf = float(vae.config.scaling_factor)
-
     # 3. the frozen models' outputs, once: latent distributions, text tokens, image embeddings
     cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner)
+    bank = cached.images[train_ds.partner[: min(64, len(train_ds))]]
+    model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
+    sf = float(vae.config.scaling_factor)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mean = batch["latent_mean"]
@@ -349,17 +341,19 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     val_batch = collate_samples([val_ds[i] for i in range(n_val)]) if n_val else None
     gen = torch.Generator().manual_seed(1234)
     val_t = torch.randint(0, T, (n_val,), generator=gen)
+    if val_batch is not None:  # the frozen models' part of validation does not change: once
+        with torch.no_grad():
+            val_latents = vae.encode(val_batch["image"]).latent_dist.mean * sf
+            val_tokens, val_mask = backbone_text_features(backbone, val_batch["report"], torch.device("cpu"))
+        val_noise = torch.randn(val_latents.shape, generator=torch.Generator().manual_seed(4321))
+        val_noisy = scheduler.add_noise(val_latents, val_noise, val_t)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         if val_batch is None:
             return {"denoising_loss": float("nan")}
         device = next(m.parameters()).device
-        x = val_batch["image"].to(device)
-        latents = vae.to(device).encode(x).latent_dist.mean * sf
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(4321)).to(device)
-        tokens, mask = backbone_text_features(backbone.to(device), val_batch["report"], device)
-        t = val_t.to(device)
-        pred, _, _ = m(scheduler.add_noise(latents, noise, t), t, tokens, mask,
+        noise, t, tokens, mask = val_noise.to(device), val_t.to(device), val_tokens.to(device), val_mask.to(device)
+        pred, _, _ = m(val_noisy.to(device), t, tokens, mask,
                        val_batch["attributes"].to(device) if mcfg.use_attributes else None,
                        val_batch["identity_image"].to(device) if mcfg.use_identity else None,
                        torch.zeros(n_val, dtype=torch.bool, device=device))
