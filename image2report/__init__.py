@@ -1,6 +1,6 @@
-"""Report decoders (image -> report): baseline and UAR; CMCRL and IFNet to come (issue 5).
+"""Report decoders (image -> report): baseline, UAR, CMCRL (VLCI) and IFNet.
 
 Importing the package registers every decoder in ``image2report.models.REPORT_MODELS``.
 """
 
-from . import uar  # noqa: F401  (registers uar, uar_tiny)
+from . import cmcrl, ifnet, uar  # noqa: F401  (register cmcrl*, ifnet*, uar*)

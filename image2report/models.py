@@ -17,7 +17,8 @@ from torch import nn
 
 from shared.modeling import RadLoopModel
 
-__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model"]
+__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model",
+           "GridVisualMixin", "teacher_forced_ce"]
 
 
 @dataclass
@@ -38,7 +39,67 @@ def _sinusoid(length: int, dim: int) -> torch.Tensor:
     return pe
 
 
-class BaselineReportModel(RadLoopModel):
+def teacher_forced_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (B, T-1, V) predicted from ``input_ids[:, :-1]`` against ``input_ids[:, 1:]``."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
+                                       ignore_index=0)
+
+
+class GridVisualMixin:
+    """CNN grid features of every view, for decoders built on a timm image tower.
+
+    The host creates ``image_encoder`` (timm, ``num_classes=0``), ``visual_proj``, ``view_embed`` and
+    the sinusoid buffer ``pos``; its config has ``visual`` and ``max_views``.
+    """
+
+    image_encoder: nn.Module
+    visual_proj: nn.Linear
+    view_embed: nn.Embedding
+    pos: torch.Tensor
+
+    def grid_tokens(self, images: torch.Tensor, transform=None) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] -> grid tokens (B, V * L, d) with grid position and view added.
+
+        ``transform`` (optional) maps the (B * V, 1, H, W) views before the image tower.
+        """
+        b, v = images.shape[:2]
+        if v > self.config.max_views:
+            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
+        x = images.flatten(0, 1)
+        if transform is not None:
+            x = transform(x)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        # 1. grid features of every view: (B*V, C, h, w) -> (B*V, h*w, d)
+        grid = self.visual_proj(self.image_encoder.forward_features(x).flatten(2).transpose(1, 2))
+        n = grid.shape[1]
+        # 2. positions within the grid and which view each token comes from
+        grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
+        return grid.reshape(b, v * n, -1)
+
+    def init_visual_from(self, backbone_dir: str) -> int:
+        """Copy the image tower of a trained RadCLIP folder into the visual extractor; returns tensors copied."""
+        from shared.backbone import RadCLIP
+
+        trunk = RadCLIP.from_pretrained(backbone_dir).clip.visual.trunk.state_dict()
+        own = self.image_encoder.state_dict()
+        fitting = {k: v for k, v in trunk.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise ValueError(f"the image tower in {backbone_dir} does not fit visual='{self.config.visual}'")
+        self.image_encoder.load_state_dict(fitting, strict=False)
+        return len(fitting)
+
+
+def build_image_tower(visual: str) -> nn.Module:
+    """A timm image tower without head (``cxr_resnet_*`` registered by :mod:`shared.backbone.towers`)."""
+    import timm
+
+    import shared.backbone.towers  # noqa: F401  (registers cxr_resnet_*)
+
+    return timm.create_model(visual, pretrained=False, num_classes=0, in_chans=3)
+
+
+class BaselineReportModel(GridVisualMixin, RadLoopModel):
     """CNN grid features -> Transformer encoder-decoder -> report tokens.
 
     Args:
@@ -52,11 +113,7 @@ class BaselineReportModel(RadLoopModel):
                  d_model: int = 256, num_layers: int = 3, num_heads: int = 8, ff_dim: int = 512,
                  dropout: float = 0.1, max_length: int = 100) -> None:
         super().__init__()
-        import timm
-
-        import shared.backbone.towers  # noqa: F401  (registers cxr_resnet_*)
-
-        self.image_encoder = timm.create_model(visual, pretrained=False, num_classes=0, in_chans=3)
+        self.image_encoder = build_image_tower(visual)
         self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)
         self.view_embed = nn.Embedding(max_views, d_model)
         self.token_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
@@ -67,19 +124,8 @@ class BaselineReportModel(RadLoopModel):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, V, 1, H, W) in [-1, 1] -> encoder memory (B, V * L, d)."""
-        b, v = images.shape[:2]
-        if v > self.config.max_views:
-            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
-        x = images.flatten(0, 1)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        # 1. grid features of every view: (B*V, C, h, w) -> (B*V, h*w, d)
-        grid = self.visual_proj(self.image_encoder.forward_features(x).flatten(2).transpose(1, 2))
-        n = grid.shape[1]
-        # 2. positions within the grid and which view each token comes from
-        grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
-        # 3. the transformer encoder over all views' tokens
-        return self.transformer.encoder(grid.reshape(b, v * n, -1))
+        # 1-2. grid features of all views (with grid position and view), 3. the Transformer encoder
+        return self.transformer.encoder(self.grid_tokens(images))
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of the next token at every position of ``tokens`` (N, T)."""
@@ -93,24 +139,10 @@ class BaselineReportModel(RadLoopModel):
         """Teacher-forced logits for ``input_ids`` (B, T) (``<bos> ... <eos>``, right-padded) and the CE loss."""
         memory = self.encode(images)
         logits = self.decode_step(memory, input_ids[:, :-1])
-        target = input_ids[:, 1:]
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=0)
-        return ReportModelOutput(logits=logits, loss=loss)
+        return ReportModelOutput(logits=logits, loss=teacher_forced_ce(logits, input_ids))
 
     def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
-
-    def init_visual_from(self, backbone_dir: str) -> int:
-        """Copy the image tower of a trained RadCLIP folder into the visual extractor; returns tensors copied."""
-        from shared.backbone import RadCLIP
-
-        trunk = RadCLIP.from_pretrained(backbone_dir).clip.visual.trunk.state_dict()
-        own = self.image_encoder.state_dict()
-        fitting = {k: v for k, v in trunk.items() if k in own and own[k].shape == v.shape}
-        if not fitting:
-            raise ValueError(f"the image tower in {backbone_dir} does not fit visual='{self.config.visual}'")
-        self.image_encoder.load_state_dict(fitting, strict=False)
-        return len(fitting)
 
 
 #: name -> (class, keyword arguments); ``*_tiny`` for tests.

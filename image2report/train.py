@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -49,6 +50,8 @@ class ReportModelConfig:
     init_visual_from: str | None = None
     #: a trained LSU folder (``radloop train lsu``) whose VQ tokenizer UAR uses
     init_lsu_from: str | None = None
+    #: a RadCARE-pretrained folder (``radloop train radcare``) whose vision path CMCRL fine-tunes
+    init_radcare_from: str | None = None
 
 
 @dataclass
@@ -76,19 +79,28 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     model = build_report_model(mcfg.name, len(tokenizer), image_size=data.image_size, max_views=data.max_views,
                                max_length=data.max_length)
     model.tokenizer = tokenizer
-    for option, method in (("init_visual_from", "init_visual_from"), ("init_lsu_from", "init_lsu_from")):
+    for option in ("init_visual_from", "init_lsu_from", "init_radcare_from"):
         source = getattr(mcfg, option)
         if source:
-            if not hasattr(model, method):
+            if not hasattr(model, option):
                 raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
-            getattr(model, method)(source)
+            getattr(model, option)(source)
     loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
+    # decoders that fuse label features (IFNet) learn from the labeler's positives of each report
+    positives = {}
+    if getattr(model, "uses_labels", False):
+        positives = dict(zip(train_ds.reports, (labeler.label_batch(train_ds.reports) == 1).astype("float32"),
+                             strict=True))
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        device = batch["images"].device
         ids, _ = tokenizer.batch_encode(batch["report"])
-        out = m(batch["images"], ids.to(batch["images"].device))
+        extra = {}
+        if positives:
+            extra["labels"] = torch.from_numpy(np.stack([positives[r] for r in batch["report"]])).to(device)
+        out = m(batch["images"], ids.to(device), **extra)
         return {"loss": out.loss, **(out.aux or {})}
 
     def eval_val(m: torch.nn.Module) -> dict[str, float]:
@@ -112,7 +124,6 @@ def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler) -> di
     image2report may not import ``evaluation`` (sibling packages), so this small model-selection
     score is computed here; the reported test metrics come from ``radloop evaluate reports``.
     """
-    import numpy as np
     from pycocoevalcap.bleu.bleu import Bleu
 
     from shared.text.tokenizer import clean_report

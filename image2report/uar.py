@@ -26,7 +26,7 @@ from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
 from shared.backbone.lsu import LSU_REGISTRY, LatentSpaceUnifier
 from shared.modeling import RadLoopModel
 
-from .models import ReportModelOutput, _sinusoid, register_report_model
+from .models import ReportModelOutput, _sinusoid, build_image_tower, register_report_model, teacher_forced_ce
 
 __all__ = ["UARReportModel"]
 
@@ -55,11 +55,7 @@ class UARReportModel(RadLoopModel):
             self.unifier.vq.requires_grad_(False)  # a trained tokenizer, frozen (its look-ups W_I, W_R train)
             num_visual = self.unifier.tokens_per_image
         else:
-            import timm
-
-            import shared.backbone.towers  # noqa: F401  (registers cxr_resnet_*)
-
-            self.image_encoder = timm.create_model(visual, pretrained=False, num_classes=0, in_chans=3)
+            self.image_encoder = build_image_tower(visual)
             self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)
             self.word_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
             with torch.no_grad():
@@ -142,8 +138,7 @@ class UARReportModel(RadLoopModel):
         text = self.aligner(self._word_embeds(input_ids), padding_mask=input_ids == 0)
         # 5. decoder (TIR in stage two) and the three losses
         logits = self.decode_step(memory, input_ids[:, :-1])
-        target = input_ids[:, 1:]
-        ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=0)
+        ce = teacher_forced_ce(logits, input_ids)
         same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)  # identical reports are no negatives
         triplet = self.triplet(visual_pooled, text.pooled, same)["triplet_loss"]
         loss = ce + triplet
