@@ -142,8 +142,6 @@ class CMCRLReportModel(RadLoopModel):
             self.local_key = nn.Linear(d, d)
             self.local_refine = nn.TransformerEncoderLayer(d, num_heads, ff_dim, dropout, batch_first=True)
         if use_vdm:
-            if grid % 2:
-                raise ValueError(f"VDM pools the {grid}x{grid} token grid 2x2: the grid must be even")
             self.global_proj = nn.Linear(d, d)
             self.local_self = nn.MultiheadAttention(d, num_heads, dropout=dropout, batch_first=True)
             self.local_global = nn.MultiheadAttention(d, num_heads, dropout=dropout, batch_first=True)
@@ -175,11 +173,11 @@ class CMCRLReportModel(RadLoopModel):
         return self.local_refine(picked)
 
     def global_features(self, tokens: torch.Tensor, views: int) -> torch.Tensor:
-        """(B, V * g * g, d) -> (B, V * (g/2)^2, d): each view's grid pooled 2x2."""
+        """(B, V * g * g, d) -> (B, V * ceil(g/2)^2, d): each view's grid pooled 2x2."""
         b, _, d = tokens.shape
         g = self.encoder.grid
         grid = tokens.reshape(b * views, g, g, d).permute(0, 3, 1, 2)
-        pooled = nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
+        pooled = nn.functional.avg_pool2d(grid, 2, ceil_mode=True).flatten(2).transpose(1, 2)
         return self.global_proj(pooled.reshape(b, -1, d))
 
     def visual_mediator(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
@@ -262,5 +260,7 @@ class CMCRLReportModel(RadLoopModel):
 
 register_report_model("cmcrl", CMCRLReportModel, {"radcare": "radcare_small", "num_layers": 3, "num_heads": 4,
                                                   "ff_dim": 512})
+register_report_model("cmcrl_small", CMCRLReportModel, {"radcare": "radcare_small", "num_layers": 2, "num_heads": 4,
+                                                        "ff_dim": 256})
 register_report_model("cmcrl_tiny", CMCRLReportModel, {"radcare": "radcare_tiny", "image_size": 32, "num_layers": 1,
                                                        "num_heads": 2, "ff_dim": 64, "num_local": 3})

@@ -225,5 +225,7 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
 
 
 register_report_model("ifnet", IFNetReportModel, {"visual": "cxr_resnet_small", "d_model": 256, "num_layers": 3})
+register_report_model("ifnet_small", IFNetReportModel, {"visual": "cxr_resnet_tiny", "d_model": 128, "num_layers": 2,
+                                                        "num_heads": 4, "ff_dim": 256})
 register_report_model("ifnet_tiny", IFNetReportModel, {"visual": "cxr_resnet_tiny", "image_size": 32, "d_model": 32,
                                                        "num_layers": 1, "num_heads": 2, "ff_dim": 64})

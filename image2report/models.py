@@ -7,8 +7,10 @@ registered in timm), so a trained RadCLIP folder can initialise it (``init_visua
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -161,8 +163,13 @@ def register_report_model(name: str, cls: type[RadLoopModel], kwargs: dict) -> N
     REPORT_MODELS[name] = (cls, kwargs)
 
 
-def build_report_model(name: str, vocab_size: int, **overrides) -> RadLoopModel:
+def build_report_model(name: str, vocab_size: int, **overrides: Any) -> RadLoopModel:
+    """The registered model ``name`` with ``overrides`` over its registered arguments (unknown ones are named)."""
     if name not in REPORT_MODELS:
         raise KeyError(f"unknown report model '{name}'; registered: {sorted(REPORT_MODELS)}")
     cls, kwargs = REPORT_MODELS[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in overrides if k not in accepted)
+    if unknown:
+        raise ValueError(f"report model '{name}' ({cls.__name__}) has no option '{unknown[0]}'")
     return cls(vocab_size=vocab_size, **{**kwargs, **overrides})

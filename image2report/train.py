@@ -52,6 +52,9 @@ class ReportModelConfig:
     init_lsu_from: str | None = None
     #: a RadCARE-pretrained folder (``radloop train radcare``) whose vision path CMCRL fine-tunes
     init_radcare_from: str | None = None
+    #: constructor arguments over the registered ones, e.g. ``model.options.use_vdm=false`` for an
+    #: ablation row or ``model.options.num_layers=3``
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,8 +79,8 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
         raise ValueError(f"{data.annotation} has no training studies")
     tokenizer = ReportTokenizer.fit(train_ds.reports, min_freq=data.min_freq, dataset=data.dataset,
                                     max_length=data.max_length)
-    model = build_report_model(mcfg.name, len(tokenizer), image_size=data.image_size, max_views=data.max_views,
-                               max_length=data.max_length)
+    model = build_report_model(mcfg.name, len(tokenizer), **{"image_size": data.image_size, "max_views": data.max_views,
+                                                             "max_length": data.max_length, **dict(mcfg.options)})
     model.tokenizer = tokenizer
     for option in ("init_visual_from", "init_lsu_from", "init_radcare_from"):
         source = getattr(mcfg, option)

@@ -159,6 +159,9 @@ class UARReportModel(RadLoopModel):
 
 
 register_report_model("uar", UARReportModel, {"lsu": "lsu_small", "d_model": 256, "num_layers": 3})
+# the CPU recipe's size (configs/synth/uar.yaml): the stages switch halfway through its 500 steps
+register_report_model("uar_small", UARReportModel, {"lsu": "lsu_small", "d_model": 128, "num_layers": 2, "num_heads": 4,
+                                                    "ff_dim": 256, "num_basis": 256, "stage_one_steps": 250})
 register_report_model("uar_tiny", UARReportModel, {"lsu": "lsu_tiny", "image_size": 32, "d_model": 32, "num_layers": 1,
                                                    "num_heads": 2, "ff_dim": 64, "num_basis": 64,
                                                    "stage_one_steps": 2})

@@ -105,7 +105,7 @@ TRAINERS = {
     "radcare": ("shared.backbone.pretrain", "RadCAREExperiment", "train_radcare",
                 "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)", "loss"),
     "report": ("image2report.train", "ReportExperiment", "train_report_model",
-               "report decoder (baseline; UAR, CMCRL, IFNet to come)", "CE micro-F1"),
+               "report decoder (baseline, uar, cmcrl, ifnet)", "CE micro-F1"),
     "diffusion": ("report2image.train", "DiffusionExperiment", "train_diffusion",
                   "latent diffusion report -> CXR (autoencoder, then UNet + conditioner)", "denoising loss"),
     "classifier": ("evaluation.train_classifier", "ClassifierExperiment", "train_classifier",

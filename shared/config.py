@@ -39,6 +39,21 @@ def _as_config(defaults: Any) -> DictConfig:
     raise TypeError(f"defaults must be a mapping, a dataclass or a DictConfig, got {type(defaults).__name__}")
 
 
+def _open_free_mappings(cfg: DictConfig) -> None:
+    """Let dataclass fields typed ``dict`` (e.g. a model's free-form ``options``) take new keys.
+
+    Struct mode locks every node; a ``dict`` field is the schema's way of saying "any key here"
+    (the model checks those keys itself), so it is opened again after the lock.
+    """
+    for key in cfg:
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            if node._metadata.object_type is dict:
+                OmegaConf.set_struct(node, False)
+            else:
+                _open_free_mappings(node)
+
+
 def _merge(base: DictConfig, other: DictConfig, source: str, key: str | None = None) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
@@ -73,6 +88,7 @@ def load_config(
     """
     cfg = _as_config(defaults)
     OmegaConf.set_struct(cfg, True)
+    _open_free_mappings(cfg)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
