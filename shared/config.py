@@ -42,9 +42,12 @@ def _as_config(defaults: Any) -> DictConfig:
 def _open_free_mappings(cfg: DictConfig) -> None:
     """Let dataclass fields typed ``dict`` (e.g. a model's free-form ``options``) take new keys.
 
-    Struct mode locks every node; a ``dict`` field is the schema's way of saying "any key here"
-    (the model checks those keys itself), so it is opened again after the lock.
+    Struct mode locks every node; in a dataclass schema a field typed ``dict`` is the schema's way
+    of saying "any key here" (the consumer checks those keys itself), so it is opened again after
+    the lock. Plain-mapping schemas stay locked throughout.
     """
+    if not dataclasses.is_dataclass(cfg._metadata.object_type):
+        return
     for key in cfg:
         node = cfg._get_node(key)
         if isinstance(node, DictConfig):
