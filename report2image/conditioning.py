@@ -213,6 +213,8 @@ class ReportConditioner(RadLoopModel):
     @torch.no_grad()
     def fill_identity_bank(self, images: torch.Tensor) -> None:
         """Keep the identity codes of up to ``identity_bank_size`` training images (B, 1, S, S)."""
+        if not self.config.use_identity:
+            raise ValueError("this conditioner has use_identity=false: there is no identity bank to fill")
         n = min(len(images), len(self.identity_bank))
         self.identity_bank[:n] = self.identity_encoder(images[:n])
         self.identity_bank_filled.fill_(n)

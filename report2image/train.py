@@ -250,7 +250,8 @@ class LatentDiffusionModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         vae, text_encoder = self._frozen
-        self.conditioner.fill_identity_bank(self._bank_images.to(next(self.unet.parameters()).device))
+        if self.conditioner.config.use_identity:  # without identity tokens there is no bank to fill
+            self.conditioner.fill_identity_bank(self._bank_images.to(next(self.unet.parameters()).device))
         scheduler = DDIMScheduler.from_config(noise_scheduler().config, set_alpha_to_one=False, steps_offset=1)
         ReportToCXRPipeline(vae, self.unet, scheduler, text_encoder, self.conditioner).save_pretrained(folder)
 

@@ -168,6 +168,20 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     assert (out / "generated_0001.png").is_file()
 
 
+@pytest.mark.parametrize("switch", ["model.use_identity=false", "model.use_refiner=false"])
+def test_train_diffusion_ablation_arms_two_steps(tmp_path, tiny_synth, switch):
+    """Each ablation arm of benchmarks/diffusion_ablation.py trains and saves a loadable pipeline."""
+    from radloop.cli import main
+
+    data, _ = tiny_synth
+    run = tmp_path / "diff"
+    assert main(["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+                 "data.batch_size=8", "autoencoder.steps=1", "autoencoder.batch_size=8", "train.max_steps=1",
+                 "train.eval_every=1", "train.progress=false", switch, f"train.output_dir={run}"]) == 0
+    pipe = ReportToCXRPipeline.from_pretrained(run / "final")
+    assert pipe.conditioner.config.use_identity == (switch != "model.use_identity=false")
+
+
 def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
     from radloop.cli import main
 
