@@ -219,9 +219,9 @@ class CMCRLReportModel(RadLoopModel):
         if not self.config.use_ldm:
             return memory
         # 4. LDM: the linguistic mediator from local features and the dictionary, and its samples
-        m = self.read_dictionary(local, self.dictionary(b))
-        m = self.mediator_norm(self.read_visual(m, local))
-        samples = self.linguistic_do.samples(m, self.dictionary(b))
+        dictionary = self.dictionary(b)
+        m = self.mediator_norm(self.read_visual(self.read_dictionary(local, dictionary), local))
+        samples = self.linguistic_do.samples(m, dictionary)
         return torch.cat([memory, m, samples], 1)
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
