@@ -35,7 +35,7 @@ from torch import nn
 from shared.backbone.radcare import RADCARE_REGISTRY, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
-from .models import ReportModelOutput, _sinusoid, register_report_model, teacher_forced_ce
+from .models import ReportDecoderMixin, ReportModelOutput, _sinusoid, register_report_model, teacher_forced_ce
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
 
@@ -114,7 +114,7 @@ class _CrossBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-class CMCRLReportModel(RadLoopModel):
+class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
     """RadCARE image encoder -> VDM -> Transformer decoder with LDM on its word embeddings.
 
     Args:
@@ -200,9 +200,8 @@ class CMCRLReportModel(RadLoopModel):
         With LDM, ``M_l`` and the front door's samples from the dictionary ride behind the visual
         memory (2 * ``num_local`` tokens), so beam search expands them with it.
         """
+        self.check_views(images)
         b, v = images.shape[:2]
-        if v > self.config.max_views:
-            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
         # 1. RadCARE's vision path on every view, plus which view each token comes from
         tokens = self.encoder(images.flatten(0, 1))
         n = tokens.shape[1]
@@ -236,9 +235,6 @@ class CMCRLReportModel(RadLoopModel):
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), 1)
         h = self.decoder(x + self.pos[:t], memory, tgt_mask=causal, tgt_key_padding_mask=tokens == 0)
         return self.head(h)
-
-    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T) and the cross-entropy (VLCI fine-tunes with CE)."""

@@ -204,9 +204,6 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
             x = layer(x, memory)
         return self.head(self.final_norm(x))
 
-    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
-
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None = None
                 ) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T); loss = CE + label_weight * BCE(head, labels).

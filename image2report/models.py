@@ -20,7 +20,7 @@ from torch import nn
 from shared.modeling import RadLoopModel
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model",
-           "GridVisualMixin", "teacher_forced_ce"]
+           "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce"]
 
 
 @dataclass
@@ -47,7 +47,24 @@ def teacher_forced_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Te
                                        ignore_index=0)
 
 
-class GridVisualMixin:
+class ReportDecoderMixin:
+    """What every report decoder shares: the view-count check and the decoding step.
+
+    The host defines ``decode_step(memory, tokens) -> logits (N, T, V)`` and has ``max_views`` in
+    its config.
+    """
+
+    def check_views(self, images: torch.Tensor) -> None:
+        """images (B, V, ...): refuse more views than the model was built for."""
+        if images.shape[1] > self.config.max_views:
+            raise ValueError(f"got {images.shape[1]} views, the model takes at most {self.config.max_views}")
+
+    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (N, V) of the token after ``tokens`` (N, t): the step function of decoding."""
+        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
+
+
+class GridVisualMixin(ReportDecoderMixin):
     """CNN grid features of every view, for decoders built on a timm image tower.
 
     The host creates ``image_encoder`` (timm, ``num_classes=0``), ``visual_proj``, ``view_embed`` and
@@ -64,9 +81,8 @@ class GridVisualMixin:
 
         ``transform`` (optional) maps the (B * V, 1, H, W) views before the image tower.
         """
+        self.check_views(images)
         b, v = images.shape[:2]
-        if v > self.config.max_views:
-            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
         x = images.flatten(0, 1)
         if transform is not None:
             x = transform(x)
@@ -142,9 +158,6 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
         memory = self.encode(images)
         logits = self.decode_step(memory, input_ids[:, :-1])
         return ReportModelOutput(logits=logits, loss=teacher_forced_ce(logits, input_ids))
-
-    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
 
 
 #: name -> (class, keyword arguments); ``*_tiny`` for tests.

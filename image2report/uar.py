@@ -26,12 +26,19 @@ from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
 from shared.backbone.lsu import LSU_REGISTRY, LatentSpaceUnifier
 from shared.modeling import RadLoopModel
 
-from .models import ReportModelOutput, _sinusoid, build_image_tower, register_report_model, teacher_forced_ce
+from .models import (
+    ReportDecoderMixin,
+    ReportModelOutput,
+    _sinusoid,
+    build_image_tower,
+    register_report_model,
+    teacher_forced_ce,
+)
 
 __all__ = ["UARReportModel"]
 
 
-class UARReportModel(RadLoopModel):
+class UARReportModel(ReportDecoderMixin, RadLoopModel):
     """LSU tokens -> CRA -> Transformer encoder; decoder with TIR; CE + triplet + mask losses.
 
     Args:
@@ -75,9 +82,8 @@ class UARReportModel(RadLoopModel):
     # -- pieces --------------------------------------------------------------------------
     def _visual_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, V, 1, H, W) in [-1, 1] -> visual token embeddings (B, V * L, d)."""
+        self.check_views(images)
         b, v = images.shape[:2]
-        if v > self.config.max_views:
-            raise ValueError(f"got {v} views, the model takes at most {self.config.max_views}")
         x = images.flatten(0, 1)
         if self.config.use_lsu:
             emb = self.unifier.image_embed(self.unifier.tokenize(x))
@@ -124,9 +130,6 @@ class UARReportModel(RadLoopModel):
         h = self.transformer.decoder(x, memory, tgt_mask=causal, memory_mask=memory_mask,
                                      tgt_key_padding_mask=padding)
         return self.head(h)
-
-    def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T) and the eq. 13 loss."""
