@@ -125,3 +125,46 @@ def test_label_aware_targets_and_loss():
     assert aware < contrastive_loss(feats, swapped, torch.tensor(10.0))
     with pytest.raises(ValueError, match="label_weight"):
         same_findings_targets(labels, 1.5)
+
+
+def test_findings_head_shared_saved_and_trained(tmp_path):
+    from shared.backbone.train import findings_loss
+
+    torch.manual_seed(0)
+    model = build_backbone("radclip_tiny", TOK, num_labels=14).eval()
+    ids, _ = TOK.batch_encode(["no pleural effusion.", "moderate cardiomegaly."])
+    x = torch.randn(2, 1, 32, 32)
+    out = model(x, ids)
+    assert out.image_label_logits.shape == out.text_label_logits.shape == (2, 14)
+    # One head for both modalities: the same embedding gives the same findings logits.
+    torch.testing.assert_close(model.label_logits(out.text_embeds), out.text_label_logits)
+    torch.testing.assert_close(
+        out.image_label_logits, model.label_head(out.image_embeds * 32**0.5))
+    model.save_pretrained(tmp_path)
+    again = RadCLIP.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, ids).image_label_logits, out.image_label_logits.detach())
+    # Hand-computed BCE: logits 0 give log 2 whatever the target; uncertain (-1) counts as absent.
+    labels = torch.tensor([[1.0, -1.0], [0.0, 1.0]])
+    zero = torch.zeros(2, 2)
+    torch.testing.assert_close(findings_loss(zero, zero, labels), torch.tensor(np.log(2.0), dtype=torch.float32))
+    big = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
+    assert findings_loss(big, big, labels) < 1e-6
+    assert findings_loss(big, zero, labels) == pytest.approx(np.log(2.0) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="no findings head"):
+        build_backbone("radclip_tiny", TOK).label_logits(out.image_embeds)
+    assert build_backbone("radclip_tiny", TOK)(x, ids).image_label_logits is None
+
+
+def test_train_backbone_with_findings_head(tmp_path, tiny_synth, capsys):
+    out, _ = tiny_synth
+    run = tmp_path / "bb"
+    common = [f"data.annotation={out / 'annotation.json'}", "model.name=radclip_tiny", "data.batch_size=8",
+              "data.min_freq=1", "train.max_steps=2", f"train.output_dir={run}", "train.progress=false"]
+    assert main(["train", "backbone", *common, "model.findings_weight=1.0", "model.label_weight=1.0"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert any("train/findings_loss" in h for h in history)
+    model = RadCLIP.from_pretrained(run / "final")
+    assert model.label_head is not None and model.config.num_labels == 14
+    assert main(["train", "backbone", *common, "model.findings_weight=-1", f"train.output_dir={tmp_path / 'bad'}"]) == 2
+    assert "model.findings_weight must be >= 0, got -1" in capsys.readouterr().err

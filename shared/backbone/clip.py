@@ -6,7 +6,10 @@ Built from JSON model configs in ``configs/models/`` (open_clip's own format: ``
 ``<eos>``. It exposes what both directions need:
 
 * image: pooled, projected embedding (B, E) and patch/grid tokens (B, L, W);
-* text: pooled, projected embedding (B, E) and token features (B, T, W).
+* text: pooled, projected embedding (B, E) and token features (B, T, W);
+* optionally (``num_labels > 0``) a findings head: one linear map from either unit-norm embedding
+  to the CheXpert logits, shared by both modalities so that the findings occupy the same
+  directions of the joint space (trained with the labeler's labels of the paired reports).
 
 Trained with open_clip's ``ClipLoss``. Pretrained open_clip weights load from a local file or
 folder, or from a hub id the user passes (``hf-hub:...``) when online; defaults train from scratch.
@@ -66,6 +69,8 @@ class BackboneOutput(BaseOutput):
     image_tokens: torch.Tensor
     text_tokens: torch.Tensor
     logit_scale: torch.Tensor
+    image_label_logits: torch.Tensor | None = None
+    text_label_logits: torch.Tensor | None = None
 
 
 class RadCLIP(RadLoopModel):
@@ -75,16 +80,18 @@ class RadCLIP(RadLoopModel):
         model_cfg: open_clip config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``).
         vocab_size: the tokenizer's vocabulary size.
         in_chans: image channels given to :meth:`encode_image` (1: repeated to the tower's 3).
+        num_labels: size of the shared findings head over the unit-norm embeddings (0: none).
     """
 
     @register_to_config
-    def __init__(self, model_cfg: dict, vocab_size: int, in_chans: int = 1) -> None:
+    def __init__(self, model_cfg: dict, vocab_size: int, in_chans: int = 1, num_labels: int = 0) -> None:
         super().__init__()
         import open_clip
 
         cfg = copy.deepcopy(dict(model_cfg))
         cfg["text_cfg"] = {**cfg["text_cfg"], "vocab_size": int(vocab_size)}
         self.clip = open_clip.CustomTextCLIP(**cfg)
+        self.label_head = nn.Linear(int(cfg["embed_dim"]), num_labels) if num_labels > 0 else None
 
     @property
     def image_size(self) -> int:
@@ -135,18 +142,32 @@ class RadCLIP(RadLoopModel):
         pooled, tokens = self.clip.text(input_ids)
         return pooled, tokens
 
+    def label_logits(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Findings logits (B, num_labels) of unit-norm image or text embeddings (B, E)."""
+        if self.label_head is None:
+            raise ValueError("this RadCLIP has no findings head (built with num_labels=0)")
+        # Unit vectors have entries of about 1/sqrt(E); rescaling them to unit variance lets the
+        # head reach confident logits at ordinary learning rates.
+        return self.label_head(embeds * embeds.shape[-1] ** 0.5)
+
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> BackboneOutput:
         # 1. image tower: pooled embedding and patch tokens
         image_embeds, image_tokens = self.encode_image(images)
         # 2. text tower: pooled (at <eos>) embedding and token features
         text_embeds, text_tokens = self.encode_text(input_ids)
         # 3. unit-norm embeddings and the learned temperature for the contrastive loss
+        image_embeds = nn.functional.normalize(image_embeds, dim=-1)
+        text_embeds = nn.functional.normalize(text_embeds, dim=-1)
+        # 4. the shared findings head, when there is one
+        with_head = self.label_head is not None
         return BackboneOutput(
-            image_embeds=nn.functional.normalize(image_embeds, dim=-1),
-            text_embeds=nn.functional.normalize(text_embeds, dim=-1),
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
             image_tokens=image_tokens,
             text_tokens=text_tokens,
             logit_scale=self.clip.logit_scale.exp(),
+            image_label_logits=self.label_logits(image_embeds) if with_head else None,
+            text_label_logits=self.label_logits(text_embeds) if with_head else None,
         )
 
     def load_open_clip_weights(self, source: str | os.PathLike[str]) -> dict[str, int]:
@@ -188,13 +209,16 @@ class RadCLIP(RadLoopModel):
         return counts
 
 
-def build_backbone(name: str, tokenizer: ReportTokenizer, **overrides: Any) -> RadCLIP:
-    """A registered (or JSON-path) backbone sized for ``tokenizer``; the tokenizer travels with it."""
+def build_backbone(name: str, tokenizer: ReportTokenizer, num_labels: int = 0, **overrides: Any) -> RadCLIP:
+    """A registered (or JSON-path) backbone sized for ``tokenizer``; the tokenizer travels with it.
+
+    ``num_labels > 0`` adds the shared findings head; ``overrides`` update config sections.
+    """
     cfg = load_model_config(name)
     for section, values in overrides.items():
         if section not in cfg or not isinstance(values, dict):
             raise KeyError(f"unknown model config section '{section}'")
         cfg[section] = {**cfg[section], **values}
-    model = RadCLIP(model_cfg=cfg, vocab_size=len(tokenizer))
+    model = RadCLIP(model_cfg=cfg, vocab_size=len(tokenizer), num_labels=num_labels)
     model.tokenizer = tokenizer
     return model

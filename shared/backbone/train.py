@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import ReportImageDataset, collate_samples
+from ..labels import CHEXPERT_LABELS
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
 from ..training import TrainConfig, Trainer, TrainResult, training_loader
@@ -27,7 +28,7 @@ from .retrieval import retrieval_metrics
 logger = logging.getLogger(__name__)
 
 __all__ = ["BackboneDataConfig", "BackboneModelConfig", "BackboneExperiment", "train_backbone", "embed_dataset",
-           "contrastive_loss", "prepare_pairs", "dataset_labels"]
+           "contrastive_loss", "findings_loss", "prepare_pairs", "dataset_labels"]
 
 
 @dataclass
@@ -49,6 +50,9 @@ class BackboneModelConfig:
     #: weight of the same-findings soft targets (0 = plain CLIP loss); labels come from the
     #: report labeler on the training reports, never from a labels file
     label_weight: float = 0.0
+    #: weight of the findings term: binary cross-entropy of the shared findings head on both
+    #: embeddings against the labeler's positives of the paired report (0 = no head)
+    findings_weight: float = 0.0
 
 
 @dataclass
@@ -76,6 +80,17 @@ def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logi
         return LabelAwareClipLoss(label_weight, **dist_kw)(image_embeds, text_embeds, logit_scale, labels)[
             "contrastive_loss"]
     return open_clip.ClipLoss(**dist_kw)(image_embeds, text_embeds, logit_scale, output_dict=True)["contrastive_loss"]
+
+
+def findings_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of the findings head on both modalities; logits (B, L), labels (B, L), 1 = positive.
+
+    Uncertain and unmentioned findings count as absent, as in the exact positive-set match that
+    label-matched retrieval scores.
+    """
+    target = (labels == 1).to(image_logits.dtype)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    return (bce(image_logits, target) + bce(text_logits, target)) / 2
 
 
 @torch.no_grad()
@@ -119,14 +134,16 @@ def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     size = data.image_size or config_image_size(load_model_config(mcfg.name))
     tokenizer, train_ds, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
-    model = build_backbone(mcfg.name, tokenizer)
+    if mcfg.findings_weight < 0:
+        raise ValueError(f"model.findings_weight must be >= 0, got {mcfg.findings_weight}")
+    model = build_backbone(mcfg.name, tokenizer, num_labels=len(CHEXPERT_LABELS) if mcfg.findings_weight > 0 else 0)
     if mcfg.pretrained:
         model.load_open_clip_weights(mcfg.pretrained)
     if size != model.image_size:
         raise ValueError(f"data.image_size={size} but model '{mcfg.name}' takes {model.image_size} px images")
     val_labels = dataset_labels(val_ds)
     report_labels: dict[str, torch.Tensor] = {}
-    if mcfg.label_weight > 0:
+    if mcfg.label_weight > 0 or mcfg.findings_weight > 0:
         labeler = ReportLabeler()
         report_labels = {r: torch.as_tensor(v, dtype=torch.float32)
                          for r, v in zip(train_ds.reports, labeler.label_batch(train_ds.reports), strict=True)}
@@ -137,7 +154,12 @@ def train_backbone(cfg: BackboneExperiment) -> TrainResult:
         out = m(batch["images"][:, 0], ids.to(device))
         labels = torch.stack([report_labels[r] for r in batch["report"]]).to(device) if report_labels else None
         loss = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, labels, mcfg.label_weight)
-        return {"loss": loss, "logit_scale": out.logit_scale.detach()}
+        logs = {"contrastive_loss": loss.detach(), "logit_scale": out.logit_scale.detach()}
+        if mcfg.findings_weight > 0:
+            findings = findings_loss(out.image_label_logits, out.text_label_logits, labels)
+            logs["findings_loss"] = findings.detach()
+            loss = loss + mcfg.findings_weight * findings
+        return {"loss": loss, **logs}
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         if len(val_ds) < 2:
