@@ -93,6 +93,8 @@ class CXRClassifier(ModelMixin, ConfigMixin):
 
         if len(label_names) != num_classes:
             raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+        if not timm.is_model(arch):
+            raise ValueError(f"unknown timm architecture '{arch}' for the classifier")
         self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=drop_rate)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
 

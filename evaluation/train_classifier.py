@@ -47,6 +47,9 @@ class ClassifierDataConfig:
 @dataclass
 class ClassifierModelConfig:
     name: str = "densenet121"
+    #: timm architecture in place of the registered one (e.g. ``cxr_resnet_tiny``, to pre-train the
+    #: tower of a report model that takes it through ``init_visual_from``)
+    arch: str | None = None
     init_weights: str | None = None
     drop_rate: float = 0.0
 
@@ -123,7 +126,8 @@ def train_classifier(cfg: ClassifierExperiment) -> TrainResult:
         raise ValueError(f"{data.annotation} has no training studies")
     train_loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
-    model = build_classifier(mcfg.name, image_size=data.image_size, drop_rate=mcfg.drop_rate)
+    model = build_classifier(mcfg.name, image_size=data.image_size, drop_rate=mcfg.drop_rate,
+                             **({"arch": mcfg.arch} if mcfg.arch else {}))
     if mcfg.init_weights:
         model.load_backbone_weights(mcfg.init_weights)
 

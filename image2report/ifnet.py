@@ -131,7 +131,7 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
 
     Args:
         vocab_size: report tokenizer size (pad 0, bos 1, eos 2).
-        visual: timm image tower (``cxr_resnet_*``); ``init_visual_from`` loads a RadCLIP tower.
+        visual: timm image tower (``cxr_resnet_*``); ``init_visual_from`` loads a RadCLIP or classifier tower.
         num_labels: label tokens (the labeler's 14 labels); label_weight: weight of the head's BCE;
         label_threshold: probability above which the head's label counts as present at inference.
     """

@@ -2,14 +2,17 @@
 3-layer Transformer encoder-decoder, word-level output.
 
 The visual extractor is the shared backbone's CNN image tower architecture (``cxr_resnet_*``,
-registered in timm), so a trained RadCLIP folder can initialise it (``init_visual_from``).
+registered in timm), so a trained RadCLIP folder or a findings classifier trained with
+``radloop train classifier`` on the same tower can initialise it (``init_visual_from``).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +23,7 @@ from torch import nn
 from shared.modeling import RadLoopModel
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model",
-           "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce"]
+           "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce", "image_tower_state"]
 
 
 @dataclass
@@ -95,17 +98,48 @@ class GridVisualMixin(ReportDecoderMixin):
         grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
         return grid.reshape(b, v * n, -1)
 
-    def init_visual_from(self, backbone_dir: str) -> int:
-        """Copy the image tower of a trained RadCLIP folder into the visual extractor; returns tensors copied."""
+    def init_visual_from(self, source_dir: str) -> int:
+        """Copy a trained image tower into the visual extractor; returns the number of tensors copied.
+
+        ``source_dir``: a RadCLIP folder (its image tower) or a CXRClassifier folder (its timm
+        backbone; a one-channel stem is spread over the three input channels, which keeps its
+        output on grey images unchanged). Every tensor of the tower must match by name and shape.
+        """
+        state = image_tower_state(source_dir)
+        own = self.image_encoder.state_dict()
+        # A tower of another architecture can share a few names and shapes; loading those alone
+        # would be a silent half-initialisation, so every tensor must fit.
+        misfit = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if misfit:
+            raise ValueError(f"the image tower in {source_dir} does not fit visual='{self.config.visual}' "
+                             f"({len(misfit)} of {len(own)} tensors missing or of another shape, e.g. '{misfit[0]}')")
+        self.image_encoder.load_state_dict({k: state[k] for k in own})
+        return len(own)
+
+
+def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The timm image-tower state dict of a RadCLIP or CXRClassifier folder, with a 3-channel stem."""
+    config_file = Path(source_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or CXRClassifier folder")
+    kind = json.loads(config_file.read_text()).get("_class_name")
+    if kind == "RadCLIP":
         from shared.backbone import RadCLIP
 
-        trunk = RadCLIP.from_pretrained(backbone_dir).clip.visual.trunk.state_dict()
-        own = self.image_encoder.state_dict()
-        fitting = {k: v for k, v in trunk.items() if k in own and own[k].shape == v.shape}
-        if not fitting:
-            raise ValueError(f"the image tower in {backbone_dir} does not fit visual='{self.config.visual}'")
-        self.image_encoder.load_state_dict(fitting, strict=False)
-        return len(fitting)
+        state = RadCLIP.from_pretrained(source_dir).clip.visual.trunk.state_dict()
+    elif kind == "CXRClassifier":
+        from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import load_file
+
+        weights = Path(source_dir) / SAFETENSORS_WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{source_dir}: {SAFETENSORS_WEIGHTS_NAME} missing")
+        state = {k.removeprefix("backbone."): v for k, v in load_file(str(weights)).items() if k.startswith("backbone.")}
+    else:
+        raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or CXRClassifier image tower")
+    # The report towers take the grey view repeated to 3 channels; spreading a 1-channel stem over
+    # them (weights / 3) gives the same first-layer output.
+    return {k: v.repeat(1, 3, 1, 1) / 3 if v.ndim == 4 and v.shape[1] == 1 else v for k, v in state.items()}
 
 
 def build_image_tower(visual: str) -> nn.Module:

@@ -108,3 +108,36 @@ def test_generator_refuses_other_checkpoints(tmp_path):
         ReportGenerator.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         ReportGenerator.from_pretrained(tmp_path / "none")
+
+
+def test_init_visual_from_backbone_and_classifier(tmp_path):
+    from evaluation.classifier import build_classifier
+    from shared.backbone import build_backbone
+
+    x = torch.randn(2, 1, 32, 32)
+    # A RadCLIP folder: the report tower computes what the backbone's image tower computes.
+    backbone = build_backbone("radclip_tiny", TOK).eval()
+    backbone.save_pretrained(tmp_path / "clip")
+    m = _model()
+    assert m.init_visual_from(str(tmp_path / "clip")) == len(m.image_encoder.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m.image_encoder.forward_features(x.expand(-1, 3, -1, -1)),
+                                   backbone.clip.visual.trunk.forward_features(x.expand(-1, 3, -1, -1)))
+    # A classifier folder with a one-channel stem: the same features from the grey image repeated.
+    torch.manual_seed(1)
+    clf = build_classifier("classifier_tiny", arch="cxr_resnet_tiny").eval()
+    clf.save_pretrained(tmp_path / "clf")
+    m = _model()
+    assert m.init_visual_from(str(tmp_path / "clf")) == len(m.image_encoder.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m.image_encoder.forward_features(x.expand(-1, 3, -1, -1)),
+                                   clf.backbone.forward_features(x), rtol=1e-4, atol=1e-5)
+    # Bad folders are named.
+    with pytest.raises(FileNotFoundError, match="config.json missing"):
+        m.init_visual_from(str(tmp_path / "none"))
+    m.save_pretrained(tmp_path / "report")
+    with pytest.raises(ValueError, match="describes a BaselineReportModel, not a RadCLIP or CXRClassifier"):
+        m.init_visual_from(str(tmp_path / "report"))
+    build_classifier("classifier_tiny").save_pretrained(tmp_path / "other")  # timm's test_resnet: nothing fits
+    with pytest.raises(ValueError, match="does not fit visual='cxr_resnet_tiny'"):
+        m.init_visual_from(str(tmp_path / "other"))
