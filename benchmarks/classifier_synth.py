@@ -3,7 +3,11 @@
     python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 300] [--model classifier_small]
 
 This is the judge that scores generated images (mAUC); its mAUC on *real* test images is the
-ceiling generated images can reach. Prints one JSON object.
+ceiling generated images can reach. It also gives a supervised reference for the backbone's
+label-matched retrieval (issue 4): on the validation split, the fraction of images whose whole
+positive-finding set it gets right (threshold 0.5), and the image -> report precision@5 that its
+probabilities would reach against a perfect text side (reports embedded as their true label vectors).
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -24,6 +29,7 @@ from evaluation.train_classifier import (
     predict_probs,
     train_classifier,
 )
+from shared.backbone import retrieval_metrics
 from shared.config import load_config
 from shared.data.dataset import collate_samples
 from shared.data.synthcxr import SynthConfig, generate_dataset
@@ -53,11 +59,21 @@ def main() -> None:
     test = DataLoader(classifier_dataset(cfg.data, "test", False), batch_size=64, collate_fn=collate_samples)
     probs, labels = predict_probs(model, test)
     scores = multilabel_auroc(probs, labels, CHEXPERT_LABELS)
+    val = DataLoader(classifier_dataset(cfg.data, "val", False), batch_size=64, collate_fn=collate_samples)
+    val_probs, val_labels = predict_probs(model, val)
+    positive = val_labels == 1
+    unit = torch.nn.functional.normalize
+    # Both sides centred at 0.5 so that "absent" is a direction too, then unit-normed like embeddings.
+    retrieval = retrieval_metrics(unit(torch.as_tensor(val_probs - 0.5), dim=1),
+                                  unit(torch.as_tensor(positive - 0.5), dim=1), val_labels, ks=(5,))
     print(json.dumps({
         "benchmark": "classifier_synthcxr", "model": args.model, "image_size": args.image_size, "steps": result.steps,
         "train_seconds": round(seconds, 1), "best_val_mauc": result.best_metric, "best_step": result.best_step,
         "test_mauc_real_images": scores["mauc"],
         "test_auroc": {k.split("/", 1)[1]: round(v, 4) for k, v in scores.items() if k.startswith("auroc/")},
+        "val_exact_set_accuracy": float(((val_probs > 0.5) == positive).all(1).mean()),
+        "val_i2t_label_precision@5_with_perfect_text": retrieval["i2t_label_precision@5"],
+        "val_label_chance": retrieval["label_chance"],
     }, indent=1))
 
 
