@@ -107,6 +107,11 @@ class GridVisualMixin(ReportDecoderMixin):
         """
         state = image_tower_state(source_dir)
         own = self.image_encoder.state_dict()
+        for k, v in state.items():
+            # The report towers take the grey view repeated to 3 channels; a 1-channel stem spread
+            # over them (weights / 3) gives the same first-layer output.
+            if k in own and v.ndim == 4 and v.shape[1] == 1 and own[k].shape == (v.shape[0], 3, *v.shape[2:]):
+                state[k] = v.repeat(1, 3, 1, 1) / 3
         # A tower of another architecture can share a few names and shapes; loading those alone
         # would be a silent half-initialisation, so every tensor must fit.
         misfit = [k for k in own if k not in state or state[k].shape != own[k].shape]
@@ -118,7 +123,8 @@ class GridVisualMixin(ReportDecoderMixin):
 
 
 def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The timm image-tower state dict of a RadCLIP or CXRClassifier folder, with a 3-channel stem."""
+    """The timm image-tower state dict of a RadCLIP or CXRClassifier folder, as saved (a classifier's
+    stem may take one channel; :meth:`GridVisualMixin.init_visual_from` spreads it over three)."""
     config_file = Path(source_dir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or CXRClassifier folder")
@@ -137,9 +143,7 @@ def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
         state = {k.removeprefix("backbone."): v for k, v in load_file(str(weights)).items() if k.startswith("backbone.")}
     else:
         raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or CXRClassifier image tower")
-    # The report towers take the grey view repeated to 3 channels; spreading a 1-channel stem over
-    # them (weights / 3) gives the same first-layer output.
-    return {k: v.repeat(1, 3, 1, 1) / 3 if v.ndim == 4 and v.shape[1] == 1 else v for k, v in state.items()}
+    return state
 
 
 def build_image_tower(visual: str) -> nn.Module:
