@@ -203,3 +203,28 @@ def test_train_cmcrl_on_radcare_and_ifnet_two_steps(tmp_path, tiny_synth, capsys
     # an option that does not fit the model is named
     assert main(["train", "report", f"data.annotation={ann}", "model.name=ifnet_tiny",
                  f"model.init_radcare_from={radcare}", *common, f"train.output_dir={tmp_path / 'bad'}"]) != 0
+
+
+def test_ifnet_label_limits_benchmark(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("ifnet_label_limits", folder / "ifnet_label_limits.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _model("ifnet_tiny").save_pretrained(tmp_path / "ifnet")
+    truth = np.zeros((2, 14))
+    truth[0, 10] = truth[1, 0] = 1.0
+    from shared.text.labeler import ReportLabeler
+
+    out = bench.limits(tmp_path / "ifnet", _images(), truth, ReportLabeler())
+    assert set(out) == {"head_alone", "decoder_on_head_labels", "decoder_on_head_labels_unique_reports",
+                        "decoder_on_true_labels", "decoder_on_true_labels_unique_reports"}
+    assert all(0.0 <= out[k] <= 1.0 for k in ("head_alone", "decoder_on_head_labels", "decoder_on_true_labels"))
+    _model("baseline_tiny").save_pretrained(tmp_path / "baseline")
+    with pytest.raises(ValueError, match="not a model with a label head"):
+        bench.limits(tmp_path / "baseline", _images(), truth, ReportLabeler())
