@@ -132,10 +132,10 @@ def dataset_labels(ds: ReportImageDataset) -> np.ndarray:
 
 def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
-    size = data.image_size or config_image_size(load_model_config(mcfg.name))
-    tokenizer, train_ds, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     if mcfg.findings_weight < 0:
         raise ValueError(f"model.findings_weight must be >= 0, got {mcfg.findings_weight}")
+    size = data.image_size or config_image_size(load_model_config(mcfg.name))
+    tokenizer, train_ds, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_backbone(mcfg.name, tokenizer, num_labels=len(CHEXPERT_LABELS) if mcfg.findings_weight > 0 else 0)
     if mcfg.pretrained:
         model.load_open_clip_weights(mcfg.pretrained)
