@@ -43,7 +43,7 @@ def limits(run: Path, images: torch.Tensor, truth: np.ndarray, labeler: ReportLa
     for name, present in (("decoder_on_head_labels", None), ("decoder_on_true_labels", true_present)):
         texts: list[str] = []
         for k in range(0, len(images), batch):
-            memory = model._encode(images[k:k + batch], None if present is None else present[k:k + batch])[0]
+            memory = model.encode(images[k:k + batch], None if present is None else present[k:k + batch])
             ids = decode(model.next_token_log_probs, memory, tok.bos_token_id, tok.eos_token_id, cfg)
             texts += [tok.decode(row.tolist()) for row in ids]
         out[name] = micro_f1(labeler.label_batch(texts), truth)

@@ -193,9 +193,13 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         present = labels if labels is not None else (torch.sigmoid(logits) > self.config.label_threshold).float()
         return self._fuse(tokens, present.to(tokens.dtype)), logits
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 1, H, W) in [-1, 1] -> memory (B, V * L [+ num_labels], d) with predicted labels."""
-        return self._encode(images, None)[0]
+    def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] -> memory (B, V * L [+ num_labels], d).
+
+        The label tokens come from ``labels`` (B, num_labels) in [0, 1] when given (e.g. to read the
+        decoder's ceiling with known labels), else from the head's thresholded predictions.
+        """
+        return self._encode(images, labels)[0]
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) at every position of ``tokens`` (N, T)."""
