@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -20,6 +19,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from shared.labels import CHEXPERT_LABELS
+from shared.modeling import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +41,6 @@ class ClassifierOutput(BaseOutput):
 
     logits: torch.Tensor
     features: torch.Tensor
-
-
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``state_dict``/``model`` keys unwrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a bad file
-        raise ValueError(f"cannot read weights {path}: {type(err).__name__}: {err}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds no state dict")
-    return obj
 
 
 class CXRClassifier(ModelMixin, ConfigMixin):

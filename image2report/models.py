@@ -20,7 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from shared.modeling import RadLoopModel
+from shared.modeling import RadLoopModel, load_state_dict_file
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model",
            "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce", "image_tower_state"]
@@ -135,12 +135,9 @@ def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
         state = RadCLIP.from_pretrained(source_dir).clip.visual.trunk.state_dict()
     elif kind == "CXRClassifier":
         from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-        from safetensors.torch import load_file
 
-        weights = Path(source_dir) / SAFETENSORS_WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{source_dir}: {SAFETENSORS_WEIGHTS_NAME} missing")
-        state = {k.removeprefix("backbone."): v for k, v in load_file(str(weights)).items() if k.startswith("backbone.")}
+        weights = load_state_dict_file(Path(source_dir) / SAFETENSORS_WEIGHTS_NAME)
+        state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
     else:
         raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or CXRClassifier image tower")
     return state

@@ -12,12 +12,34 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import ConfigMixin, ModelMixin
 
 from .config import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
 
-__all__ = ["RadLoopModel", "check_model_folder"]
+__all__ = ["RadLoopModel", "check_model_folder", "load_state_dict_file"]
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``state_dict``/``model`` keys unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        raise ValueError(f"cannot read weights {path}: {type(err).__name__}: {err}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds no state dict")
+    return obj
 
 
 def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:

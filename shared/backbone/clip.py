@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..config import load_model_json
-from ..modeling import RadLoopModel
+from ..modeling import RadLoopModel, load_state_dict_file
 from ..text.tokenizer import ReportTokenizer
 from . import towers  # noqa: F401  (registers the CXR timm towers by name)
 
@@ -191,13 +191,7 @@ class RadCLIP(RadLoopModel):
                 path = found[0]
             if not path.is_file():
                 raise FileNotFoundError(f"open_clip checkpoint not found: {path}")
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                state = state.get("state_dict", state) if isinstance(state, dict) else state
+            state = load_state_dict_file(path)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         own = self.clip.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
