@@ -1,6 +1,6 @@
 """Backbone training speed and memory: samples/s and peak resident memory for RadCLIP steps.
 
-    python benchmarks/backbone_speed.py [--model radclip_small] [--batch 64] [--steps 10]
+    python benchmarks/backbone_speed.py [--model radclip_small] [--batch 64] [--steps 10] [--channels-last]
 
 Prints one JSON object. Peak memory is the process's max RSS (CPU) or max CUDA memory allocated.
 """
@@ -26,10 +26,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--report-tokens", type=int, default=50)
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights, as train.channels_last=true")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = ReportTokenizer(["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(200)])
     model = build_backbone(args.model, tok).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 1, model.image_size, model.image_size, device=device)
     ids = torch.randint(4, len(tok), (args.batch, args.report_tokens), device=device)
@@ -53,7 +56,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "backbone_train_step", "model": args.model, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "batch": args.batch, "image_size": model.image_size,
+        "threads": torch.get_num_threads(), "channels_last": args.channels_last, "batch": args.batch, "image_size": model.image_size,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "seconds_per_step": round(seconds / args.steps, 4), "samples_per_s": round(args.batch * args.steps / seconds, 1),
         "peak_memory_mb": round(peak, 1),

@@ -119,3 +119,51 @@ def test_ema_and_accumulation(tmp_path):
 def test_bad_options(tmp_path):
     with pytest.raises(ValueError, match="select_mode"):
         Trainer(TinyRegressor(), DataLoader(_data()), _loss, TrainConfig(output_dir=str(tmp_path)), select_mode="up")
+
+
+class TinyConvNet(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, channels, 3, padding=1)
+        self.head = torch.nn.Linear(channels, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def _conv_run(tmp, steps, channels_last, seen=None, die_at=None, **kw):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 2, 6, 6, generator=g)
+    data = TensorDataset(x, x.mean((1, 2, 3)).unsqueeze(1))
+
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == die_at:
+            raise KeyboardInterrupt
+        if seen is not None:
+            seen.append(model.conv.weight.is_contiguous(memory_format=torch.channels_last))
+        return _loss(model, batch)
+
+    cfg = TrainConfig(output_dir=str(tmp), max_steps=steps, learning_rate=0.05, checkpoint_every=2, eval_every=100,
+                      log_every=1, progress=False, channels_last=channels_last, **kw)
+    return Trainer(TinyConvNet(), DataLoader(data, batch_size=8, shuffle=True), loss, cfg)
+
+
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_channels_last_trains_saves_and_resumes_like_the_standard_layout(tmp_path, ema):
+    _conv_run(tmp_path / "nchw", 5, False, ema_decay=ema).train()
+    seen: list[bool] = []
+    # Killed during step 4 (checkpoint at 2), then resumed: checkpoints and folders go through
+    # safetensors, which refuses non-contiguous (channels-last) tensors unless they are copied.
+    with pytest.raises(KeyboardInterrupt):
+        _conv_run(tmp_path / "nhwc", 5, True, seen, die_at=4, ema_decay=ema).train()
+    _conv_run(tmp_path / "nhwc", 5, True, seen, ema_decay=ema).train()
+    assert seen and all(seen)
+    ref = TinyConvNet.from_pretrained(tmp_path / "nchw" / "final").state_dict()
+    got = TinyConvNet.from_pretrained(tmp_path / "nhwc" / "final").state_dict()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
