@@ -10,8 +10,8 @@
   in training (teacher forcing), the head's thresholded predictions at inference. Image tokens
   and label tokens read each other (one cross-attention each way) and both form the memory.
 * **Linear-time decoder** (:class:`LinearAttention`): kernelised attention (``phi = elu + 1``,
-  Katharopoulos et al. 2020) in self- and cross-attention, causal by prefix sums; cost linear in
-  the report length. Decoding recomputes the prefix at each step like the other decoders (the
+  Katharopoulos et al. 2020) in self- and cross-attention, causal chunk by chunk (masked within a
+  chunk, a running key-value state across chunks); cost linear in the report length. Decoding recomputes the prefix at each step like the other decoders (the
   recurrent form that makes each step O(1) is not used).
 
 Switches: ``use_enhancement``, ``use_label_fusion``, ``linear_attention`` (off: softmax attention).
@@ -64,20 +64,41 @@ class LinearAttention(nn.Module):
     """Multi-head kernelised attention: ``phi(Q) (phi(K)^T V) / (phi(Q) sum phi(K))``.
 
     ``forward(x (B, T, d), context (B, S, d) | None, causal, key_padding_mask (B, S) True = pad)``.
-    Causal self-attention uses prefix sums over positions, so position t sees keys <= t only.
+    Causal self-attention (position t sees keys <= t only) runs over chunks of ``chunk_size``
+    positions: the (chunk, chunk) kernel matrix masked to its lower triangle within a chunk, plus a
+    running (d, d) sum of ``phi(K)^T V`` from the chunks before. That is exactly the prefix-sum form,
+    linear in T, but as matrix products: the prefix sums of (T, d, d) outer products it replaces
+    made IFNet's training step ~1.6x slower on a CPU.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, chunk_size: int = 64) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads = heads
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.heads, self.chunk_size = heads, chunk_size
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.dropout = nn.Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(Q), phi(K) (B, H, T, d), V (B, H, T, e) -> numerator (B, H, T, e), denominator (B, H, T)."""
+        b, h, t, d = k.shape
+        kv = k.new_zeros(b, h, d, v.shape[-1])  # sum of phi(k)^T v over the chunks done
+        k_sum = k.new_zeros(b, h, d, 1)
+        nums, dens = [], []
+        for start in range(0, t, self.chunk_size):
+            qc, kc, vc = (z[:, :, start:start + self.chunk_size] for z in (q, k, v))
+            w = (qc @ kc.transpose(-1, -2)).tril()
+            nums.append(w @ vc + qc @ kv)
+            dens.append(w.sum(-1) + (qc @ k_sum).squeeze(-1))
+            kv = kv + kc.transpose(-1, -2) @ vc
+            k_sum = k_sum + kc.sum(2)[..., None]
+        return torch.cat(nums, 2), torch.cat(dens, 2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,9 +109,7 @@ class LinearAttention(nn.Module):
         if key_padding_mask is not None:
             k = k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
         if causal:
-            kv = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(2)
-            num = torch.einsum("bhtd,bhtde->bhte", q, kv)
-            den = torch.einsum("bhtd,bhtd->bht", q, k.cumsum(2))
+            num, den = self._causal(q, k, v)
         else:
             num = torch.einsum("bhtd,bhde->bhte", q, torch.einsum("bhsd,bhse->bhde", k, v))
             den = torch.einsum("bhtd,bhd->bht", q, k.sum(2))

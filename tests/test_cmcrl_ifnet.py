@@ -119,6 +119,9 @@ def test_linear_attention_matches_the_quadratic_form():
         return att.out((w @ v).transpose(1, 2).flatten(2))
 
     torch.testing.assert_close(att(x, causal=True), explicit(x, x, True))
+    for chunk in (1, 2, 3):  # several chunks: the running state carries the earlier positions
+        att.chunk_size = chunk
+        torch.testing.assert_close(att(x, causal=True), explicit(x, x, True))
     torch.testing.assert_close(att(x, ctx), explicit(x, ctx, False))
     pad = torch.tensor([[False, False, True, True]])
     torch.testing.assert_close(att(x, ctx, key_padding_mask=pad), explicit(x, ctx[:, :2], False))
