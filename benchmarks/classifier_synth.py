@@ -1,6 +1,7 @@
 """Train the CXR classifier on SynthCXR with the CPU recipe and report its test mAUC on real images.
 
-    python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 300] [--model classifier_small]
+    python benchmarks/classifier_synth.py [--data runs/bench/synthcxr] [--steps 300] [--model classifier_small] \
+        [KEY=VALUE ...]   (config overrides, e.g. train.channels_last=true)
 
 This is the judge that scores generated images (mAUC); its mAUC on *real* test images is the
 ceiling generated images can reach. It also gives a supervised reference for the backbone's
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--model", default="classifier_small")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("overrides", nargs="*", help="config overrides applied last, e.g. train.learning_rate=0.002")
     args = parser.parse_args()
     data = Path(args.data)
     if not (data / "annotation.json").is_file():
@@ -51,6 +53,7 @@ def main() -> None:
         f"data.annotation={data / 'annotation.json'}", f"data.image_size={args.image_size}",
         f"model.name={args.model}", f"train.max_steps={args.steps}", f"train.output_dir={args.out}",
         "data.batch_size=64", "train.eval_every=100", "train.checkpoint_every=300", "train.progress=false",
+        *args.overrides,
     ])
     start = time.perf_counter()
     result = train_classifier(OmegaConf.to_object(cfg))
@@ -68,6 +71,7 @@ def main() -> None:
                                   unit(torch.as_tensor(positive - 0.5), dim=1), val_labels, ks=(5,))
     print(json.dumps({
         "benchmark": "classifier_synthcxr", "model": args.model, "image_size": args.image_size, "steps": result.steps,
+        "overrides": args.overrides,
         "train_seconds": round(seconds, 1), "best_val_mauc": result.best_metric, "best_step": result.best_step,
         "test_mauc_real_images": scores["mauc"],
         "test_auroc": {k.split("/", 1)[1]: round(v, 4) for k, v in scores.items() if k.startswith("auroc/")},
