@@ -4,8 +4,9 @@
         [--models baseline uar cmcrl ifnet] [--seeds 0 1 2] [--json benchmarks/results/report_synth_cpu2.json]
 
 For every model the recipe is ``configs/synth/<model>.yaml`` (UAR first trains its tokenizer with
-``configs/synth/lsu.yaml``, CMCRL its encoder with ``configs/synth/radcare.yaml``, ``ifnet_pt`` (IFNet
-on a pre-trained tower) its image tower as a findings classifier with ``configs/synth/ifnet_tower.yaml``;
+``configs/synth/lsu.yaml``, CMCRL its encoder with ``configs/synth/radcare.yaml``, ``ifnet_pt`` and
+``baseline_pt`` (IFNet / the baseline on a pre-trained tower) their image tower as a findings classifier
+with ``configs/synth/ifnet_tower.yaml``, ``ifnet_pt_small`` with ``configs/synth/ifnet_tower_small.yaml``;
 once, at the first seed, and their time is added to every seed's recipe time). Selection uses validation only; the
 test split is decoded once per run, greedy and with beam 3, and scored with
 ``evaluation.reports.evaluate_reports`` (labeler on both sides) plus clinical efficacy against the
@@ -44,7 +45,9 @@ from shared.text.labeler import ReportLabeler
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINING = {"uar": ("lsu", LSUExperiment, train_lsu, "init_lsu_from"),
                "cmcrl": ("radcare", RadCAREExperiment, train_radcare, "init_radcare_from"),
-               "ifnet_pt": ("ifnet_tower", ClassifierExperiment, train_classifier, "init_visual_from")}
+               "ifnet_pt": ("ifnet_tower", ClassifierExperiment, train_classifier, "init_visual_from"),
+               "baseline_pt": ("ifnet_tower", ClassifierExperiment, train_classifier, "init_visual_from"),
+               "ifnet_pt_small": ("ifnet_tower_small", ClassifierExperiment, train_classifier, "init_visual_from")}
 KEYS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1",
         "truth_ce_micro_f1", "truth_ce_macro_f1", "unique_report_rate"]
 

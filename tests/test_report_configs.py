@@ -15,7 +15,8 @@ from shared.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 REPORT_CONFIGS = sorted(p for d in ("synth", "iu_xray", "mimic_cxr") for m in ("baseline", "uar", "cmcrl", "ifnet")
-                        for p in [CONFIGS / d / f"{m}.yaml"]) + [CONFIGS / "synth" / "ifnet_pt.yaml"]
+                        for p in [CONFIGS / d / f"{m}.yaml"])
+REPORT_CONFIGS += [CONFIGS / "synth" / f"{m}.yaml" for m in ("ifnet_pt", "ifnet_pt_small", "baseline_pt")]
 
 
 @pytest.mark.parametrize("path", REPORT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -29,16 +30,20 @@ def test_report_config_builds_its_model(path):
 
 
 @pytest.mark.parametrize("name,schema", [("lsu", LSUExperiment), ("radcare", RadCAREExperiment),
-                                         ("ifnet_tower", ClassifierExperiment)])
+                                         ("ifnet_tower", ClassifierExperiment),
+                                         ("ifnet_tower_small", ClassifierExperiment)])
 def test_pretraining_configs_load(name, schema):
     assert load_config(schema(), CONFIGS / "synth" / f"{name}.yaml").train.max_steps > 0
 
 
-def test_ifnet_tower_config_matches_the_ifnet_tower():
-    tower = load_config(ClassifierExperiment(), CONFIGS / "synth" / "ifnet_tower.yaml")
-    report = load_config(ReportExperiment(), CONFIGS / "synth" / "ifnet_pt.yaml")
+@pytest.mark.parametrize("model,tower_name", [("ifnet_pt", "ifnet_tower"), ("baseline_pt", "ifnet_tower"),
+                                         ("ifnet_pt_small", "ifnet_tower_small")])
+def test_tower_config_matches_the_pretrained_decoders(model, tower_name):
+    tower = load_config(ClassifierExperiment(), CONFIGS / "synth" / f"{tower_name}.yaml")
+    report = OmegaConf.to_object(load_config(ReportExperiment(), CONFIGS / "synth" / f"{model}.yaml"))
     assert tower.data.label_source == "labeler"  # labels from the reports, as IFNet's own label head
-    assert build_report_model(report.model.name, 50).config.visual == tower.model.arch
+    decoder = build_report_model(report.model.name, 50, **report.model.options)
+    assert decoder.config.visual == tower.model.arch
     assert report.model.init_visual_from == f"{tower.train.output_dir}/best"
 
 
@@ -49,3 +54,31 @@ def test_model_options_take_any_key_and_the_model_names_a_wrong_one():
         load_config(ReportExperiment(), None, ["model.nme=x"])
     with pytest.raises(ValueError, match="has no option 'use_vdmm'"):
         build_report_model("cmcrl_tiny", 50, use_vdmm=False)
+
+
+def test_report_benchmark_runs_a_pretrained_recipe_end_to_end(tmp_path, tiny_synth, monkeypatch, capsys):
+    """benchmarks/report_synth.py with 2 steps: the tower stage, the decoder on it, both decodings, the JSON."""
+    import functools
+    import importlib.util
+    import json
+    import sys
+
+    folder = CONFIGS.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("report_synth", folder / "report_synth.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # METEOR starts a Java process per call (~8 s each); it has its own tests in test_report_metrics.py.
+    monkeypatch.setattr(bench, "evaluate_reports", functools.partial(bench.evaluate_reports, meteor=False))
+    data, _ = tiny_synth
+    out = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["report_synth", "--data", str(data), "--models", "baseline_pt", "--seeds", "0",
+                                      "--steps", "2", "--limit-test", "3", "--out-dir", str(out),
+                                      "--json", str(tmp_path / "r.json")])
+    bench.main()
+    result = json.loads((tmp_path / "r.json").read_text())
+    run = result["runs"][0]
+    assert run["model"] == "baseline_small" and run["steps"] == 2 and run["pretrain_seconds"] > 0
+    assert (out / "ifnet_tower_s0" / "best" / "config.json").is_file()
+    assert 0.0 <= result["models"]["baseline_pt"]["beam3"]["truth_ce_micro_f1"]["mean"] <= 1.0
+    assert json.loads(capsys.readouterr().out)["benchmark"] == "report_generation_synthcxr"
