@@ -11,8 +11,9 @@
   and label tokens read each other (one cross-attention each way) and both form the memory.
 * **Linear-time decoder** (:class:`LinearAttention`): kernelised attention (``phi = elu + 1``,
   Katharopoulos et al. 2020) in self- and cross-attention, causal chunk by chunk (masked within a
-  chunk, a running key-value state across chunks); cost linear in the report length. Decoding recomputes the prefix at each step like the other decoders (the
-  recurrent form that makes each step O(1) is not used).
+  chunk, a running key-value state across chunks); cost linear in the report length. Decoding
+  recomputes the prefix at each step like the other decoders (the recurrent form that makes each
+  step O(1) is not used).
 
 Switches: ``use_enhancement``, ``use_label_fusion``, ``linear_attention`` (off: softmax attention).
 """
@@ -68,7 +69,7 @@ class LinearAttention(nn.Module):
     positions: the (chunk, chunk) kernel matrix masked to its lower triangle within a chunk, plus a
     running (d, d) sum of ``phi(K)^T V`` from the chunks before. That is exactly the prefix-sum form,
     linear in T, but as matrix products: the prefix sums of (T, d, d) outer products it replaces
-    made IFNet's training step ~1.6x slower on a CPU.
+    made an IFNet training step 1.7-2x slower on a CPU.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, chunk_size: int = 64) -> None:
