@@ -208,17 +208,10 @@ def test_train_cmcrl_on_radcare_and_ifnet_two_steps(tmp_path, tiny_synth, capsys
                  f"model.init_radcare_from={radcare}", *common, f"train.output_dir={tmp_path / 'bad'}"]) != 0
 
 
-def test_ifnet_label_limits_benchmark(tmp_path, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
+def test_ifnet_label_limits_benchmark(tmp_path, load_benchmark):
     import numpy as np
 
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(folder))
-    spec = importlib.util.spec_from_file_location("ifnet_label_limits", folder / "ifnet_label_limits.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("ifnet_label_limits")
     _model("ifnet_tiny").save_pretrained(tmp_path / "ifnet")
     truth = np.zeros((2, 14))
     truth[0, 10] = truth[1, 0] = 1.0

@@ -140,23 +140,15 @@ def test_llm_answer_validation(answer):
 
 
 @pytest.mark.realdata
-def test_iu_xray_mesh_agreement():
+def test_iu_xray_mesh_agreement(load_benchmark):
     """Macro F1 against human MeSH codes on the 3,955 real IU X-ray reports (target >= 0.85)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from shared.data.iu_xray import find_iu_reports_archive, read_iu_reports
 
     try:
         find_iu_reports_archive()
     except FileNotFoundError as err:
         pytest.skip(str(err))
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "labeler_iu_mesh.py"
-    spec = importlib.util.spec_from_file_location("labeler_iu_mesh", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["labeler_iu_mesh"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("labeler_iu_mesh")
     reports = read_iu_reports()
     labels = [LAB(r.text) for r in reports]
     f1s = []

@@ -56,18 +56,14 @@ def test_model_options_take_any_key_and_the_model_names_a_wrong_one():
         build_report_model("cmcrl_tiny", 50, use_vdmm=False)
 
 
-def test_report_benchmark_runs_a_pretrained_recipe_end_to_end(tmp_path, tiny_synth, monkeypatch, capsys):
+def test_report_benchmark_runs_a_pretrained_recipe_end_to_end(tmp_path, tiny_synth, monkeypatch, capsys,
+                                                              load_benchmark):
     """benchmarks/report_synth.py with 2 steps: the tower stage, the decoder on it, both decodings, the JSON."""
     import functools
-    import importlib.util
     import json
     import sys
 
-    folder = CONFIGS.parent / "benchmarks"
-    monkeypatch.syspath_prepend(str(folder))
-    spec = importlib.util.spec_from_file_location("report_synth", folder / "report_synth.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("report_synth")
     # METEOR starts a Java process per call (~8 s each); it has its own tests in test_report_metrics.py.
     monkeypatch.setattr(bench, "evaluate_reports", functools.partial(bench.evaluate_reports, meteor=False))
     data, _ = tiny_synth
