@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -20,20 +21,11 @@ from torch import nn
 
 from shared.labels import CHEXPERT_LABELS
 from shared.modeling import load_state_dict_file
+from shared.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIER_REGISTRY", "build_classifier", "load_state_dict_file"]
-
-#: name -> keyword arguments of CXRClassifier; ``*_tiny`` variants are for tests.
-CLASSIFIER_REGISTRY: dict[str, dict] = {
-    "densenet121": {"arch": "densenet121"},
-    "resnet18": {"arch": "resnet18"},
-    "resnet50": {"arch": "resnet50"},
-    "classifier_small": {"arch": "cxr_resnet_small"},
-    "classifier_tiny": {"arch": "test_resnet"},
-}
-
+__all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIERS", "build_classifier", "load_state_dict_file"]
 
 @dataclass
 class ClassifierOutput(BaseOutput):
@@ -101,8 +93,15 @@ class CXRClassifier(ModelMixin, ConfigMixin):
                     len(state) - len(fitting))
 
 
-def build_classifier(name: str, **overrides) -> CXRClassifier:
-    """A registered classifier (``densenet121``, ``resnet18``, ``resnet50``, ``classifier_tiny``)."""
-    if name not in CLASSIFIER_REGISTRY:
-        raise KeyError(f"unknown classifier '{name}'; registered: {sorted(CLASSIFIER_REGISTRY)}")
-    return CXRClassifier(**{**CLASSIFIER_REGISTRY[name], **overrides})
+#: the judge classifiers; ``*_tiny`` variants are for tests.
+CLASSIFIERS = Registry("classifier", "multilabel CXR classifiers: the mAUC judge and a FID feature space")
+CLASSIFIERS.register("densenet121", CXRClassifier, help="DenseNet-121 (torchxrayvision's choice)", arch="densenet121")
+CLASSIFIERS.register("resnet18", CXRClassifier, help="ResNet-18", arch="resnet18")
+CLASSIFIERS.register("resnet50", CXRClassifier, help="ResNet-50", arch="resnet50")
+CLASSIFIERS.register("classifier_small", CXRClassifier, help="the suite's CPU tower", arch="cxr_resnet_small")
+CLASSIFIERS.register("classifier_tiny", CXRClassifier, help="for tests", arch="test_resnet")
+
+
+def build_classifier(name: str, **overrides: Any) -> CXRClassifier:
+    """A registered classifier (``densenet121``, ``resnet18``, ``resnet50``, ``classifier_tiny``, ...)."""
+    return CLASSIFIERS.build(name, **overrides)

@@ -32,10 +32,10 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from shared.backbone.radcare import RADCARE_REGISTRY, MultiwayBlock, RadCARE
+from shared.backbone.radcare import RADCARES, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
-from .models import ReportDecoderMixin, ReportModelOutput, _sinusoid, register_report_model, teacher_forced_ce
+from .models import REPORT_DECODERS, ReportDecoderMixin, ReportModelOutput, _sinusoid, teacher_forced_ce
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
 
@@ -119,7 +119,7 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
 
     Args:
         vocab_size: report tokenizer size (pad 0, bos 1, eos 2).
-        radcare: a ``RADCARE_REGISTRY`` name: the encoder's architecture (weights come from
+        radcare: a ``RADCARES`` registry name: the encoder's architecture (weights come from
             :meth:`init_radcare_from`); ``image_size`` overrides its input side.
         num_local: local tokens VDM keeps (the paper's k).
     """
@@ -129,9 +129,7 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
                  num_layers: int = 3, num_heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
                  max_length: int = 100, num_local: int = 6, use_vdm: bool = True, use_ldm: bool = True) -> None:
         super().__init__()
-        if radcare not in RADCARE_REGISTRY:
-            raise KeyError(f"unknown RadCARE architecture '{radcare}'; registered: {sorted(RADCARE_REGISTRY)}")
-        arch = {**RADCARE_REGISTRY[radcare], "image_size": image_size}
+        arch = {**RADCARES.config(radcare), "image_size": image_size}
         self.encoder = RadCAREImageEncoder(**arch)
         d = arch["dim"]
         grid = self.encoder.grid
@@ -254,9 +252,9 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         return len(vision)
 
 
-register_report_model("cmcrl", CMCRLReportModel, {"radcare": "radcare_small", "num_layers": 3, "num_heads": 4,
-                                                  "ff_dim": 512})
-register_report_model("cmcrl_small", CMCRLReportModel, {"radcare": "radcare_small", "num_layers": 2, "num_heads": 4,
-                                                        "ff_dim": 256})
-register_report_model("cmcrl_tiny", CMCRLReportModel, {"radcare": "radcare_tiny", "image_size": 32, "num_layers": 1,
-                                                       "num_heads": 2, "ff_dim": 64, "num_local": 3})
+REPORT_DECODERS.register("cmcrl", CMCRLReportModel, radcare="radcare_small", num_layers=3, num_heads=4,
+                         ff_dim=512)
+REPORT_DECODERS.register("cmcrl_small", CMCRLReportModel, radcare="radcare_small", num_layers=2,
+                         num_heads=4, ff_dim=256)
+REPORT_DECODERS.register("cmcrl_tiny", CMCRLReportModel, radcare="radcare_tiny", image_size=32,
+                         num_layers=1, num_heads=2, ff_dim=64, num_local=3)

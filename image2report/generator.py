@@ -17,7 +17,7 @@ from shared.modeling import RadLoopModel
 from shared.text.tokenizer import ReportTokenizer
 
 from .decoding import DecodingConfig, decode
-from .models import REPORT_MODELS
+from .models import REPORT_DECODERS
 
 __all__ = ["ReportGenerator"]
 
@@ -35,7 +35,7 @@ class ReportGenerator:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no saved report model in {path} (config.json missing)")
         name = read_json(path / "config.json").get("_class_name")
-        classes = {c.__name__: c for c, _ in REPORT_MODELS.values()}
+        classes = {e.builder.__name__: e.builder for e in REPORT_DECODERS.entries()}
         if name not in classes:
             raise ValueError(f"{path} holds a checkpoint of {name}, not of a report model ({sorted(classes)})")
         model = classes[name].from_pretrained(path)

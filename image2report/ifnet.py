@@ -28,11 +28,11 @@ from shared.labels import CHEXPERT_LABELS
 from shared.modeling import RadLoopModel
 
 from .models import (
+    REPORT_DECODERS,
     GridVisualMixin,
     ReportModelOutput,
     _sinusoid,
     build_image_tower,
-    register_report_model,
     teacher_forced_ce,
 )
 
@@ -245,8 +245,8 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
                                  aux={"ce": ce.detach(), "label_bce": bce.detach()})
 
 
-register_report_model("ifnet", IFNetReportModel, {"visual": "cxr_resnet_small", "d_model": 256, "num_layers": 3})
-register_report_model("ifnet_small", IFNetReportModel, {"visual": "cxr_resnet_tiny", "d_model": 128, "num_layers": 2,
-                                                        "num_heads": 4, "ff_dim": 256})
-register_report_model("ifnet_tiny", IFNetReportModel, {"visual": "cxr_resnet_tiny", "image_size": 32, "d_model": 32,
-                                                       "num_layers": 1, "num_heads": 2, "ff_dim": 64})
+REPORT_DECODERS.register("ifnet", IFNetReportModel, visual="cxr_resnet_small", d_model=256, num_layers=3)
+REPORT_DECODERS.register("ifnet_small", IFNetReportModel, visual="cxr_resnet_tiny", d_model=128,
+                         num_layers=2, num_heads=4, ff_dim=256)
+REPORT_DECODERS.register("ifnet_tiny", IFNetReportModel, visual="cxr_resnet_tiny", image_size=32,
+                         d_model=32, num_layers=1, num_heads=2, ff_dim=64)

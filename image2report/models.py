@@ -8,7 +8,6 @@ registered in timm), so a trained RadCLIP folder or a findings classifier traine
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from shared.modeling import RadLoopModel, load_state_dict_file
+from shared.registry import Registry
 
-__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_MODELS", "build_report_model", "register_report_model",
+__all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_DECODERS", "build_report_model",
            "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce", "image_tower_state"]
 
 
@@ -195,29 +195,17 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
         return ReportModelOutput(logits=logits, loss=teacher_forced_ce(logits, input_ids))
 
 
-#: name -> (class, keyword arguments); ``*_tiny`` for tests.
-REPORT_MODELS: dict[str, tuple[type[RadLoopModel], dict]] = {
-    "baseline": (BaselineReportModel, {"visual": "cxr_resnet_small", "d_model": 256, "num_layers": 3}),
-    # the demo's size: a CPU trains it in a minute or two
-    "baseline_small": (BaselineReportModel, {"visual": "cxr_resnet_tiny", "d_model": 128, "num_layers": 2,
-                                             "num_heads": 4, "ff_dim": 256}),
-    "baseline_tiny": (BaselineReportModel, {"visual": "cxr_resnet_tiny", "image_size": 32, "d_model": 32,
-                                            "num_layers": 1, "num_heads": 2, "ff_dim": 64}),
-}
-
-
-def register_report_model(name: str, cls: type[RadLoopModel], kwargs: dict) -> None:
-    """Add a model to :data:`REPORT_MODELS` (modules of other decoders call this on import)."""
-    REPORT_MODELS[name] = (cls, kwargs)
+#: every report decoder; ``*_small`` for CPU runs, ``*_tiny`` for tests. The other decoders' modules
+#: register theirs on import (``import image2report`` imports them all).
+REPORT_DECODERS = Registry("report_decoder", "image -> report decoders (baseline, UAR, CMCRL, IFNet)")
+REPORT_DECODERS.register("baseline", BaselineReportModel, help="R2Gen-base setting", visual="cxr_resnet_small",
+                         d_model=256, num_layers=3)
+REPORT_DECODERS.register("baseline_small", BaselineReportModel, help="CPU size: a minute or two of training",
+                         visual="cxr_resnet_tiny", d_model=128, num_layers=2, num_heads=4, ff_dim=256)
+REPORT_DECODERS.register("baseline_tiny", BaselineReportModel, help="for tests", visual="cxr_resnet_tiny",
+                         image_size=32, d_model=32, num_layers=1, num_heads=2, ff_dim=64)
 
 
 def build_report_model(name: str, vocab_size: int, **overrides: Any) -> RadLoopModel:
     """The registered model ``name`` with ``overrides`` over its registered arguments (unknown ones are named)."""
-    if name not in REPORT_MODELS:
-        raise KeyError(f"unknown report model '{name}'; registered: {sorted(REPORT_MODELS)}")
-    cls, kwargs = REPORT_MODELS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    unknown = sorted(k for k in overrides if k not in accepted)
-    if unknown:
-        raise ValueError(f"report model '{name}' ({cls.__name__}) has no option '{unknown[0]}'")
-    return cls(vocab_size=vocab_size, **{**kwargs, **overrides})
+    return REPORT_DECODERS.build(name, vocab_size=vocab_size, **overrides)

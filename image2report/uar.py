@@ -23,15 +23,15 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
-from shared.backbone.lsu import LSU_REGISTRY, LatentSpaceUnifier
+from shared.backbone.lsu import LSUS, LatentSpaceUnifier
 from shared.modeling import RadLoopModel
 
 from .models import (
+    REPORT_DECODERS,
     ReportDecoderMixin,
     ReportModelOutput,
     _sinusoid,
     build_image_tower,
-    register_report_model,
     teacher_forced_ce,
 )
 
@@ -43,7 +43,7 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
 
     Args:
         vocab_size: report tokenizer size (pad 0, bos 1, eos 2).
-        lsu: an ``LSU_REGISTRY`` name (the VQ tokenizer's size; its weights come from
+        lsu: an ``LSUS`` registry name (the VQ tokenizer's size; its weights come from
             :meth:`init_lsu_from`); image_size must match it.
         visual: timm CNN used instead of LSU when ``use_lsu`` is off.
         mask_k: k of eq. 11; stage_one_steps: steps before TIR's mask joins (two-stage training).
@@ -57,7 +57,7 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
                  use_tir: bool = True, two_stage: bool = True, stage_one_steps: int = 500) -> None:
         super().__init__()
         if use_lsu:
-            lsu_cfg = {k: v for k, v in LSU_REGISTRY[lsu].items() if k != "image_size"}
+            lsu_cfg = {k: v for k, v in LSUS.config(lsu).items() if k != "image_size"}
             self.unifier = LatentSpaceUnifier(vocab_size=vocab_size, dim=d_model, image_size=image_size, **lsu_cfg)
             self.unifier.vq.requires_grad_(False)  # a trained tokenizer, frozen (its look-ups W_I, W_R train)
             num_visual = self.unifier.tokens_per_image
@@ -161,10 +161,9 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         self.unifier.vq.load_state_dict(trained.vq.state_dict())
 
 
-register_report_model("uar", UARReportModel, {"lsu": "lsu_small", "d_model": 256, "num_layers": 3})
+REPORT_DECODERS.register("uar", UARReportModel, lsu="lsu_small", d_model=256, num_layers=3)
 # the CPU recipe's size (configs/synth/uar.yaml): the stages switch halfway through its 500 steps
-register_report_model("uar_small", UARReportModel, {"lsu": "lsu_small", "d_model": 128, "num_layers": 2, "num_heads": 4,
-                                                    "ff_dim": 256, "num_basis": 256, "stage_one_steps": 250})
-register_report_model("uar_tiny", UARReportModel, {"lsu": "lsu_tiny", "image_size": 32, "d_model": 32, "num_layers": 1,
-                                                   "num_heads": 2, "ff_dim": 64, "num_basis": 64,
-                                                   "stage_one_steps": 2})
+REPORT_DECODERS.register("uar_small", UARReportModel, lsu="lsu_small", d_model=128, num_layers=2,
+                         num_heads=4, ff_dim=256, num_basis=256, stage_one_steps=250)
+REPORT_DECODERS.register("uar_tiny", UARReportModel, lsu="lsu_tiny", image_size=32, d_model=32,
+                         num_layers=1, num_heads=2, ff_dim=64, num_basis=64, stage_one_steps=2)

@@ -1,6 +1,6 @@
 """Latent diffusion model configs: diffusers ``AutoencoderKL`` + ``UNet2DConditionModel`` sizes.
 
-JSON configs in ``configs/models/ldm_*.json`` (``ldm_tiny`` for tests, ``ldm_small`` for CPU
+JSON configs shipped in ``report2image/model_configs/ldm_*.json`` and discovered at import (``ldm_tiny`` for tests, ``ldm_small`` for CPU
 runs at 64 px, ``ldm_base`` for GPUs at 256 px) hold the ``vae``, ``unet`` and ``conditioner``
 keyword arguments and the ``image_size``; nothing here re-implements what diffusers has.
 """
@@ -8,22 +8,21 @@ keyword arguments and the ``image_size``; nothing here re-implements what diffus
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from shared.backbone.clip import MODEL_CONFIG_DIR
-from shared.config import load_model_json
+from shared.registry import Registry
 
-__all__ = ["LDM_REGISTRY", "load_ldm_config", "build_autoencoder", "build_unet", "latent_size"]
+__all__ = ["LDM_CONFIGS", "LDM_CONFIG_DIR", "load_ldm_config", "build_autoencoder", "build_unet", "latent_size"]
 
-LDM_REGISTRY = {name: f"{name}.json" for name in ("ldm_tiny", "ldm_small", "ldm_base")}
+LDM_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 
 def load_ldm_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     """A latent-diffusion config by registry name or JSON path."""
-    return load_model_json(name_or_path, LDM_REGISTRY, MODEL_CONFIG_DIR, ("image_size", "vae", "unet", "conditioner"),
-                           "diffusion model")
+    return LDM_CONFIGS.read_config(name_or_path)
 
 
 def latent_size(cfg: dict[str, Any]) -> int:
@@ -39,3 +38,14 @@ def build_unet(cfg: dict[str, Any]) -> UNet2DConditionModel:
     channels = int(cfg["vae"]["latent_channels"])
     return UNet2DConditionModel(sample_size=latent_size(cfg), in_channels=channels, out_channels=channels,
                                 **cfg["unet"])
+
+
+def _ldm_config(**cfg: Any) -> dict[str, Any]:
+    # A latent-diffusion config describes three components (autoencoder, UNet, conditioner) that
+    # ``train_diffusion`` builds one by one, so the registry hands back the validated config.
+    return cfg
+
+
+LDM_CONFIGS = Registry("ldm", "latent-diffusion sizes (autoencoder, UNet, conditioner JSON configs)",
+                       required=("image_size", "vae", "unet", "conditioner"))
+LDM_CONFIGS.add_model_config(LDM_CONFIG_DIR, _ldm_config)

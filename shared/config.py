@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text", "read_json", "load_model_json"]
+__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text", "read_json"]
 
 
 class ConfigError(ValueError):
@@ -156,25 +156,6 @@ def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError)
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise error(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
-
-
-def load_model_json(name_or_path: str | os.PathLike[str], registry: Mapping[str, str], directory: Path,
-                    required: Sequence[str], kind: str) -> dict[str, Any]:
-    """A JSON model config by registry name (a file in ``directory``) or by path; ``required``
-    top-level keys are checked and a missing one is named with the file."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        if str(name_or_path) not in registry:
-            raise KeyError(f"unknown {kind} '{name_or_path}'; registered: {sorted(registry)} or a JSON path")
-        path = directory / registry[str(name_or_path)]
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{kind} config {path} is not valid JSON: {err.msg}") from None
-    for key in required:
-        if key not in cfg:
-            raise ValueError(f"{kind} config {path} lacks '{key}'")
-    return cfg
 
 
 def save_run_config(cfg: DictConfig, run_dir: str | os.PathLike[str], argv: Sequence[str] | None = None) -> Path:

@@ -8,7 +8,7 @@ import torch
 from image2report.cmcrl import CMCRLReportModel, FrontDoorIntervention
 from image2report.generator import ReportGenerator
 from image2report.ifnet import IFNetReportModel, ImageEnhancer, LinearAttention
-from image2report.models import REPORT_MODELS, build_report_model
+from image2report.models import REPORT_DECODERS, build_report_model
 from radloop.cli import main
 from shared.backbone.radcare import build_radcare
 from shared.text.tokenizer import ReportTokenizer
@@ -31,7 +31,7 @@ def _images(seed: int = 0) -> torch.Tensor:
 
 
 def test_registered_with_tiny_variants():
-    assert {"cmcrl", "cmcrl_tiny", "ifnet", "ifnet_tiny"} <= set(REPORT_MODELS)
+    assert {"cmcrl", "cmcrl_tiny", "ifnet", "ifnet_tiny"} <= set(REPORT_DECODERS)
 
 
 @pytest.mark.parametrize("switches", [{}, {"use_vdm": False}, {"use_ldm": False}, {"use_vdm": False, "use_ldm": False}])

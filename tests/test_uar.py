@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from image2report.generator import ReportGenerator
-from image2report.models import REPORT_MODELS, build_report_model
+from image2report.models import REPORT_DECODERS, build_report_model
 from image2report.uar import UARReportModel
 from radloop.cli import main
 from shared.text.tokenizer import ReportTokenizer
@@ -23,7 +23,7 @@ def _uar(**overrides) -> UARReportModel:
 
 
 def test_registered_and_two_stage_switches_the_mask_on():
-    assert {"uar", "uar_tiny"} <= set(REPORT_MODELS)
+    assert {"uar", "uar_tiny"} <= set(REPORT_DECODERS)
     m = _uar().train()
     ids, _ = TOK.batch_encode(REPORTS)
     x = torch.randn(2, 1, 1, 32, 32)

@@ -1,7 +1,8 @@
 """RadCLIP: an open_clip CLIP (ViT image tower, transformer text tower) for grayscale CXRs and our
 word-level report tokenizer.
 
-Built from JSON model configs in ``configs/models/`` (open_clip's own format: ``embed_dim``,
+Built from JSON model configs shipped in ``shared/backbone/model_configs/`` and discovered at import
+(open_clip's own format: ``embed_dim``,
 ``vision_cfg``, ``text_cfg``); the text tower's vocabulary is the tokenizer's, pooled at
 ``<eos>``. It exposes what both directions need:
 
@@ -33,25 +34,23 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..config import load_model_json
 from ..modeling import RadLoopModel, load_state_dict_file
+from ..registry import Registry
 from ..text.tokenizer import ReportTokenizer
 from . import towers  # noqa: F401  (registers the CXR timm towers by name)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RadCLIP", "BackboneOutput", "BACKBONE_REGISTRY", "build_backbone", "load_model_config", "MODEL_CONFIG_DIR"]
+__all__ = ["RadCLIP", "BackboneOutput", "BACKBONES", "build_backbone", "load_model_config", "MODEL_CONFIG_DIR"]
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
-#: registry name -> JSON model config; ``*_tiny`` for tests, ``small`` for CPU runs, ``base`` for GPUs.
-BACKBONE_REGISTRY = {name: f"{name}.json" for name in ("radclip_tiny", "radclip_small", "radclip_base",
-                                                       "radclip_vit_tiny", "radclip_vit_small")}
+#: the JSON model configs that ship inside the package (``*_tiny`` for tests, ``small`` for CPU runs,
+#: ``base`` for GPUs); ``BACKBONES.add_model_config(folder)`` adds a user's own.
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 
 def load_model_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     """A model config by registry name or JSON path."""
-    return load_model_json(name_or_path, BACKBONE_REGISTRY, MODEL_CONFIG_DIR, ("embed_dim", "vision_cfg", "text_cfg"),
-                           "backbone")
+    return BACKBONES.read_config(name_or_path)
 
 
 def config_image_size(model_cfg: dict[str, Any]) -> int:
@@ -203,7 +202,8 @@ class RadCLIP(RadLoopModel):
         return counts
 
 
-def build_backbone(name: str, tokenizer: ReportTokenizer, num_labels: int = 0, **overrides: Any) -> RadCLIP:
+def build_backbone(name: str | os.PathLike[str], tokenizer: ReportTokenizer, num_labels: int = 0,
+                   **overrides: Any) -> RadCLIP:
     """A registered (or JSON-path) backbone sized for ``tokenizer``; the tokenizer travels with it.
 
     ``num_labels > 0`` adds the shared findings head; ``overrides`` update config sections.
@@ -213,6 +213,16 @@ def build_backbone(name: str, tokenizer: ReportTokenizer, num_labels: int = 0, *
         if section not in cfg or not isinstance(values, dict):
             raise KeyError(f"unknown model config section '{section}'")
         cfg[section] = {**cfg[section], **values}
-    model = RadCLIP(model_cfg=cfg, vocab_size=len(tokenizer), num_labels=num_labels)
+    return _radclip(tokenizer, num_labels, **cfg)
+
+
+def _radclip(tokenizer: ReportTokenizer, num_labels: int = 0, **model_cfg: Any) -> RadCLIP:
+    """The registry's builder: an open_clip config's sections as keywords, plus the tokenizer."""
+    model = RadCLIP(model_cfg=model_cfg, vocab_size=len(tokenizer), num_labels=num_labels)
     model.tokenizer = tokenizer
     return model
+
+
+BACKBONES = Registry("backbone", "vision-language backbones (open_clip JSON configs)",
+                     required=("embed_dim", "vision_cfg", "text_cfg"))
+BACKBONES.add_model_config(MODEL_CONFIG_DIR, _radclip)

@@ -18,19 +18,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..modeling import RadLoopModel
+from ..registry import Registry
 
-__all__ = ["LatentSpaceUnifier", "LSUOutput", "LSU_REGISTRY", "build_lsu"]
-
-#: name -> VQ settings; ``*_tiny`` for tests.
-LSU_REGISTRY: dict[str, dict] = {
-    "lsu_tiny": {"image_size": 32, "block_out_channels": (16, 32, 32), "num_codes": 64, "latent_channels": 8,
-                 "norm_num_groups": 8},
-    "lsu_small": {"image_size": 64, "block_out_channels": (32, 64, 64, 64), "num_codes": 512, "latent_channels": 16,
-                  "norm_num_groups": 16},
-    "lsu_base": {"image_size": 128, "block_out_channels": (64, 128, 128, 256), "num_codes": 8192,
-                 "latent_channels": 32, "norm_num_groups": 32},
-}
-
+__all__ = ["LatentSpaceUnifier", "LSUOutput", "LSUS", "build_lsu"]
 
 @dataclass
 class LSUOutput(BaseOutput):
@@ -86,7 +76,14 @@ class LatentSpaceUnifier(RadLoopModel):
                 "commit_loss": out.commit_loss.mean().detach()}
 
 
+LSUS = Registry("lsu", "UAR's Latent Space Unifier (VQ image tokenizer) sizes")
+LSUS.register("lsu_tiny", LatentSpaceUnifier, help="for tests", image_size=32, block_out_channels=(16, 32, 32),
+              num_codes=64, latent_channels=8, norm_num_groups=8)
+LSUS.register("lsu_small", LatentSpaceUnifier, help="CPU runs at 64 px", image_size=64,
+              block_out_channels=(32, 64, 64, 64), num_codes=512, latent_channels=16, norm_num_groups=16)
+LSUS.register("lsu_base", LatentSpaceUnifier, help="GPU runs at 128 px", image_size=128,
+              block_out_channels=(64, 128, 128, 256), num_codes=8192, latent_channels=32, norm_num_groups=32)
+
+
 def build_lsu(name: str, vocab_size: int, dim: int = 128) -> LatentSpaceUnifier:
-    if name not in LSU_REGISTRY:
-        raise KeyError(f"unknown LSU '{name}'; registered: {sorted(LSU_REGISTRY)}")
-    return LatentSpaceUnifier(vocab_size=vocab_size, dim=dim, **LSU_REGISTRY[name])
+    return LSUS.build(name, vocab_size=vocab_size, dim=dim)

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import collate_samples
 from ..training import TrainConfig, Trainer, TrainResult
-from .lsu import LSU_REGISTRY, build_lsu
-from .radcare import RADCARE_REGISTRY, RadCAREWeights, build_radcare
+from .lsu import LSUS, build_lsu
+from .radcare import RADCARES, RadCAREWeights, build_radcare
 from .train import BackboneDataConfig, prepare_pairs
 
 __all__ = ["LSUExperiment", "RadCAREExperiment", "train_lsu", "train_radcare"]
@@ -64,9 +64,7 @@ def _val_loss(m: torch.nn.Module, val_loader: DataLoader, fn) -> float:
 
 def train_lsu(cfg: LSUExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
-    if mcfg.name not in LSU_REGISTRY:
-        raise KeyError(f"unknown LSU '{mcfg.name}'; registered: {sorted(LSU_REGISTRY)}")
-    size = data.image_size or LSU_REGISTRY[mcfg.name]["image_size"]
+    size = data.image_size or LSUS.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_lsu(mcfg.name, len(tokenizer), mcfg.dim)
     model.tokenizer = tokenizer
@@ -85,9 +83,7 @@ def train_lsu(cfg: LSUExperiment) -> TrainResult:
 
 def train_radcare(cfg: RadCAREExperiment) -> TrainResult:
     data, mcfg, weights, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
-    if mcfg.name not in RADCARE_REGISTRY:
-        raise KeyError(f"unknown RadCARE model '{mcfg.name}'; registered: {sorted(RADCARE_REGISTRY)}")
-    size = data.image_size or RADCARE_REGISTRY[mcfg.name]["image_size"]
+    size = data.image_size or RADCARES.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_radcare(mcfg.name, len(tokenizer), mask_ratio=mcfg.mask_ratio, degrade_scale=mcfg.degrade_scale)
     model.tokenizer = tokenizer

@@ -18,23 +18,18 @@ modality-specific feed-forward expert (vision or language). Objectives, each wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..modeling import RadLoopModel
+from ..registry import Registry
 
-__all__ = ["RadCARE", "MultiwayBlock", "RADCARE_REGISTRY", "build_radcare", "OBJECTIVES", "RadCAREWeights"]
+__all__ = ["RadCARE", "MultiwayBlock", "RADCARES", "build_radcare", "OBJECTIVES", "RadCAREWeights"]
 
 OBJECTIVES = ("restoration", "mlm", "postfix", "alignment")
-
-RADCARE_REGISTRY: dict[str, dict] = {
-    "radcare_tiny": {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2, "max_text_len": 64},
-    "radcare_small": {"image_size": 64, "patch_size": 8, "dim": 128, "depth": 4, "heads": 4, "max_text_len": 128},
-    "radcare_base": {"image_size": 224, "patch_size": 16, "dim": 768, "depth": 12, "heads": 12, "max_text_len": 128},
-}
-
 
 @dataclass
 class RadCAREWeights:
@@ -238,7 +233,14 @@ class RadCARE(RadLoopModel):
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
 
 
-def build_radcare(name: str, vocab_size: int, **overrides) -> RadCARE:
-    if name not in RADCARE_REGISTRY:
-        raise KeyError(f"unknown RadCARE model '{name}'; registered: {sorted(RADCARE_REGISTRY)}")
-    return RadCARE(vocab_size=vocab_size, **{**RADCARE_REGISTRY[name], **overrides})
+RADCARES = Registry("radcare", "CMCRL's RadCARE multiway encoder sizes")
+RADCARES.register("radcare_tiny", RadCARE, help="for tests", image_size=32, patch_size=8, dim=32, depth=2, heads=2,
+                  max_text_len=64)
+RADCARES.register("radcare_small", RadCARE, help="CPU runs at 64 px", image_size=64, patch_size=8, dim=128, depth=4,
+                  heads=4, max_text_len=128)
+RADCARES.register("radcare_base", RadCARE, help="GPU runs at 224 px", image_size=224, patch_size=16, dim=768,
+                  depth=12, heads=12, max_text_len=128)
+
+
+def build_radcare(name: str, vocab_size: int, **overrides: Any) -> RadCARE:
+    return RADCARES.build(name, vocab_size=vocab_size, **overrides)

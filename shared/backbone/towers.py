@@ -9,10 +9,22 @@ same cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import BasicBlock, ResNet
 
-__all__ = ["cxr_resnet_tiny", "cxr_resnet_small", "cxr_resnet_base"]
+from ..registry import Registry
+
+__all__ = ["TOWERS", "cxr_resnet_tiny", "cxr_resnet_small", "cxr_resnet_base"]
+
+#: the suite's CNN towers; each is also a timm model, so ``timm.create_model`` and open_clip's
+#: ``vision_cfg.timm_model_name`` build it by name.
+TOWERS = Registry("tower", "CNN image towers (also registered in timm)")
+
+
+def _register(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
+    return TOWERS.register()(register_model(fn))
 
 
 def _resnet(name: str, layers: tuple[int, ...], channels: tuple[int, ...], stem: int, output_stride: int,
@@ -27,19 +39,19 @@ def _resnet(name: str, layers: tuple[int, ...], channels: tuple[int, ...], stem:
                                 stem_width=stem, **kwargs)
 
 
-@register_model
+@_register
 def cxr_resnet_tiny(pretrained: bool = False, **kwargs) -> ResNet:
     """For tests: 4 stages of one block, 8-32 channels."""
     return _resnet("cxr_resnet_tiny", (1, 1, 1, 1), (8, 16, 32, 32), 8, 8, **kwargs)
 
 
-@register_model
+@_register
 def cxr_resnet_small(pretrained: bool = False, **kwargs) -> ResNet:
     """CPU recipe: 4 stages of one block, 32-256 channels, 8 x 8 grid at 64 px."""
     return _resnet("cxr_resnet_small", (1, 1, 1, 1), (32, 64, 128, 256), 32, 8, **kwargs)
 
 
-@register_model
+@_register
 def cxr_resnet_base(pretrained: bool = False, **kwargs) -> ResNet:
     """GPU: ResNet-18 layout (2-2-2-2 blocks, 64-512 channels) at output stride 16."""
     return _resnet("cxr_resnet_base", (2, 2, 2, 2), (64, 128, 256, 512), 64, 16, **kwargs)
