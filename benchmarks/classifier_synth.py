@@ -22,7 +22,6 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from evaluation.images import multilabel_auroc
 from evaluation.train_classifier import (
     ClassifierExperiment,
     classifier_dataset,
@@ -30,11 +29,11 @@ from evaluation.train_classifier import (
     predict_probs,
     train_classifier,
 )
-from shared.backbone import retrieval_metrics
 from shared.config import load_config
 from shared.data.dataset import collate_samples
 from shared.data.synthcxr import SynthConfig, generate_dataset
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics import multilabel_auroc, retrieval_metrics
 
 
 def main() -> None:

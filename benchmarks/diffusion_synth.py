@@ -25,12 +25,13 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from evaluation.image_eval import build_feature_extractor, load_image_set
-from evaluation.images import FeatureExtractor, extract_features, fid_report, multilabel_auroc
+from evaluation.images import FeatureExtractor, extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
 from evaluation.train_classifier import load_classifier
 from report2image import ReportToCXRPipeline
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics import multilabel_auroc
 
 
 def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from report_synth import truth_labels  # a sibling script: python puts benchmarks/ on the path
 
-from evaluation.clinical import clinical_efficacy
 from image2report.decoding import DecodingConfig, decode
 from image2report.generator import ReportGenerator
 from shared.data.dataset import ReportImageDataset
+from shared.metrics.clinical import clinical_efficacy
 from shared.text.labeler import ReportLabeler
 
 

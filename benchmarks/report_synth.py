@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from evaluation.clinical import clinical_efficacy
 from evaluation.reports import evaluate_reports
 from evaluation.train_classifier import ClassifierExperiment, train_classifier
 from image2report.generator import ReportGenerator
@@ -40,6 +39,7 @@ from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment, train_lsu
 from shared.config import load_config, read_json
 from shared.data.dataset import ReportImageDataset
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics import aggregate_seeds, clinical_efficacy
 from shared.text.labeler import ReportLabeler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +120,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": [r["seed"] for r in runs],
                            "recipe_seconds_mean": round(float(np.mean([r["recipe_seconds"] for r in runs])), 1)}
     for mode in ("greedy", "beam3"):
-        out[mode] = {k: {"mean": round(float(np.mean(v := [r[mode][k] for r in runs])), 4),
-                         "std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 4)} for k in KEYS}
+        stats = aggregate_seeds([{k: r[mode][k] for k in KEYS} for r in runs])
+        out[mode] = {k: {"mean": round(v["mean"], 4), "std": round(v["std"], 4)} for k, v in stats.items()}
         out[f"{mode}_reports_per_s"] = round(float(np.mean([r[f"{mode}_reports_per_s"] for r in runs])), 2)
     return out
 

@@ -19,6 +19,7 @@ from torchvision import transforms as T
 
 from shared.data.dataset import ReportImageDataset
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics import multilabel_auroc
 from shared.text.labeler import ReportLabeler
 
 from .images import (
@@ -27,7 +28,6 @@ from .images import (
     extract_features,
     fid_report,
     ms_ssim_diversity,
-    multilabel_auroc,
 )
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
-
-from .clinical import binarize, clinical_efficacy
-from .nlg import nlg_scores
+from shared.metrics.clinical import binarize, clinical_efficacy
+from shared.metrics.nlg import nlg_scores
 
 __all__ = ["report_round_trip", "image_round_trip", "counterfactual_metrics", "psnr", "ssim_map"]
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from shared.config import read_json
+from shared.metrics.clinical import clinical_efficacy
+from shared.metrics.nlg import align, nlg_scores
 from shared.text.labeler import ReportLabeler
 
-from .clinical import clinical_efficacy
 from .diversity import diversity_scores
-from .nlg import align, nlg_scores
 
 __all__ = ["evaluate_reports", "load_report_map", "markdown_table"]
 

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig, Trainer, TrainResult, training_loader
 
 from .classifier import CXRClassifier, build_classifier
-from .images import multilabel_auroc
 
 logger = logging.getLogger(__name__)
 

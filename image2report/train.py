@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.metrics import clinical_efficacy, nlg_scores
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TrainConfig, Trainer, TrainResult, training_loader
@@ -114,30 +115,23 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
         samples = [val_ds[i] for i in val_idx]
         preds = gen.generate_for(samples)
         refs = [s["report"] for s in samples]
-        return _val_scores(preds, refs, labeler)
+        return _val_scores(preds, refs, labeler, data.dataset)
 
     trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_val, select_metric="ce_micro_f1", select_mode="max",
                       save_extra=tokenizer.save_pretrained)
     return trainer.train()
 
 
-def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler) -> dict[str, float]:
-    """Validation CE micro-F1 (labeler on both sides) and BLEU-4, without METEOR (no Java on the hot path).
+def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler, dataset: str) -> dict[str, float]:
+    """Validation CE micro-F1 (labeler on both sides, uncertain as negative) and BLEU-4.
 
-    image2report may not import ``evaluation`` (sibling packages), so this small model-selection
-    score is computed here; the reported test metrics come from ``radloop evaluate reports``.
+    The same implementations ``radloop evaluate reports`` uses (:mod:`shared.metrics`); METEOR is
+    left out of model selection (it needs a Java process per call).
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    from shared.text.tokenizer import clean_report
-
-    p, r = labeler.label_batch(preds) == 1, labeler.label_batch(refs) == 1
-    tp, fp, fn = float((p & r).sum()), float((p & ~r).sum()), float((~p & r).sum())
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    gts = {i: [clean_report(x) or "<empty>"] for i, x in enumerate(refs)}
-    res = {i: [clean_report(x) or "<empty>"] for i, x in enumerate(preds)}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return {"ce_micro_f1": f1, "bleu_4": float(bleu[3]), "mean_length": float(np.mean([len(x.split()) for x in preds]))}
+    ce = clinical_efficacy(labeler.label_batch(preds), labeler.label_batch(refs))
+    bleu = nlg_scores(preds, refs, clean=dataset, meteor=False, only=("bleu",))
+    return {"ce_micro_f1": ce["ce_micro_f1"], "bleu_4": float(bleu["bleu_4"]),
+            "mean_length": float(np.mean([len(x.split()) for x in preds]))}
 
 
 def generate_reports(checkpoint: str, annotation: str, split: str = "test", num_beams: int = 3,

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.clinical import binarize, per_label_scores
 from evaluation.reports import evaluate_reports
-from evaluation.stats import mean_ci
 from image2report.train import ReportExperiment, generate_reports, train_report_model
 from shared.config import atomic_write_text
 from shared.data.dataset import load_records
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
+from shared.metrics.clinical import binarize, per_label_scores
+from shared.metrics.stats import mean_ci
 from shared.text.labeler import ReportLabeler
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from evaluation.image_eval import build_feature_extractor, load_image_set
-from evaluation.images import FeatureExtractor, extract_features, fid_report, multilabel_auroc
+from evaluation.images import FeatureExtractor, extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
 from evaluation.reports import evaluate_reports
 from evaluation.train_classifier import (
@@ -48,6 +48,7 @@ from shared.backbone.train import BackboneDataConfig, BackboneExperiment, Backbo
 from shared.config import atomic_write_text
 from shared.data.synthcxr import SynthConfig, counterfactual_edits, generate_dataset, read_attributes
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
+from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig
 
 from . import html_report as H

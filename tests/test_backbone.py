@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from radloop.cli import main
-from shared.backbone import RadCLIP, build_backbone, load_model_config, retrieval_metrics
+from shared.backbone import RadCLIP, build_backbone, load_model_config
 from shared.backbone.train import contrastive_loss
+from shared.metrics import retrieval_metrics
 from shared.text.tokenizer import ReportTokenizer
 
 TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."], min_freq=1)

@@ -14,10 +14,10 @@ from evaluation.images import (
     fid_kid_from_features,
     fid_report,
     ms_ssim_diversity,
-    multilabel_auroc,
     split_half_floor,
 )
 from radloop.cli import main
+from shared.metrics import multilabel_auroc
 
 
 def _feats(n, d=6, shift=0.0, seed=0):

@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.clinical import binarize, clinical_efficacy
 from evaluation.diversity import diversity_scores
-from evaluation.nlg import java_status, nlg_scores
 from evaluation.reports import evaluate_reports, load_report_map
-from evaluation.stats import aggregate_seeds, approximate_randomization, mean_ci, paired_bootstrap
 from radloop.cli import main
 from shared.labels import CHEXPERT_LABELS
+from shared.metrics.clinical import binarize, clinical_efficacy
+from shared.metrics.nlg import java_status, nlg_scores
+from shared.metrics.stats import aggregate_seeds, approximate_randomization, mean_ci, paired_bootstrap
 
 REFS = ["The heart is normal in size. No pleural effusion.", "Small right pleural effusion. No pneumothorax.",
         "Moderate cardiomegaly. The lungs are clear.", "No acute cardiopulmonary abnormality."]
@@ -168,3 +168,13 @@ def test_cli_evaluate_reports_bad_files(tmp_path, capsys, content, message):
     (tmp_path / "r.json").write_text('{"a": "x"}')
     assert main(["evaluate", "reports", "--pred", str(tmp_path / "p.json"), "--ref", str(tmp_path / "r.json")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_nlg_scores_subset_matches_the_full_run():
+    preds, refs = ["the heart is normal .", "no effusion"], ["the heart is normal in size .", "small effusion"]
+    full = nlg_scores(preds, refs, meteor=False)
+    bleu = nlg_scores(preds, refs, meteor=False, only=("bleu",))
+    assert set(bleu) == {f"bleu_{n}" for n in range(1, 5)}
+    assert all(bleu[k] == full[k] for k in bleu)
+    with pytest.raises(ValueError, match="unknown NLG metric\\(s\\) \\['spice'\\]"):
+        nlg_scores(preds, refs, only=("spice",))

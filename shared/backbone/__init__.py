@@ -1,7 +1,5 @@
 """The shared vision-language backbone (open_clip towers), UAR's LSU and CRA, and CMCRL's RadCARE."""
 
 from .clip import BACKBONES, BackboneOutput, RadCLIP, build_backbone, load_model_config
-from .retrieval import retrieval_metrics
 
-__all__ = ["BACKBONES", "BackboneOutput", "RadCLIP", "build_backbone", "load_model_config",
-           "retrieval_metrics"]
+__all__ = ["BACKBONES", "BackboneOutput", "RadCLIP", "build_backbone", "load_model_config"]

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import ReportImageDataset, collate_samples
 from ..labels import CHEXPERT_LABELS
+from ..metrics.retrieval import retrieval_metrics
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
 from ..training import TrainConfig, Trainer, TrainResult, training_loader
 from .clip import RadCLIP, build_backbone, config_image_size, load_model_config
 from .losses import LabelAwareClipLoss
-from .retrieval import retrieval_metrics
 
 logger = logging.getLogger(__name__)
 

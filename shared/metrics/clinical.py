@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.labels import CHEXBERT_5, CHEXPERT_LABELS
+from ..labels import CHEXBERT_5, CHEXPERT_LABELS
 
 __all__ = ["binarize", "clinical_efficacy", "per_label_scores"]
 

@@ -17,13 +17,14 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from shared.text.tokenizer import clean_report
+from ..text.tokenizer import clean_report
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["java_status", "nlg_scores", "align"]
 
 NLG_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
+_METRICS = ("bleu", "meteor", "rouge_l", "cider")
 
 
 def java_status() -> tuple[bool, str]:
@@ -70,6 +71,7 @@ def nlg_scores(
     refs: Sequence[str],
     clean: str | None = "iu_xray",
     meteor: bool | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, float | str]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of ``preds`` against ``refs`` (same order).
 
@@ -79,6 +81,8 @@ def nlg_scores(
             when the texts are already cleaned.
         meteor: ``True`` requires METEOR (raises without Java), ``False`` skips it, ``None``
             computes it when Java works and otherwise reports NaN with ``meteor_error``.
+        only: a subset of ``("bleu", "meteor", "rouge_l", "cider")`` to compute (all by default),
+            e.g. BLEU alone for model selection inside a training run.
 
     Returns:
         ``{"bleu_1", ..., "bleu_4", "meteor", "rouge_l", "cider"}`` (and ``meteor_error`` when skipped).
@@ -91,6 +95,9 @@ def nlg_scores(
         raise ValueError(f"got {len(preds)} predictions for {len(refs)} references")
     if not refs:
         raise ValueError("no reports to score")
+    wanted = set(only) if only is not None else set(_METRICS)
+    if wanted - set(_METRICS):
+        raise ValueError(f"unknown NLG metric(s) {sorted(wanted - set(_METRICS))}; known: {', '.join(_METRICS)}")
 
     def prep(text: str) -> str:
         text = clean_report(text, clean) if clean else text
@@ -100,8 +107,20 @@ def nlg_scores(
     gts = {i: [prep(r)] for i, r in enumerate(refs)}
     res = {i: [prep(p)] for i, p in enumerate(preds)}
     out: dict[str, float | str] = {}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    out.update({f"bleu_{n + 1}": float(b) for n, b in enumerate(bleu)})
+    if "bleu" in wanted:
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out.update({f"bleu_{n + 1}": float(b) for n, b in enumerate(bleu)})
+    if "meteor" in wanted:
+        out.update(_meteor_or_nan(gts, res, meteor))
+    if "rouge_l" in wanted:
+        out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    if "cider" in wanted:
+        out["cider"] = float(Cider().compute_score(gts, res)[0])
+    return out
+
+
+def _meteor_or_nan(gts: dict[int, list[str]], res: dict[int, list[str]], meteor: bool | None) -> dict[str, float | str]:
+    out: dict[str, float | str] = {}
     ok, why = java_status() if meteor is not False else (False, "METEOR skipped on request")
     if ok:
         out["meteor"] = _meteor(gts, res)
@@ -112,6 +131,4 @@ def nlg_scores(
             logger.warning("METEOR cannot run (%s); reporting NaN", why)
         out["meteor"] = math.nan
         out["meteor_error"] = why
-    out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    out["cider"] = float(Cider().compute_score(gts, res)[0])
     return out
