@@ -22,13 +22,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from evaluation.train_classifier import (
-    ClassifierExperiment,
-    classifier_dataset,
-    load_classifier,
-    predict_probs,
-    train_classifier,
-)
+from evaluation.train_classifier import ClassifierExperiment, load_classifier, predict_probs, train_classifier
+from shared.backbone.train_tower import classifier_dataset
 from shared.config import load_config
 from shared.data.dataset import collate_samples
 from shared.data.synthcxr import SynthConfig, generate_dataset

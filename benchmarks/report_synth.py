@@ -32,10 +32,10 @@ import torch
 from omegaconf import OmegaConf
 
 from evaluation.reports import evaluate_reports
-from evaluation.train_classifier import ClassifierExperiment, train_classifier
 from image2report.generator import ReportGenerator
 from image2report.train import ReportExperiment, train_report_model
 from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment, train_lsu, train_radcare
+from shared.backbone.train_tower import TowerExperiment, train_tower
 from shared.config import load_config, read_json
 from shared.data.dataset import ReportImageDataset
 from shared.labels import CHEXPERT_LABELS
@@ -45,9 +45,9 @@ from shared.text.labeler import ReportLabeler
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINING = {"uar": ("lsu", LSUExperiment, train_lsu, "init_lsu_from"),
                "cmcrl": ("radcare", RadCAREExperiment, train_radcare, "init_radcare_from"),
-               "ifnet_pt": ("ifnet_tower", ClassifierExperiment, train_classifier, "init_visual_from"),
-               "baseline_pt": ("ifnet_tower", ClassifierExperiment, train_classifier, "init_visual_from"),
-               "ifnet_pt_small": ("ifnet_tower_small", ClassifierExperiment, train_classifier, "init_visual_from")}
+               "ifnet_pt": ("ifnet_tower", TowerExperiment, train_tower, "init_visual_from"),
+               "baseline_pt": ("ifnet_tower", TowerExperiment, train_tower, "init_visual_from"),
+               "ifnet_pt_small": ("ifnet_tower_small", TowerExperiment, train_tower, "init_visual_from")}
 KEYS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1",
         "truth_ce_micro_f1", "truth_ce_macro_f1", "unique_report_rate"]
 

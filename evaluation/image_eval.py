@@ -87,7 +87,7 @@ def build_feature_extractor(spec: str, classifier: torch.nn.Module | None = None
     if spec.startswith("timm:"):
         import timm
 
-        from .classifier import load_state_dict_file
+        from shared.modeling import load_state_dict_file
 
         parts = spec.split(":", 2)
         model = timm.create_model(parts[1], pretrained=False, num_classes=0, in_chans=1)

@@ -252,9 +252,9 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         return len(vision)
 
 
-REPORT_DECODERS.register("cmcrl", CMCRLReportModel, radcare="radcare_small", num_layers=3, num_heads=4,
+REPORT_DECODERS.register("cmcrl", CMCRLReportModel, help="paper setting (GPU)", radcare="radcare_small", num_layers=3, num_heads=4,
                          ff_dim=512)
-REPORT_DECODERS.register("cmcrl_small", CMCRLReportModel, radcare="radcare_small", num_layers=2,
+REPORT_DECODERS.register("cmcrl_small", CMCRLReportModel, help="CPU recipe size", radcare="radcare_small", num_layers=2,
                          num_heads=4, ff_dim=256)
-REPORT_DECODERS.register("cmcrl_tiny", CMCRLReportModel, radcare="radcare_tiny", image_size=32,
+REPORT_DECODERS.register("cmcrl_tiny", CMCRLReportModel, help="for tests", radcare="radcare_tiny", image_size=32,
                          num_layers=1, num_heads=2, ff_dim=64, num_local=3)

@@ -245,8 +245,8 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
                                  aux={"ce": ce.detach(), "label_bce": bce.detach()})
 
 
-REPORT_DECODERS.register("ifnet", IFNetReportModel, visual="cxr_resnet_small", d_model=256, num_layers=3)
-REPORT_DECODERS.register("ifnet_small", IFNetReportModel, visual="cxr_resnet_tiny", d_model=128,
+REPORT_DECODERS.register("ifnet", IFNetReportModel, help="paper setting (GPU)", visual="cxr_resnet_small", d_model=256, num_layers=3)
+REPORT_DECODERS.register("ifnet_small", IFNetReportModel, help="CPU recipe size", visual="cxr_resnet_tiny", d_model=128,
                          num_layers=2, num_heads=4, ff_dim=256)
-REPORT_DECODERS.register("ifnet_tiny", IFNetReportModel, visual="cxr_resnet_tiny", image_size=32,
+REPORT_DECODERS.register("ifnet_tiny", IFNetReportModel, help="for tests", visual="cxr_resnet_tiny", image_size=32,
                          d_model=32, num_layers=1, num_heads=2, ff_dim=64)

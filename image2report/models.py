@@ -8,7 +8,6 @@ registered in timm), so a trained RadCLIP folder or a findings classifier traine
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from shared.modeling import RadLoopModel, load_state_dict_file
+from shared.config import read_json
+from shared.modeling import RadLoopModel
 from shared.registry import Registry
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_DECODERS", "build_report_model",
@@ -101,7 +101,7 @@ class GridVisualMixin(ReportDecoderMixin):
     def init_visual_from(self, source_dir: str) -> int:
         """Copy a trained image tower into the visual extractor; returns the number of tensors copied.
 
-        ``source_dir``: a RadCLIP folder (its image tower) or a CXRClassifier folder (its timm
+        ``source_dir``: a RadCLIP folder (its image tower) or a TowerPretrainer folder (its timm
         backbone; a one-channel stem is spread over the three input channels, which keeps its
         output on grey images unchanged). Every tensor of the tower must match by name and shape.
         """
@@ -123,24 +123,27 @@ class GridVisualMixin(ReportDecoderMixin):
 
 
 def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The timm image-tower state dict of a RadCLIP or CXRClassifier folder, as saved (a classifier's
-    stem may take one channel; :meth:`GridVisualMixin.init_visual_from` spreads it over three)."""
+    """The timm image-tower state dict of a RadCLIP or TowerPretrainer folder, as saved (a pre-trainer's
+    stem may take one channel; :meth:`GridVisualMixin.init_visual_from` spreads it over three).
+
+    A judge classifier's folder (``CXRClassifier``) is refused: the model that scores generated
+    images must never share weights with a generator.
+    """
+    from shared.backbone import RadCLIP
+    from shared.backbone.classifier import TowerPretrainer
+
     config_file = Path(source_dir) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or CXRClassifier folder")
-    kind = json.loads(config_file.read_text()).get("_class_name")
+        raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or TowerPretrainer folder")
+    kind = read_json(config_file).get("_class_name")
     if kind == "RadCLIP":
-        from shared.backbone import RadCLIP
-
-        state = RadCLIP.from_pretrained(source_dir).clip.visual.trunk.state_dict()
-    elif kind == "CXRClassifier":
-        from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-
-        weights = load_state_dict_file(Path(source_dir) / SAFETENSORS_WEIGHTS_NAME)
-        state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
-    else:
-        raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or CXRClassifier image tower")
-    return state
+        return RadCLIP.from_pretrained(source_dir).clip.visual.trunk.state_dict()
+    if kind == "TowerPretrainer":
+        return TowerPretrainer.from_pretrained(source_dir).backbone.state_dict()
+    if kind == "CXRClassifier":
+        raise ValueError(f"{source_dir} holds the judge classifier, which never initialises a generator; "
+                         "pre-train the tower with `radloop train tower`")
+    raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or TowerPretrainer image tower")
 
 
 def build_image_tower(visual: str) -> nn.Module:

@@ -20,7 +20,7 @@ from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
-from shared.training import TrainConfig, Trainer, TrainResult, training_loader
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 
 from .decoding import DecodingConfig
 from .generator import ReportGenerator
@@ -73,6 +73,8 @@ def _dataset(data: ReportDataConfig, split: str, train: bool) -> ReportImageData
                               max_views=data.max_views)
 
 
+@TRAINERS.register("report", help="report decoder (baseline, uar, cmcrl, ifnet)",
+                   meta={"experiment": ReportExperiment, "metric": "CE micro-F1"})
 def train_report_model(cfg: ReportExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     train_ds, val_ds = _dataset(data, "train", True), _dataset(data, "val", False)

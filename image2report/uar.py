@@ -161,9 +161,9 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         self.unifier.vq.load_state_dict(trained.vq.state_dict())
 
 
-REPORT_DECODERS.register("uar", UARReportModel, lsu="lsu_small", d_model=256, num_layers=3)
+REPORT_DECODERS.register("uar", UARReportModel, help="paper setting (GPU)", lsu="lsu_small", d_model=256, num_layers=3)
 # the CPU recipe's size (configs/synth/uar.yaml): the stages switch halfway through its 500 steps
-REPORT_DECODERS.register("uar_small", UARReportModel, lsu="lsu_small", d_model=128, num_layers=2,
+REPORT_DECODERS.register("uar_small", UARReportModel, help="CPU recipe size", lsu="lsu_small", d_model=128, num_layers=2,
                          num_heads=4, ff_dim=256, num_basis=256, stage_one_steps=250)
-REPORT_DECODERS.register("uar_tiny", UARReportModel, lsu="lsu_tiny", image_size=32, d_model=32,
+REPORT_DECODERS.register("uar_tiny", UARReportModel, help="for tests", lsu="lsu_tiny", image_size=32, d_model=32,
                          num_layers=1, num_heads=2, ff_dim=64, num_basis=64, stage_one_steps=2)

@@ -96,33 +96,37 @@ def cmd_evaluate_reports(args: argparse.Namespace) -> int:
     return 0
 
 
-#: train verb -> (module, experiment dataclass, train function, what its selection metric is)
-TRAINERS = {
-    "backbone": ("shared.backbone.train", "BackboneExperiment", "train_backbone",
-                 "contrastive vision-language backbone (RadCLIP)", "image->report label precision@5"),
-    "lsu": ("shared.backbone.pretrain", "LSUExperiment", "train_lsu",
-            "UAR's Latent Space Unifier: the VQ image tokenizer", "reconstruction L1"),
-    "radcare": ("shared.backbone.pretrain", "RadCAREExperiment", "train_radcare",
-                "CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)", "loss"),
-    "report": ("image2report.train", "ReportExperiment", "train_report_model",
-               "report decoder (baseline, uar, cmcrl, ifnet)", "CE micro-F1"),
-    "diffusion": ("report2image.train", "DiffusionExperiment", "train_diffusion",
-                  "latent diffusion report -> CXR (autoencoder, then UNet + conditioner)", "denoising loss"),
-    "classifier": ("evaluation.train_classifier", "ClassifierExperiment", "train_classifier",
-                   "multilabel CXR classifier (the mAUC judge and a FID feature space)", "mAUC"),
-}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    import importlib
+    from shared.training import TRAINERS
 
-    module, experiment, fn, _, metric = TRAINERS[args.train_verb]
-    mod = importlib.import_module(module)
-    cfg = load_config(getattr(mod, experiment)(), args.config, args.overrides)
+    from .registries import load_registries
+
+    load_registries()
+    entry = TRAINERS.get(args.train_verb)
+    cfg = load_config(entry.meta["experiment"](), args.config, args.overrides)
     save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
-    result = getattr(mod, fn)(OmegaConf.to_object(cfg))
-    _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {metric} {result.best_metric} "
-          f"at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    result = entry.builder(OmegaConf.to_object(cfg))
+    _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {entry.meta['metric']} "
+          f"{result.best_metric} at step {result.best_step}; weights in {cfg.train.output_dir}/best")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from shared.registry import get_registry
+
+    from .registries import list_families, load_registries
+
+    load_registries()
+    families = [args.family] if args.family else list_families()
+    for family in families:
+        registry = get_registry(family)
+        names = registry.list(args.filter)
+        if not names:
+            continue
+        _echo(f"{family}: {registry.description}")
+        for name in names:
+            entry = registry.get(name)
+            _echo(f"  {name:<28} {entry.help}".rstrip())
     return 0
 
 
@@ -222,7 +226,21 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _trainers(load: bool) -> list[tuple[str, str]]:
+    """(name, help) of every trainer; without ``load`` none (importing them costs seconds)."""
+    if not load:
+        return []
+    from shared.training import TRAINERS
+
+    from .registries import load_registries
+
+    load_registries()
+    return [(e.name, e.help) for e in TRAINERS.entries()]
+
+
+def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
+    """The ``radloop`` parser; ``with_trainers=False`` leaves out the ``train`` sub-verbs, whose
+    modules take seconds to import, when the command line does not train."""
     parser = argparse.ArgumentParser(
         prog="radloop", description="RadLoop: chest X-ray report generation, report-to-image generation, and the loop."
     )
@@ -285,12 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate_images)
 
-    train = verbs.add_parser("train", help="train a model").add_subparsers(dest="train_verb", metavar="<what>", required=True)
-    for verb, (_, _, _, what, _) in TRAINERS.items():
-        p = train.add_parser(verb, help=what)
+    train = verbs.add_parser("train", help="train a model (`radloop models --family trainer` lists what)")
+    train_verbs = train.add_subparsers(dest="train_verb", metavar="<what>", required=True)
+    for verb, what in _trainers(with_trainers):
+        p = train_verbs.add_parser(verb, help=what)
         p.add_argument("--config", help="experiment YAML (sections data, model, train; radcare also loss)")
         p.add_argument("overrides", nargs="*", metavar="key=value")
         p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("models", help="list every registered model and trainer, per family",
+                         description="Names for model.name in configs, build_*() and `radloop train`.")
+    p.add_argument("--family", help="one family (backbone, tower, report_decoder, ldm, trainer, ...)")
+    p.add_argument("--filter", default="*", help="fnmatch pattern, e.g. '*_tiny'")
+    p.set_defaults(func=cmd_models)
 
     generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
         dest="generate_verb", metavar="<what>", required=True)
@@ -346,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radloop`` console script; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_trainers="train" in argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

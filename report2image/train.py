@@ -33,7 +33,7 @@ from shared.config import atomic_write_text
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
-from shared.training import TrainConfig, Trainer, TrainResult, training_loader
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 
 from .conditioning import (
     ConditionOutput,
@@ -266,6 +266,8 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
     return backbone
 
 
+@TRAINERS.register("diffusion", help="latent diffusion report -> CXR (autoencoder, then UNet + conditioner)",
+                   meta={"experiment": DiffusionExperiment, "metric": "denoising loss"})
 def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     ldm = load_ldm_config(mcfg.name)

@@ -90,3 +90,17 @@ def test_demo_quick_writes_every_section_with_finite_numbers(tmp_path, capsys):
     cells = re.findall(r"<td>([^<]*)</td>", page)
     assert not any(c.strip().lower() in ("nan", "inf", "-inf") for c in cells)
     assert (out / "training_curves.png").is_file()
+
+
+def test_models_lists_every_family_and_filters(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for family in ("backbone:", "tower:", "lsu:", "radcare:", "tower_pretrainer:", "classifier:", "report_decoder:",
+                   "ldm:", "trainer:"):
+        assert family in out
+    assert main(["models", "--family", "report_decoder", "--filter", "*_tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("report_decoder:") and {ln.split()[0] for ln in lines[1:]} == {
+        "baseline_tiny", "uar_tiny", "cmcrl_tiny", "ifnet_tiny"}
+    assert main(["models", "--family", "nope"]) == 2
+    assert "unknown model family 'nope'; known: backbone" in capsys.readouterr().err

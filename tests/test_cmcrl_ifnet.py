@@ -195,9 +195,9 @@ def test_train_cmcrl_on_radcare_and_ifnet_two_steps(tmp_path, tiny_synth, capsys
                  f"model.init_radcare_from={radcare}", *common, f"train.output_dir={tmp_path / 'cmcrl'}"]) == 0
     assert ReportGenerator.from_pretrained(tmp_path / "cmcrl" / "best").model.config.use_ldm
     # IFNet on an image tower pre-trained as a findings classifier (the labeler's labels of the reports)
-    clf = ["train", "classifier", f"data.annotation={ann}", "model.name=classifier_tiny", "data.image_size=32",
-           "data.batch_size=8", "data.label_source=labeler", "train.max_steps=2", "train.progress=false"]
-    assert main([*clf, "model.arch=cxr_resnet_tiny", f"train.output_dir={tmp_path / 'clf'}"]) == 0
+    clf = ["train", "tower", f"data.annotation={ann}", "model.name=tower_pretrainer_tiny", "data.image_size=32",
+           "data.batch_size=8", "train.max_steps=2", "train.progress=false"]
+    assert main([*clf, f"train.output_dir={tmp_path / 'clf'}"]) == 0
     assert main(["train", "report", f"data.annotation={ann}", "model.name=ifnet_tiny", *common,
                  f"model.init_visual_from={tmp_path / 'clf' / 'final'}", f"train.output_dir={tmp_path / 'ifnet'}"]) == 0
     assert "train/label_bce" in (tmp_path / "ifnet" / "history.json").read_text()

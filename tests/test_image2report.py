@@ -110,9 +110,10 @@ def test_generator_refuses_other_checkpoints(tmp_path):
         ReportGenerator.from_pretrained(tmp_path / "none")
 
 
-def test_init_visual_from_backbone_and_classifier(tmp_path):
+def test_init_visual_from_backbone_and_tower_pretrainer(tmp_path):
     from evaluation.classifier import build_classifier
     from shared.backbone import build_backbone
+    from shared.backbone.classifier import build_tower_pretrainer
 
     x = torch.randn(2, 1, 32, 32)
     # A RadCLIP folder: the report tower computes what the backbone's image tower computes.
@@ -123,9 +124,9 @@ def test_init_visual_from_backbone_and_classifier(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(m.image_encoder.forward_features(x.expand(-1, 3, -1, -1)),
                                    backbone.clip.visual.trunk.forward_features(x.expand(-1, 3, -1, -1)))
-    # A classifier folder with a one-channel stem: the same features from the grey image repeated.
+    # A tower pre-trainer with a one-channel stem: the same features from the grey image repeated.
     torch.manual_seed(1)
-    clf = build_classifier("classifier_tiny", arch="cxr_resnet_tiny").eval()
+    clf = build_tower_pretrainer("tower_pretrainer_tiny").eval()
     clf.save_pretrained(tmp_path / "clf")
     m = _model()
     assert m.init_visual_from(str(tmp_path / "clf")) == len(m.image_encoder.state_dict())
@@ -136,8 +137,12 @@ def test_init_visual_from_backbone_and_classifier(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json missing"):
         m.init_visual_from(str(tmp_path / "none"))
     m.save_pretrained(tmp_path / "report")
-    with pytest.raises(ValueError, match="describes a BaselineReportModel, not a RadCLIP or CXRClassifier"):
+    with pytest.raises(ValueError, match="describes a BaselineReportModel, not a RadCLIP or TowerPretrainer"):
         m.init_visual_from(str(tmp_path / "report"))
-    build_classifier("classifier_tiny").save_pretrained(tmp_path / "other")  # timm's test_resnet: nothing fits
+    # The judge never initialises a generator, even with a tower that would fit.
+    build_classifier("classifier_tiny", arch="cxr_resnet_tiny").save_pretrained(tmp_path / "judge")
+    with pytest.raises(ValueError, match="holds the judge classifier, which never initialises a generator"):
+        m.init_visual_from(str(tmp_path / "judge"))
+    build_tower_pretrainer("tower_pretrainer_tiny", arch="test_resnet").save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="does not fit visual='cxr_resnet_tiny'"):
         m.init_visual_from(str(tmp_path / "other"))

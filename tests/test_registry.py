@@ -9,7 +9,7 @@ import pytest
 import evaluation.classifier  # noqa: F401  (registers the judge classifiers)
 import image2report  # noqa: F401  (registers every report decoder)
 import report2image.models  # noqa: F401  (registers the latent-diffusion configs)
-from shared.backbone import lsu, radcare, towers  # noqa: F401
+from shared.backbone import classifier, lsu, radcare, towers  # noqa: F401
 from shared.registry import Registry, UnknownNameError, get_registry, list_models
 
 
@@ -72,6 +72,7 @@ def test_every_family_is_registered_with_tiny_variants():
         "lsu": {"lsu_tiny", "lsu_small"},
         "radcare": {"radcare_tiny", "radcare_small"},
         "classifier": {"classifier_tiny", "densenet121"},
+        "tower_pretrainer": {"tower_pretrainer_tiny", "tower_pretrainer_small"},
         "report_decoder": {f"{d}{s}" for d in ("baseline", "uar", "cmcrl", "ifnet") for s in ("", "_small", "_tiny")},
         "ldm": {"ldm_tiny", "ldm_small", "ldm_base"},
     }

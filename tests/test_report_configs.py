@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from evaluation.train_classifier import ClassifierExperiment
 from image2report.models import build_report_model
 from image2report.train import ReportExperiment
+from shared.backbone.classifier import TOWER_PRETRAINERS
 from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment
+from shared.backbone.train_tower import TowerExperiment
 from shared.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -30,8 +31,8 @@ def test_report_config_builds_its_model(path):
 
 
 @pytest.mark.parametrize("name,schema", [("lsu", LSUExperiment), ("radcare", RadCAREExperiment),
-                                         ("ifnet_tower", ClassifierExperiment),
-                                         ("ifnet_tower_small", ClassifierExperiment)])
+                                         ("ifnet_tower", TowerExperiment),
+                                         ("ifnet_tower_small", TowerExperiment)])
 def test_pretraining_configs_load(name, schema):
     assert load_config(schema(), CONFIGS / "synth" / f"{name}.yaml").train.max_steps > 0
 
@@ -39,11 +40,12 @@ def test_pretraining_configs_load(name, schema):
 @pytest.mark.parametrize("model,tower_name", [("ifnet_pt", "ifnet_tower"), ("baseline_pt", "ifnet_tower"),
                                          ("ifnet_pt_small", "ifnet_tower_small")])
 def test_tower_config_matches_the_pretrained_decoders(model, tower_name):
-    tower = load_config(ClassifierExperiment(), CONFIGS / "synth" / f"{tower_name}.yaml")
+    tower = load_config(TowerExperiment(), CONFIGS / "synth" / f"{tower_name}.yaml")
     report = OmegaConf.to_object(load_config(ReportExperiment(), CONFIGS / "synth" / f"{model}.yaml"))
     assert tower.data.label_source == "labeler"  # labels from the reports, as IFNet's own label head
     decoder = build_report_model(report.model.name, 50, **report.model.options)
-    assert decoder.config.visual == tower.model.arch
+    arch = tower.model.arch or TOWER_PRETRAINERS.config(tower.model.name)["arch"]
+    assert decoder.config.visual == arch
     assert report.model.init_visual_from == f"{tower.train.output_dir}/best"
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import collate_samples
-from ..training import TrainConfig, Trainer, TrainResult
+from ..training import TRAINERS, TrainConfig, Trainer, TrainResult
 from .lsu import LSUS, build_lsu
 from .radcare import RADCARES, RadCAREWeights, build_radcare
 from .train import BackboneDataConfig, prepare_pairs
@@ -62,6 +62,8 @@ def _val_loss(m: torch.nn.Module, val_loader: DataLoader, fn) -> float:
     return total / max(n, 1)
 
 
+@TRAINERS.register("lsu", help="UAR's Latent Space Unifier: the VQ image tokenizer",
+                   meta={"experiment": LSUExperiment, "metric": "reconstruction L1"})
 def train_lsu(cfg: LSUExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     size = data.image_size or LSUS.config(mcfg.name)["image_size"]
@@ -81,6 +83,8 @@ def train_lsu(cfg: LSUExperiment) -> TrainResult:
     return trainer.train()
 
 
+@TRAINERS.register("radcare", help="CMCRL's RadCARE pre-training (restoration, MLM, postfix, alignment)",
+                   meta={"experiment": RadCAREExperiment, "metric": "loss"})
 def train_radcare(cfg: RadCAREExperiment) -> TrainResult:
     data, mcfg, weights, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     size = data.image_size or RADCARES.config(mcfg.name)["image_size"]

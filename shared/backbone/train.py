@@ -21,7 +21,7 @@ from ..labels import CHEXPERT_LABELS
 from ..metrics.retrieval import retrieval_metrics
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
-from ..training import TrainConfig, Trainer, TrainResult, training_loader
+from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 from .clip import RadCLIP, build_backbone, config_image_size, load_model_config
 from .losses import LabelAwareClipLoss
 
@@ -130,6 +130,8 @@ def dataset_labels(ds: ReportImageDataset) -> np.ndarray:
     return ReportLabeler().label_batch(ds.reports)
 
 
+@TRAINERS.register("backbone", help="contrastive vision-language backbone (RadCLIP)",
+                   meta={"experiment": BackboneExperiment, "metric": "image->report label precision@5"})
 def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
     if mcfg.findings_weight < 0:
