@@ -34,6 +34,9 @@ __all__ = ["ReportExperiment", "train_report_model", "generate_reports"]
 @dataclass
 class ReportDataConfig:
     annotation: str = "data/synthcxr/annotation.json"
+    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
+    #: or ``images/`` beside it when the paths resolve only there
+    image_root: str | None = None
     image_size: int = 64
     resize: int | None = None
     max_views: int = 1
@@ -69,8 +72,8 @@ class ReportExperiment:
 
 
 def _dataset(data: ReportDataConfig, split: str, train: bool) -> ReportImageDataset:
-    return ReportImageDataset(data.annotation, split, image_size=data.image_size, resize=data.resize, train=train,
-                              max_views=data.max_views)
+    return ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size,
+                              resize=data.resize, train=train, max_views=data.max_views)
 
 
 @TRAINERS.register("report", help="report decoder (baseline, uar, cmcrl, ifnet)",
@@ -137,11 +140,12 @@ def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler, datas
 
 
 def generate_reports(checkpoint: str, annotation: str, split: str = "test", num_beams: int = 3,
-                     image_size: int | None = None, max_views: int | None = None) -> dict[str, str]:
-    """``{study id: generated report}`` for one split of an annotation."""
+                     image_size: int | None = None, max_views: int | None = None,
+                     image_root: str | None = None) -> dict[str, str]:
+    """``{study id: generated report}`` for one split of an annotation (images under ``image_root``)."""
     gen = ReportGenerator.from_pretrained(checkpoint)
     cfg = gen.model.config
-    ds = ReportImageDataset(annotation, split, image_size=image_size or cfg.image_size,
+    ds = ReportImageDataset(annotation, split, image_root, image_size=image_size or cfg.image_size,
                             max_views=max_views or cfg.max_views)
     loader = DataLoader(ds, batch_size=32, collate_fn=collate_samples)
     out: dict[str, str] = {}

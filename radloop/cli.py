@@ -133,7 +133,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_generate_report(args: argparse.Namespace) -> int:
     from image2report.train import generate_reports
 
-    reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams)
+    reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams,
+                               image_root=args.image_root)
     atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
     _echo(f"wrote {len(reports)} generated reports to {args.out}")
     return 0
@@ -323,6 +324,8 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
                             description="Writes {study id: report} JSON, ready for `radloop evaluate reports`.")
     p.add_argument("--checkpoint", required=True, help="a report-model folder (e.g. runs/report/best)")
     p.add_argument("--annotation", required=True, help="annotation.json / manifest with the images")
+    p.add_argument("--image-root", dest="image_root",
+                   help="folder the image paths are relative to (default: beside the annotation, or its images/)")
     p.add_argument("--split", default="test")
     p.add_argument("--num-beams", dest="num_beams", type=int, default=3, help="1 = greedy")
     p.add_argument("--out", required=True, help="output JSON")

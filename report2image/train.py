@@ -55,6 +55,9 @@ __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "Diffu
 @dataclass
 class DiffusionDataConfig:
     annotation: str = "data/synthcxr/annotation.json"
+    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
+    #: or ``images/`` beside it when the paths resolve only there
+    image_root: str | None = None
     batch_size: int = 32
     num_workers: int = 0
     val_samples: int = 64
@@ -122,8 +125,9 @@ class DiffusionPairs(Dataset):
     report labeler (never from a labels file: real data has none).
     """
 
-    def __init__(self, annotation: str, split: str, image_size: int, labeler: ReportLabeler | None = None) -> None:
-        self.base = ReportImageDataset(annotation, split, image_size=image_size)
+    def __init__(self, annotation: str, split: str, image_size: int, labeler: ReportLabeler | None = None,
+                 image_root: str | None = None) -> None:
+        self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size)
         labeler = labeler or ReportLabeler()
         reports = self.base.reports
         self.attributes = encode_attributes(reports, labeler)
@@ -273,10 +277,10 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     ldm = load_ldm_config(mcfg.name)
     size = int(ldm["image_size"])
     labeler = ReportLabeler()
-    train_ds = DiffusionPairs(data.annotation, "train", size, labeler)
+    train_ds = DiffusionPairs(data.annotation, "train", size, labeler, data.image_root)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
-    val_ds = DiffusionPairs(data.annotation, "val", size, labeler)
+    val_ds = DiffusionPairs(data.annotation, "val", size, labeler, data.image_root)
     out = Path(tcfg.output_dir)
 
     # 1. frozen parts: the backbone and the autoencoder (trained here unless given)

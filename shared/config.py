@@ -3,6 +3,11 @@
 Every layer is merged in OmegaConf *struct* mode, so a key that the defaults do not define
 is an error that names the key and where it came from, instead of a silently ignored typo.
 Each run folder receives the resolved config and the git SHA of the code that ran.
+
+Files and overrides are read with YAML 1.2 booleans: only ``true``/``false`` are booleans, so
+``train.mixed_precision=no`` stays the string ``"no"`` (YAML 1.1 would make ``no``, ``off``, ``yes``
+and ``on`` booleans, and a string field would receive ``"False"``). A boolean field still accepts
+those words: OmegaConf converts them when it validates the field.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf._yaml import get_yaml_loader
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 logger = logging.getLogger(__name__)
@@ -27,6 +35,24 @@ __all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_w
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file or key."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _Yaml12Loader(get_yaml_loader()):  # type: ignore[misc]
+    """OmegaConf's YAML loader (its float and duplicate-key handling) with YAML 1.2 booleans."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in _Yaml12Loader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _as_config(defaults: Any) -> DictConfig:
@@ -97,7 +123,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            file_cfg = OmegaConf.load(path)
+            file_cfg = OmegaConf.create(_load_yaml(path.read_text(encoding="utf-8")) or {})
         except Exception as err:  # yaml errors come in several types
             raise ConfigError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
         if not isinstance(file_cfg, DictConfig):
@@ -106,10 +132,11 @@ def load_config(
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
-        key = item.split("=", 1)[0]
+        key, raw = item.split("=", 1)
         try:
-            dot = OmegaConf.from_dotlist([item])
-        except OmegaConfBaseException as err:
+            dot = OmegaConf.create()
+            OmegaConf.update(dot, key, _load_yaml(raw) if raw else "", merge=True)
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
             raise ConfigError(f"cannot parse override '{item}': {str(err).splitlines()[0]}") from None
         cfg = _merge(cfg, dot, "a command-line override", key)
     try:

@@ -79,3 +79,28 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@dataclass
+class Train:
+    mixed_precision: str = "bf16"
+    ema: bool = True
+
+
+def test_yaml_11_boolean_words_stay_strings_for_string_keys(tmp_path):
+    for word in ("no", "off", "yes", "on"):
+        assert load_config(Train(), None, [f"mixed_precision={word}"]).mixed_precision == word
+    (tmp_path / "t.yaml").write_text("mixed_precision: no\nema: off\n")
+    cfg = load_config(Train(), tmp_path / "t.yaml")
+    assert cfg.mixed_precision == "no" and cfg.ema is False  # a boolean key still takes the word
+    assert load_config(Train(), None, ["ema=no"]).ema is False
+    assert load_config(Train(), None, ["ema=true"]).ema is True
+    with pytest.raises(ConfigError, match="ema"):
+        load_config(Train(), None, ["ema=maybe"])
+
+
+def test_mixed_precision_no_is_the_string_no_in_train_config():
+    from shared.training import TrainConfig
+
+    cfg = load_config({"train": TrainConfig()}, None, ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"

@@ -149,3 +149,67 @@ def test_labels_file_must_cover_every_study(tmp_path, tiny_synth):
     (tmp_path / "short.csv").write_text("id,Cardiomegaly\n")
     with pytest.raises(DataError, match="missing column"):
         ReportImageDataset(out / "annotation.json", "train", labels=tmp_path / "short.csv")
+
+
+def _r2gen_layout(tmp_path, images_dir="images"):
+    """R2Gen's layout: data/iu_xray/annotation.json with image_path relative to data/iu_xray/images/."""
+    from PIL import Image
+
+    root = tmp_path / "iu_xray"
+    (root / images_dir / "CXR1_1_IM-0001").mkdir(parents=True)
+    Image.new("L", (16, 16), 128).save(root / images_dir / "CXR1_1_IM-0001" / "0.png")
+    ann = root / "annotation.json"
+    ann.write_text(json.dumps({"train": [{"id": "CXR1_1_IM-0001", "report": "Normal.",
+                                          "image_path": ["CXR1_1_IM-0001/0.png"]}]}))
+    return ann
+
+
+def test_r2gen_images_folder_beside_the_annotation_is_found(tmp_path, caplog):
+    ann = _r2gen_layout(tmp_path)
+    with caplog.at_level(logging.INFO, logger="shared.data.dataset"):
+        ds = ReportImageDataset(ann, "train", image_size=16)
+    assert ds.root == ann.parent / "images" and ds[0]["images"].shape == (1, 1, 16, 16)
+    assert "R2Gen's images/ folder" in caplog.text
+
+
+def test_image_root_points_anywhere_and_a_bad_one_is_named(tmp_path):
+    ann = _r2gen_layout(tmp_path, images_dir="elsewhere")
+    with pytest.raises(DataError, match=r"image not found: .*iu_xray/CXR1_1_IM-0001/0.png"):
+        ReportImageDataset(ann, "train")
+    ds = ReportImageDataset(ann, "train", image_root=ann.parent / "elsewhere", image_size=16)
+    assert len(ds) == 1
+    with pytest.raises(DataError, match=r"data.image_root .*nowhere is not a folder"):
+        ReportImageDataset(ann, "train", image_root=tmp_path / "nowhere")
+
+
+def test_every_experiment_config_takes_data_image_root(tmp_path):
+    from evaluation.train_classifier import ClassifierExperiment
+    from image2report.train import ReportExperiment
+    from report2image.train import DiffusionExperiment
+    from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment
+    from shared.backbone.train import BackboneExperiment
+    from shared.backbone.train_tower import TowerExperiment
+    from shared.config import load_config
+
+    for schema in (ReportExperiment, DiffusionExperiment, BackboneExperiment, LSUExperiment, RadCAREExperiment,
+                   TowerExperiment, ClassifierExperiment):
+        assert load_config(schema(), None, [f"data.image_root={tmp_path}"]).data.image_root == str(tmp_path)
+
+
+def test_train_report_reads_the_r2gen_layout_with_image_root(tmp_path):
+    from radloop.cli import main
+
+    ann = _r2gen_layout(tmp_path, images_dir="elsewhere")
+    data = json.loads(ann.read_text())
+    data["val"] = [{**data["train"][0], "id": "v"}]
+    ann.write_text(json.dumps(data))
+    args = ["train", "report", "--config", "configs/iu_xray/baseline.yaml", f"data.annotation={ann}",
+            f"data.image_root={ann.parent / 'elsewhere'}", "model.name=baseline_tiny", "data.image_size=32",
+            "data.max_views=1", "data.min_freq=1", "train.max_steps=1", "train.mixed_precision=no",
+            "train.progress=false", f"train.output_dir={tmp_path / 'run'}"]
+    assert main(args) == 0
+    out = tmp_path / "reports.json"
+    assert main(["generate", "report", "--checkpoint", str(tmp_path / "run" / "best"), "--annotation", str(ann),
+                 "--image-root", str(ann.parent / "elsewhere"), "--split", "val", "--num-beams", "1",
+                 "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"v"}

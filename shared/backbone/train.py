@@ -34,6 +34,9 @@ __all__ = ["BackboneDataConfig", "BackboneModelConfig", "BackboneExperiment", "t
 @dataclass
 class BackboneDataConfig:
     annotation: str = "data/synthcxr/annotation.json"
+    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
+    #: or ``images/`` beside it when the paths resolve only there
+    image_root: str | None = None
     image_size: int | None = None
     resize: int | None = None
     batch_size: int = 64
@@ -113,12 +116,13 @@ def embed_dataset(model: RadCLIP, dataset: ReportImageDataset, batch_size: int =
 def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int
                   ) -> tuple[ReportTokenizer, ReportImageDataset, ReportImageDataset, DataLoader]:
     """Build train/val datasets and the train loader; fit the tokenizer on the training reports."""
-    train_ds = ReportImageDataset(data.annotation, "train", image_size=image_size, resize=data.resize, train=True)
+    train_ds = ReportImageDataset(data.annotation, "train", data.image_root, image_size=image_size, resize=data.resize,
+                                  train=True)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
     tokenizer = ReportTokenizer.fit(train_ds.reports, min_freq=data.min_freq, dataset=data.dataset,
                                     max_length=data.max_length)
-    val_ds = ReportImageDataset(data.annotation, "val", image_size=image_size, resize=data.resize)
+    val_ds = ReportImageDataset(data.annotation, "val", data.image_root, image_size=image_size, resize=data.resize)
     loader = training_loader(train_ds, data.batch_size, seed, collate_samples, data.num_workers)
     return tokenizer, train_ds, val_ds, loader
 

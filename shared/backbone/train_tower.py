@@ -35,6 +35,9 @@ __all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperimen
 @dataclass
 class ClassifierDataConfig:
     annotation: str = "data/synthcxr/annotation.json"
+    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
+    #: or ``images/`` beside it when the paths resolve only there
+    image_root: str | None = None
     image_size: int = 128
     resize: int | None = None
     labels: str | None = None
@@ -106,7 +109,7 @@ class _LabelerLabels(torch.utils.data.Dataset):
 
 
 def classifier_dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
-    ds = ReportImageDataset(data.annotation, split, image_size=data.image_size, resize=data.resize, train=train,
+    ds = ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size, resize=data.resize, train=train,
                             max_views=1, labels=data.labels)
     if data.label_source == "labeler":
         return _LabelerLabels(ds)

@@ -142,13 +142,39 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def resolve_image_root(annotation: Path, records: Sequence[Mapping[str, Any]],
+                       image_root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder the records' image paths are relative to.
+
+    A given ``image_root`` must be a folder. Without one: the annotation's own folder, unless the
+    first image path exists only under ``images/`` beside the annotation (R2Gen's layout,
+    ``data/iu_xray/annotation.json`` + ``data/iu_xray/images/``), which is then used and logged.
+    """
+    if image_root is not None:
+        root = Path(image_root)
+        if not root.is_dir():
+            raise DataError(f"data.image_root {root} is not a folder (image paths of {annotation} are relative to it)")
+        return root
+    here = annotation.parent
+    sample = next((p for rec in records for p in rec["image_path"]), None)
+    if sample is None or (here / sample).exists():
+        return here
+    r2gen = here / "images"
+    if (r2gen / sample).exists():
+        logger.info("image paths of %s resolve against %s (R2Gen's images/ folder beside it)", annotation, r2gen)
+        return r2gen
+    return here  # the missing-image error then names the path it tried
+
+
 class ReportImageDataset(Dataset):
     """Studies of one split with their images, report and (optional) labels.
 
     Args:
         annotation: R2Gen ``annotation.json``, or a ``.csv`` / ``.jsonl`` manifest.
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` for all.
-        image_root: folder the image paths are relative to (default: the annotation's folder).
+        image_root: folder the image paths are relative to. Default: the annotation's folder, or
+            R2Gen's ``images/`` folder beside the annotation when the paths resolve only there
+            (``--image_dir data/iu_xray/images/``); the folder chosen is logged.
         image_size: output side; ``resize`` is the side before cropping (R2Gen: 128 -> 112).
         train: use the training transform (random crop, jitter).
         max_views: number of views per sample (IU X-ray: 2; MIMIC-CXR: 1).
@@ -182,11 +208,11 @@ class ReportImageDataset(Dataset):
         if max_views < 1:
             raise ValueError(f"max_views must be >= 1, got {max_views}")
         self.annotation = Path(annotation)
-        self.root = Path(image_root) if image_root is not None else self.annotation.parent
         self.max_views = int(max_views)
         self.transform = transform or build_transform(image_size, resize, train=train)
         self.on_bad_image = on_bad_image
         records = [r for r in load_records(self.annotation) if split is None or r.get("split") == split]
+        self.root = resolve_image_root(self.annotation, records, image_root)
 
         label_map = self._load_labels(labels)
         kept, empty, bad = [], [], []
