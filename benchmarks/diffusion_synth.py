@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
+from evaluation.classifier import Judge
 from evaluation.image_eval import build_feature_extractor, load_image_set
-from evaluation.images import FeatureExtractor, extract_features, fid_report
+from evaluation.images import extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
-from evaluation.train_classifier import load_classifier
 from report2image import ReportToCXRPipeline
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
@@ -37,13 +37,7 @@ from shared.metrics import multilabel_auroc
 def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,
              batch: int = 50, latents: torch.Tensor | None = None) -> torch.Tensor:
     """[0, 1] images (N, 1, S, S)."""
-    out = []
-    for k in range(0, len(reports), batch):
-        z = None if latents is None else latents[k:k + batch]
-        images = pipe(reports[k:k + batch], num_inference_steps=steps, guidance_scale=guidance,
-                      generator=torch.Generator().manual_seed(seed + k), latents=z).images
-        out.append((images + 1) / 2)
-    return torch.cat(out)
+    return pipe.generate_batched(reports, batch, seed, steps, guidance, latents=latents, output_type="pt")
 
 
 def main() -> None:
@@ -75,12 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     fake = generate(pipe, reports, 20, args.guidance, args.seed)
     result["dpm20_images_per_s"] = round(n / (time.perf_counter() - start), 2)
-    clf = load_classifier(args.classifier).eval()
-    prep = FeatureExtractor(clf, in_chans=1, image_size=clf.config.image_size)
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([torch.sigmoid(clf(prep.prepare(b)).logits) for b in images.split(64)])
+    classify = Judge.from_pretrained(args.classifier)
 
     gen_auc = multilabel_auroc(classify(fake).numpy(), labels, CHEXPERT_LABELS)
     real_auc = multilabel_auroc(classify(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
@@ -102,9 +91,10 @@ def main() -> None:
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
     for strength in (0.5, 0.7):
-        edited = pipe.counterfactual(source * 2 - 1, [e.new_report for e in edits], [e.source_report for e in edits],
-                                     strength=strength, num_inference_steps=50, guidance_scale=2.0).images
-        cf = counterfactual_metrics(source, (edited + 1) / 2, truth, classify, [e.added for e in edits],
+        edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
+                                     strength=strength, num_inference_steps=50, guidance_scale=2.0,
+                                     output_type="pt").images
+        cf = counterfactual_metrics(source, edited, truth, classify, [e.added for e in edits],
                                     [e.removed for e in edits])
         result[f"counterfactual_strength_{strength}"] = {k: v for k, v in cf.items() if k != "per_edit"}
     source_cf = counterfactual_metrics(source, source, truth, classify, [e.added for e in edits],

@@ -9,13 +9,18 @@ never scored by a judge that shares its weights.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from shared.backbone.classifier import ClassifierOutput, FindingsClassifier
 from shared.registry import Registry
 
-__all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIERS", "build_classifier", "load_classifier"]
+from .images import FeatureExtractor
+
+__all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIERS", "Judge", "build_classifier", "load_classifier"]
 
 
 class CXRClassifier(FindingsClassifier):
@@ -45,3 +50,26 @@ def load_classifier(folder: str | Path) -> CXRClassifier:
     if config.get("_class_name") != "CXRClassifier":
         raise ValueError(f"{folder} holds a {config.get('_class_name')}, not a CXRClassifier")
     return CXRClassifier.from_pretrained(folder)
+
+
+class Judge:
+    """The judge's finding probabilities for images in [0, 1]: (N, 1, H, W) -> (N, 14), in batches.
+
+    Resizes to the side the classifier was trained at and normalises as in training; the one way
+    the suite scores images with the judge (image metrics, counterfactual flips, the demo).
+    """
+
+    def __init__(self, classifier: CXRClassifier, batch_size: int = 64) -> None:
+        self.classifier = classifier.eval()
+        self.prepare = FeatureExtractor(classifier, in_chans=1, image_size=classifier.config.image_size).prepare
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], batch_size: int = 64) -> Judge:
+        return cls(load_classifier(folder), batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.classifier.parameters()).device
+        return torch.cat([torch.sigmoid(self.classifier(self.prepare(b).to(device)).logits).cpu()
+                          for b in images.split(self.batch_size)])

@@ -113,18 +113,14 @@ def evaluate_images(
 ) -> dict[str, Any]:
     """All image metrics; keys ``fid``, ``kid_mean``, ``kid_std``, ``fid_floor``, ``fid_over_floor``,
     ``cfid/<finding>``, ``ms_ssim_diversity``, ``mauc``, ``auroc/<finding>``, ``n_generated``, ``n_real``."""
-    from .train_classifier import load_classifier
+    from .classifier import Judge, load_classifier
 
     gen = load_image_set(generated, None, image_size, "labeler")
     out: dict[str, Any] = {"n_generated": len(gen["images"])}
     out["ms_ssim_diversity"] = ms_ssim_diversity(gen["images"])
     clf = load_classifier(classifier) if classifier else None
     if clf is not None:
-        clf.eval()
-        prep = FeatureExtractor(clf, in_chans=1, image_size=clf.config.image_size)
-        with torch.no_grad():
-            probs = torch.cat([torch.sigmoid(clf(prep.prepare(batch)).logits)
-                               for batch in gen["images"].split(64)]).numpy()
+        probs = Judge(clf)(gen["images"]).numpy()
         out.update(multilabel_auroc(probs, gen["labels"], CHEXPERT_LABELS))
     if real is not None:
         ref = load_image_set(real, real_split, image_size, real_labels_from)

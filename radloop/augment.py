@@ -114,22 +114,19 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
                              num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
                              batch_size: int = 32) -> Path:
     """Generate one image per report; write ``images/*.png`` and ``synthetic.jsonl`` (split train)."""
-    import torch
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for finding, reports in tqdm(reports_by_finding.items(), desc="augment: synthetic images", unit="finding"):
         slug = re.sub(r"\W+", "_", finding.lower())
-        for k in range(0, len(reports), batch_size):
-            chunk = reports[k:k + batch_size]
-            images = pipe(chunk, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          generator=torch.Generator().manual_seed(seed + k), output_type="pil").images
-            for i, (report, image) in enumerate(zip(chunk, images, strict=True)):
-                sid = f"syn_{slug}_{k + i:04d}"
-                image.save(out / "images" / f"{sid}.png")
-                rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
-                             "split": "train", "synthetic": True, "target_finding": finding})
+        images = pipe.generate_batched(reports, batch_size, seed, num_inference_steps, guidance_scale,
+                                       output_type="pil")
+        for i, (report, image) in enumerate(zip(reports, images, strict=True)):
+            sid = f"syn_{slug}_{i:04d}"
+            image.save(out / "images" / f"{sid}.png")
+            rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
+                         "split": "train", "synthetic": True, "target_finding": finding})
     path = out / "synthetic.jsonl"
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -141,7 +141,6 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_image(args: argparse.Namespace) -> int:
-    import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     from report2image import ReportToCXRPipeline
@@ -156,8 +155,7 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     pipe = ReportToCXRPipeline.from_pretrained(args.checkpoint)
     sampler = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}[args.sampler]
     pipe.scheduler = sampler.from_config(pipe.scheduler.config)
-    images = pipe(reports, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  generator=torch.Generator().manual_seed(args.seed), output_type="pil").images
+    images = pipe.generate_batched(reports, args.batch_size, args.seed, args.steps, args.guidance, output_type="pil")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = []
@@ -339,7 +337,8 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="dpmsolver++")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the batch from report k on is seeded with seed + k")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_generate_image)
 

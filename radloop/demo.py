@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.classifier import Judge
 from evaluation.image_eval import build_feature_extractor, load_image_set
-from evaluation.images import FeatureExtractor, extract_features, fid_report
+from evaluation.images import extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
 from evaluation.reports import evaluate_reports
 from evaluation.train_classifier import (
     ClassifierDataConfig,
     ClassifierExperiment,
     ClassifierModelConfig,
-    load_classifier,
     train_classifier,
 )
 from image2report.decoding import DecodingConfig
@@ -169,12 +169,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
     pipe.set_progress_bar_config(disable=True)
     generator = ReportGenerator.from_pretrained(out / "report" / "best",
                                                 DecodingConfig(num_beams=1, max_length=sizes.max_length))
-    clf = load_classifier(out / "classifier" / "best").eval()
-    prep = FeatureExtractor(clf, in_chans=1, image_size=clf.config.image_size)
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([torch.sigmoid(clf(prep.prepare(b)).logits) for b in images.split(64)])
+    classify = Judge.from_pretrained(out / "classifier" / "best")
 
     trip = RoundTrip(pipe, generator, sizes.sample_steps, 3.0, seed)
     test = load_image_set(annotation, "test", sizes.size, "file")
@@ -203,9 +198,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
         edits = counterfactual_edits(data, "test", sizes.edits, seed)
         source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
         truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
-        edited = pipe.counterfactual(source * 2 - 1, [e.new_report for e in edits], [e.source_report for e in edits],
-                                     strength=0.6, num_inference_steps=max(sizes.sample_steps, 10)).images
-        edited = ((edited.float() + 1) / 2).clamp(0, 1)
+        edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
+                                     strength=0.6, num_inference_steps=max(sizes.sample_steps, 10),
+                                     output_type="pt").images
         metrics = counterfactual_metrics(source, edited, truth, classify, [e.added for e in edits],
                                          [e.removed for e in edits])
         return {"edits": edits, "edited": edited, "metrics": {k: v for k, v in metrics.items() if k != "per_edit"}}

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from evaluation.image_eval import load_image_set
 from evaluation.loop import image_round_trip, report_round_trip
 from image2report.generator import ReportGenerator
 from report2image import ReportToCXRPipeline
 from report2image.pipeline import backbone_image_embeds
+from shared.data.image_processor import to_model_range
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +36,18 @@ class RoundTrip:
         self.size = int(generator.model.config.image_size)
 
     def report_to_image(self, reports: list[str]) -> torch.Tensor:
-        out = []
-        for k in tqdm(range(0, len(reports), self.batch), desc="report -> image", unit="batch", leave=False):
-            images = self.pipe(reports[k:k + self.batch], num_inference_steps=self.steps,
-                               guidance_scale=self.guidance,
-                               generator=torch.Generator().manual_seed(self.seed + k)).images
-            out.append((images.float().cpu() + 1) / 2)
-        images = torch.cat(out)
+        images = self.pipe.generate_batched(reports, self.batch, self.seed, self.steps, self.guidance,
+                                            output_type="pt", progress=True)
         if images.shape[-1] != self.size:
             images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return images.clamp(0, 1)
 
     def image_to_report(self, images: torch.Tensor) -> list[str]:
-        return self.generator.generate(images * 2 - 1, num_beams=self.beams)
+        return self.generator.generate(to_model_range(images), num_beams=self.beams)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The diffusion backbone's (unit-norm) image embedding of [0, 1] images."""
-        return backbone_image_embeds(self.pipe.text_encoder, images * 2 - 1)
+        return backbone_image_embeds(self.pipe.text_encoder, to_model_range(images))
 
     @torch.no_grad()
     def both(self, reports: list[str], images: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -2,9 +2,13 @@
 
     pipe = ReportToCXRPipeline.from_pretrained("runs/diffusion/final")
     images = pipe(["Large left pleural effusion."], num_inference_steps=20, guidance_scale=3.0,
-                  generator=torch.Generator().manual_seed(0)).images          # (B, 1, S, S) in [-1, 1]
+                  generator=torch.Generator().manual_seed(0)).images          # a list of PIL images
+    batch = pipe.generate_batched(reports, batch_size=32, seed=0, output_type="pt")  # (N, 1, S, S) in [0, 1]
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++
-    edited = pipe.counterfactual(image, "No pleural effusion.", strength=0.6).images
+    edited = pipe.counterfactual(pil_image, "No pleural effusion.", strength=0.6).images
+
+Images go in as PIL or [0, 1] tensors and come out in the ``output_type`` asked for; the [-1, 1]
+range of the models stays inside (:mod:`shared.data.image_processor`).
 
 Components: ``vae`` (AutoencoderKL), ``unet`` (UNet2DConditionModel), ``scheduler`` (DDIM by
 default; any diffusers scheduler with the same config), ``text_encoder`` (the shared RadCLIP
@@ -24,8 +28,10 @@ from diffusers import AutoencoderKL, DDIMInverseScheduler, DiffusionPipeline, UN
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from PIL import Image
+from tqdm.auto import tqdm
 
 from shared.backbone.clip import RadCLIP
+from shared.data.image_processor import postprocess, preprocess
 from shared.text.labeler import ReportLabeler
 
 from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
@@ -56,8 +62,9 @@ def backbone_image_embeds(backbone: RadCLIP, images: torch.Tensor) -> torch.Tens
 
 @dataclass
 class CXRPipelineOutput(BaseOutput):
-    """``images``: (B, 1, S, S) tensor in [-1, 1] (``output_type="pt"``), (B, S, S) float array in
-    [0, 1] (``"np"``) or a list of PIL images (``"pil"``); ``latents``: the final latents (B, C, s, s)."""
+    """``images`` as ``output_type`` asked (:data:`shared.data.image_processor.OUTPUT_TYPES`: ``"pil"``,
+    ``"pt"`` (B, 1, S, S) in [0, 1], ``"np"`` (B, S, S) in [0, 1], ``"model"`` in [-1, 1]);
+    ``latents``: the final latents (B, C, s, s)."""
 
     images: torch.Tensor | np.ndarray | list[Image.Image]
     latents: torch.Tensor
@@ -119,17 +126,6 @@ class ReportToCXRPipeline(DiffusionPipeline):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
-    @staticmethod
-    def _format(images: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list[Image.Image]:
-        if output_type == "pt":
-            return images
-        arr = ((images[:, 0].float().cpu() + 1) / 2).clamp(0, 1).numpy()
-        if output_type == "np":
-            return arr
-        if output_type == "pil":
-            return [Image.fromarray((a * 255).round().astype(np.uint8), mode="L") for a in arr]
-        raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
-
     def prepare_latents(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         latents = torch.randn((batch, c, s, s), generator=generator, device=generator.device if generator else "cpu")
@@ -149,7 +145,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, reports: str | Sequence[str], num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  generator: torch.Generator | None = None, identity_images: torch.Tensor | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pt", return_dict: bool = True
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True
                  ) -> CXRPipelineOutput | tuple:
         """Generate one image per report.
 
@@ -158,18 +154,49 @@ class ReportToCXRPipeline(DiffusionPipeline):
             num_inference_steps: sampler steps (the scheduler decides how they are spaced).
             guidance_scale: classifier-free guidance on the pathology condition (1 = off).
             generator: seeds the initial noise (and the identity drawn from the bank).
-            identity_images: (B, 1, S, S) in [-1, 1], the patient whose anatomy to keep; default: a
-                random identity from the bank kept with the model.
+            identity_images: the patient whose anatomy to keep, as :func:`preprocess` takes them
+                (PIL images or [0, 1] tensors (B, 1, S, S)); default: a random identity from the bank
+                kept with the model.
             latents: (B, C, s, s) initial noise (e.g. from :meth:`optimize_initial_noise`).
+            output_type: ``"pil"`` (default), ``"pt"``, ``"np"`` or ``"model"`` (see :class:`CXRPipelineOutput`).
         """
         reports = [reports] if isinstance(reports, str) else list(reports)
         if not reports:
             raise ValueError("no reports given")
+        if identity_images is not None:
+            identity_images = preprocess(identity_images)
         hidden, mask = self._guided_condition(reports, identity_images, generator, guidance_scale)
         latents = self.prepare_latents(len(reports), generator) if latents is None else latents.to(self.device)
         latents = self._sample(latents, hidden, mask, guidance_scale, num_inference_steps)
-        images = self._format(self._decode(latents), output_type)
+        images = postprocess(self._decode(latents), output_type)
         return CXRPipelineOutput(images, latents) if return_dict else (images, latents)
+
+    @torch.no_grad()
+    def generate_batched(self, reports: Sequence[str], batch_size: int = 32, seed: int = 0,
+                         num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                         latents: torch.Tensor | None = None, output_type: str = "pt", progress: bool = False
+                         ) -> torch.Tensor | np.ndarray | list[Image.Image]:
+        """One image per report, ``batch_size`` reports at a time, in ``output_type``.
+
+        The batch that starts at report ``k`` draws its noise (and bank identity) from
+        ``torch.Generator().manual_seed(seed + k)``, so a run is reproducible from ``seed`` alone.
+        ``latents`` (N, C, s, s), when given, are split the same way.
+        """
+        reports = list(reports)
+        if not reports:
+            raise ValueError("no reports given")
+        if latents is not None and len(latents) != len(reports):
+            raise ValueError(f"{len(latents)} initial latents for {len(reports)} reports")
+        starts = range(0, len(reports), batch_size)
+        out = []
+        for k in tqdm(starts, desc="report -> image", unit="batch", leave=False, disable=not progress):
+            out.append(self(reports[k:k + batch_size], num_inference_steps, guidance_scale,
+                            generator=torch.Generator().manual_seed(seed + k),
+                            latents=None if latents is None else latents[k:k + batch_size],
+                            output_type=output_type).images)
+        if output_type == "pil":
+            return [image for batch in out for image in batch]
+        return np.concatenate(out) if output_type == "np" else torch.cat(out)
 
     # -- counterfactuals ---------------------------------------------------------------
     @torch.no_grad()
@@ -195,14 +222,18 @@ class ReportToCXRPipeline(DiffusionPipeline):
         return latents, num_inference_steps - steps
 
     @torch.no_grad()
-    def counterfactual(self, images: torch.Tensor, new_reports: str | Sequence[str],
+    def counterfactual(self, images: torch.Tensor | Sequence[Image.Image], new_reports: str | Sequence[str],
                        source_reports: str | Sequence[str] | None = None, strength: float = 0.6,
-                       num_inference_steps: int = 50, guidance_scale: float = 2.0, output_type: str = "pt",
+                       num_inference_steps: int = 50, guidance_scale: float = 2.0, output_type: str = "pil",
                        ) -> CXRPipelineOutput:
         """Keep the patient, change the findings: invert ``images`` under their source reports to
         ``strength`` of the trajectory, then denoise under ``new_reports`` with the source image's
         identity. ``source_reports`` default: "No acute cardiopulmonary abnormality." (the inversion
-        only needs a plausible description; the true one inverts more faithfully)."""
+        only needs a plausible description; the true one inverts more faithfully).
+
+        ``images``: PIL images or [0, 1] tensors (B, 1, S, S), as :func:`preprocess` takes them.
+        """
+        images = preprocess(images)
         new_reports = [new_reports] if isinstance(new_reports, str) else list(new_reports)
         if source_reports is None:
             source_reports = ["No acute cardiopulmonary abnormality."] * len(new_reports)
@@ -223,7 +254,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
                                    progress=False)
         finally:
             self.scheduler = saved
-        return CXRPipelineOutput(self._format(self._decode(latents), output_type), latents)
+        return CXRPipelineOutput(postprocess(self._decode(latents), output_type), latents)
 
     # -- long-tail initial-noise optimisation ------------------------------------------
     def report_image_score(self, images: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
@@ -250,6 +281,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
         from diffusers import DDIMScheduler
 
         reports = [reports] if isinstance(reports, str) else list(reports)
+        identity_images = None if identity_images is None else preprocess(identity_images)
         score_fn = score_fn or (lambda images: self.report_image_score(images, reports))
         with torch.no_grad():
             hidden, mask = self._guided_condition(reports, identity_images, generator, guidance_scale)

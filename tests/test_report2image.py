@@ -13,6 +13,7 @@ from report2image import LatentNoiseFilter, ReportConditioner, ReportToCXRPipeli
 from report2image.conditioning import encode_attributes, group_supervision_loss, independence_loss
 from report2image.models import build_autoencoder, build_unet, load_ldm_config
 from shared.backbone.clip import build_backbone
+from shared.data.image_processor import postprocess, preprocess, to_model_range
 from shared.labels import CHEXPERT_LABELS
 from shared.text.tokenizer import ReportTokenizer
 
@@ -48,23 +49,25 @@ def test_encode_attributes_reads_status_severity_laterality():
 
 def test_pipeline_save_load_same_output(tmp_path):
     pipe = tiny_pipeline()
-    out = pipe(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
-    assert out.images.shape == (3, 1, 32, 32) and out.images.abs().max() <= 1
+    out = pipe(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (3, 1, 32, 32) and 0 <= out.images.min() and out.images.max() <= 1
     pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["conditioner"][1] == "ReportConditioner"
     again = ReportToCXRPipeline.from_pretrained(tmp_path)
     again.set_progress_bar_config(disable=True)
-    out2 = again(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    out2 = again(REPORTS, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
     torch.testing.assert_close(out.images, out2.images)
-    pil = again(REPORTS[:1], num_inference_steps=2, output_type="pil").images
+    pil = again(REPORTS[:1], num_inference_steps=2).images  # diffusers' default: PIL
     assert pil[0].size == (32, 32) and pil[0].mode == "L"
 
 
 def test_dpm_solver_and_guidance_off_run():
     pipe = tiny_pipeline(use_identity=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
-    a = pipe(REPORTS, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(1)).images
-    b = pipe(REPORTS, num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(1)).images
+    a = pipe(REPORTS, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(1),
+             output_type="pt").images
+    b = pipe(REPORTS, num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(1),
+             output_type="pt").images
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
 
 
@@ -81,16 +84,22 @@ def test_conditioning_switches_change_the_token_layout():
 
 def test_counterfactual_keeps_shapes_and_inversion_round_trips():
     pipe = tiny_pipeline()
-    images = pipe(REPORTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    images = pipe(REPORTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
     edited = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
-                                 num_inference_steps=4)
+                                 num_inference_steps=4, output_type="pt")
     assert edited.images.shape == images.shape
-    latents, start = pipe.invert(images, REPORTS, num_inference_steps=4, strength=0.5)
+    # PIL sources give the same edit as their [0, 1] tensors (up to the 8-bit rounding of the PIL)
+    pil = pipe.counterfactual(postprocess(to_model_range(images), "pil"), ["No pleural effusion."] * 3,
+                              source_reports=REPORTS, strength=0.5, num_inference_steps=4, output_type="pt").images
+    assert (pil - edited.images).abs().max() < 0.05
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        pipe.counterfactual(to_model_range(images) - 0.5, ["x"] * 3)
+    latents, start = pipe.invert(to_model_range(images), REPORTS, num_inference_steps=4, strength=0.5)
     assert start == 2 and latents.shape == (3, 4, 16, 16)
     with pytest.raises(ValueError, match="one of each"):
         pipe.counterfactual(images, ["x"] * 2)
     with pytest.raises(ValueError, match="strength"):
-        pipe.invert(images, REPORTS, strength=0.0)
+        pipe.invert(to_model_range(images), REPORTS, strength=0.0)
 
 
 def test_initial_noise_optimisation_raises_the_score_and_keeps_the_prior():
@@ -103,8 +112,8 @@ def test_initial_noise_optimisation_raises_the_score_and_keeps_the_prior():
 
     z = pipe.optimize_initial_noise(REPORTS[:2], score_fn=score, steps=4, lr=0.1, short_steps=2, generator=gen)
     with torch.no_grad():
-        before = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z0).images)
-        after = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z).images)
+        before = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z0, output_type="model").images)
+        after = score(pipe(REPORTS[:2], num_inference_steps=2, latents=z, output_type="model").images)
     assert (after > before).all()
     assert abs(float(z.pow(2).mean()) - 1.0) < 0.3  # still on the Gaussian shell
     assert all(p.requires_grad for p in pipe.unet.parameters())  # restored
@@ -210,3 +219,31 @@ def test_ldm_config_errors_name_the_model_and_file(tmp_path):
     bad.write_text('{"image_size": 32, "vae": {}, "unet": {}}')
     with pytest.raises(ValueError, match="bad.json lacks 'conditioner'"):
         load_ldm_config(bad)
+
+
+def test_generate_batched_is_the_per_batch_call_in_every_output_type():
+    pipe = tiny_pipeline()
+    reports = REPORTS * 2
+    batched = pipe.generate_batched(reports, batch_size=4, seed=3, num_inference_steps=2, output_type="pt")
+    first = pipe(reports[:4], 2, 3.0, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    second = pipe(reports[4:], 2, 3.0, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    torch.testing.assert_close(batched, torch.cat([first, second]))
+    arr = pipe.generate_batched(reports, batch_size=4, seed=3, num_inference_steps=2, output_type="np")
+    assert arr.shape == (6, 32, 32) and np.allclose(arr, batched[:, 0].numpy())
+    pil = pipe.generate_batched(reports, batch_size=4, seed=3, num_inference_steps=2, output_type="pil")
+    assert len(pil) == 6 and np.abs(np.asarray(pil[5]) / 255.0 - arr[5]).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="output_type must be one of pt, np, pil, model; got 'jpg'"):
+        pipe.generate_batched(reports, output_type="jpg")
+    with pytest.raises(ValueError, match="no reports"):
+        pipe.generate_batched([])
+
+
+def test_image_processor_round_trip_and_bad_input():
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(postprocess(preprocess(x), "pt"), x)
+    assert postprocess(preprocess(x), "model").min() >= -1
+    pil = postprocess(preprocess(x), "pil")
+    assert torch.allclose(preprocess(pil), preprocess(x), atol=1 / 255)
+    assert preprocess(np.zeros((2, 8, 8), np.uint8)).min() == -1
+    with pytest.raises(ValueError, match="grayscale"):
+        preprocess(torch.rand(2, 3, 8, 8))
