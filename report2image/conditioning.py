@@ -33,9 +33,9 @@ from torch import nn
 from shared.backbone.losses import same_findings_targets
 from shared.labels import CHEXPERT_LABELS
 from shared.modeling import RadLoopModel
-from shared.text.labeler import LATERALITIES, SEVERITIES, ReportLabeler
+from shared.text.labeler import LATERALITIES, SEVERITIES, LabelResult, ReportLabeler
 
-__all__ = ["encode_attributes", "VisionAwareTextRefiner", "ReportConditioner", "ConditionOutput",
+__all__ = ["encode_attributes", "attributes_from_results", "VisionAwareTextRefiner", "ReportConditioner", "ConditionOutput",
            "group_supervision_loss", "independence_loss"]
 
 #: status index of an attribute token: 0 not mentioned, 1 negative, 2 uncertain, 3 positive
@@ -45,9 +45,14 @@ _STATUS = {0.0: 1, -1.0: 2, 1.0: 3}
 def encode_attributes(reports: Sequence[str], labeler: ReportLabeler | None = None) -> torch.Tensor:
     """(B, 14, 3) long: per CheXpert finding (status, severity + 1, laterality + 1); 0 = none."""
     labeler = labeler or ReportLabeler()
-    out = torch.zeros(len(reports), len(CHEXPERT_LABELS), 3, dtype=torch.long)
-    for b, report in enumerate(reports):
-        result = labeler.label(report)
+    return attributes_from_results([labeler.label(r) for r in reports])
+
+
+def attributes_from_results(results: Sequence[LabelResult]) -> torch.Tensor:
+    """:func:`encode_attributes` from the labeler's results, for callers that also need the labels
+    (``result.vector()``) and so label each report once."""
+    out = torch.zeros(len(results), len(CHEXPERT_LABELS), 3, dtype=torch.long)
+    for b, result in enumerate(results):
         attrs = {a.name: a for a in result.attributes}
         for i, name in enumerate(CHEXPERT_LABELS):
             value = result.labels[name]

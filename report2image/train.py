@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -31,17 +32,13 @@ from torch.utils.data import Dataset
 from shared.backbone.clip import RadCLIP, build_backbone
 from shared.config import atomic_write_text
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 
-from .conditioning import (
-    ConditionOutput,
-    ReportConditioner,
-    encode_attributes,
-    group_supervision_loss,
-    independence_loss,
-)
+from .conditioning import ConditionOutput, ReportConditioner, attributes_from_results
+from .losses import DiffusionLoss
 from .models import build_autoencoder, build_unet, load_ldm_config
 from .noise_filter import LatentNoiseFilter
 from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_features
@@ -129,9 +126,11 @@ class DiffusionPairs(Dataset):
                  image_root: str | None = None) -> None:
         self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size)
         labeler = labeler or ReportLabeler()
-        reports = self.base.reports
-        self.attributes = encode_attributes(reports, labeler)
-        self.labels = torch.as_tensor(labeler.label_batch(reports)).nan_to_num(0.0)
+        # one labeler pass per report gives both the attribute tokens and the finding labels
+        results = [labeler.label(r) for r in self.base.reports]
+        self.attributes = attributes_from_results(results)
+        self.labels = torch.as_tensor(np.stack([r.vector() for r in results]) if results
+                                      else np.zeros((0, len(CHEXPERT_LABELS)), np.float32)).nan_to_num(0.0)
         by_patient: dict[str, list[int]] = {}
         for i, rec in enumerate(self.base.records):
             by_patient.setdefault(rec["patient_id"], []).append(i)
@@ -308,6 +307,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     bank = cached.images[train_ds.partner[: min(64, len(train_ds))]]
     model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
     sf = float(vae.config.scaling_factor)
+    objective = DiffusionLoss(lcfg.refiner_weight, lcfg.group_weight, lcfg.independence_weight, nfilter)
 
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mean = batch["latent_mean"]
@@ -321,27 +321,8 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
         drop = torch.rand(b, device=device) < lcfg.cond_drop_prob
         pred, cond, refined = m(noisy, t, tokens, mask, batch["attributes"] if mcfg.use_attributes else None,
                                 batch["identity_image"] if mcfg.use_identity else None, drop, image_embeds)
-        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
-        # 5. Diff-CXR noise filtering: weights from the anomaly scores of conditioned samples
-        weights = torch.ones_like(per_sample)
-        inner = m.module if hasattr(m, "module") else m
-        if inner.noise_filter is not None:
-            kept = ~drop
-            inner.noise_filter.update(batch["index"][kept], t[kept], per_sample[kept],
-                                      None if refined is None else refined[1][kept])
-            weights = inner.noise_filter.weights(batch["index"]).to(device)
-        diffusion = (weights * per_sample).sum() / weights.sum().clamp_min(1.0)
-        logs = {"diffusion": diffusion.detach(), "kept": weights.mean().detach()}
-        loss = diffusion
-        if refined is not None:
-            loss = loss + lcfg.refiner_weight * refined[0]
-            logs["refiner"] = refined[0].detach()
-        if cond.identity is not None:
-            group = group_supervision_loss(cond.identity, cond.pathology, batch["patient_id"], batch["labels"])
-            indep = independence_loss(cond.identity, cond.pathology)
-            loss = loss + lcfg.group_weight * group + lcfg.independence_weight * indep
-            logs.update(group=group.detach(), independence=indep.detach())
-        return {"loss": loss, **logs}
+        # 5. the objective's named terms (noise filtering, refiner, disentanglement)
+        return objective(pred, noise, batch["index"], t, drop, cond, refined, batch["patient_id"], batch["labels"])
 
     # 6. validation: denoising loss on a fixed subset with fixed noise and timesteps
     n_val = min(data.val_samples, len(val_ds))

@@ -247,3 +247,42 @@ def test_image_processor_round_trip_and_bad_input():
     assert preprocess(np.zeros((2, 8, 8), np.uint8)).min() == -1
     with pytest.raises(ValueError, match="grayscale"):
         preprocess(torch.rand(2, 3, 8, 8))
+
+
+def test_diffusion_loss_terms_by_hand():
+    from report2image.conditioning import ConditionOutput
+    from report2image.losses import DiffusionLoss
+
+    torch.manual_seed(0)
+    pred, target = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    cond = ConditionOutput(hidden_states=torch.zeros(4, 1, 2), mask=torch.ones(4, 1), pathology=torch.zeros(4, 2))
+    common = dict(index=torch.arange(4), timesteps=torch.zeros(4, dtype=torch.long),
+                  dropped=torch.zeros(4, dtype=torch.bool), cond=cond, patient_ids=list("abcd"),
+                  labels=torch.zeros(4, 14))
+    out = DiffusionLoss()(pred, target, refined=None, **common)
+    mse = ((pred - target) ** 2).mean()
+    assert set(out) == {"loss", "diffusion", "kept"} and out["kept"] == 1.0
+    torch.testing.assert_close(out["loss"], mse)
+    refined = (torch.tensor(0.5), torch.ones(4))
+    out = DiffusionLoss(refiner_weight=0.2)(pred, target, refined=refined, **common)
+    torch.testing.assert_close(out["loss"], mse + 0.2 * 0.5)
+    assert out["refiner"] == 0.5 and not out["refiner"].requires_grad
+
+
+def test_diffusion_pairs_label_each_report_once(tiny_synth, monkeypatch):
+    from report2image.train import DiffusionPairs
+    from shared.text.labeler import ReportLabeler
+
+    calls = []
+    original = ReportLabeler.label
+
+    def counting(self, report):
+        calls.append(report)
+        return original(self, report)
+
+    monkeypatch.setattr(ReportLabeler, "label", counting)
+    pairs = DiffusionPairs(str(tiny_synth[0] / "annotation.json"), "train", 32)
+    assert len(calls) == len(pairs)
+    expected = torch.as_tensor(ReportLabeler().label_batch(pairs.base.reports)).nan_to_num(0.0)
+    torch.testing.assert_close(pairs.labels, expected)
+    torch.testing.assert_close(pairs.attributes, encode_attributes(pairs.base.reports))
