@@ -4,6 +4,10 @@ Every layer is merged in OmegaConf *struct* mode, so a key that the defaults do 
 is an error that names the key and where it came from, instead of a silently ignored typo.
 Each run folder receives the resolved config and the git SHA of the code that ran.
 
+An experiment file may start from other files: ``defaults: [_report.yaml]`` (paths relative to
+the file; each may have its own ``defaults``) are merged first, in order, then the file itself, so
+a file states only what differs from its base (Hydra's defaults list, without Hydra).
+
 Files and overrides are read with YAML 1.2 booleans: only ``true``/``false`` are booleans, so
 ``train.mixed_precision=no`` stays the string ``"no"`` (YAML 1.1 would make ``no``, ``off``, ``yes``
 and ``on`` booleans, and a string field would receive ``"False"``). A boolean field still accepts
@@ -119,16 +123,8 @@ def load_config(
     OmegaConf.set_struct(cfg, True)
     _open_free_mappings(cfg)
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            file_cfg = OmegaConf.create(_load_yaml(path.read_text(encoding="utf-8")) or {})
-        except Exception as err:  # yaml errors come in several types
-            raise ConfigError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
-        if not isinstance(file_cfg, DictConfig):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        cfg = _merge(cfg, file_cfg, str(path))
+        for path, file_cfg in _composed_files(Path(config_file)):
+            cfg = _merge(cfg, file_cfg, str(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
@@ -144,6 +140,35 @@ def load_config(
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
     return cfg
+
+
+def _read_config_file(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        file_cfg = OmegaConf.create(_load_yaml(path.read_text(encoding="utf-8")) or {})
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return file_cfg
+
+
+def _composed_files(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    """``path`` and the files its ``defaults`` list names, base first (each with its own defaults)."""
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"config files include each other: {cycle}")
+    file_cfg = _read_config_file(path)
+    bases = file_cfg.pop("defaults", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"'defaults' in {path} must be a file name or a list of file names")
+    out: list[tuple[Path, DictConfig]] = []
+    for base in bases:
+        out += _composed_files(path.parent / base, (*chain, path.resolve()))
+    return [*out, (path, file_cfg)]
 
 
 def git_sha(cwd: str | os.PathLike[str] | None = None) -> str:

@@ -104,3 +104,21 @@ def test_mixed_precision_no_is_the_string_no_in_train_config():
 
     cfg = load_config({"train": TrainConfig()}, None, ["train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+
+
+def test_a_file_states_only_what_differs_from_its_defaults(tmp_path):
+    (tmp_path / "_base.yaml").write_text("model:\n  width: 16\n  name: base\nlr: 0.5\n")
+    (tmp_path / "mid.yaml").write_text("defaults: [_base.yaml]\nmodel:\n  name: mid\n")
+    (tmp_path / "top.yaml").write_text("defaults: mid.yaml\nlr: 0.25\n")
+    cfg = load_config(Defaults(), tmp_path / "top.yaml", ["model.width=4"])
+    assert (cfg.model.width, cfg.model.name, cfg.lr) == (4, "mid", 0.25)
+    (tmp_path / "loop_a.yaml").write_text("defaults: [loop_b.yaml]\n")
+    (tmp_path / "loop_b.yaml").write_text("defaults: [loop_a.yaml]\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(Defaults(), tmp_path / "loop_a.yaml")
+    (tmp_path / "orphan.yaml").write_text("defaults: [gone.yaml]\n")
+    with pytest.raises(ConfigError, match="config file not found: .*gone.yaml"):
+        load_config(Defaults(), tmp_path / "orphan.yaml")
+    (tmp_path / "typo.yaml").write_text("defaults: [_base.yaml]\nmodle:\n  width: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'modle' in .*typo.yaml"):
+        load_config(Defaults(), tmp_path / "typo.yaml")
