@@ -237,16 +237,8 @@ def _trainers(load: bool) -> list[tuple[str, str]]:
     return [(e.name, e.help) for e in TRAINERS.entries()]
 
 
-def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
-    """The ``radloop`` parser; ``with_trainers=False`` leaves out the ``train`` sub-verbs, whose
-    modules take seconds to import, when the command line does not train."""
-    parser = argparse.ArgumentParser(
-        prog="radloop", description="RadLoop: chest X-ray report generation, report-to-image generation, and the loop."
-    )
-    parser.add_argument("--version", action="version", version=f"radloop {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
-
+def _add_synth(verbs: argparse._SubParsersAction) -> None:
+    """`radloop synth`: SynthCXR data sets and contact sheets."""
     p = verbs.add_parser("synth", help="generate a SynthCXR dataset and/or a contact sheet",
                          description="Write SynthCXR images, annotation.json, labels.csv and attributes.jsonl.")
     p.add_argument("--out", help="output folder (must be empty unless --overwrite)")
@@ -263,6 +255,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. synth.degraded_fraction=0.2")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_data(verbs: argparse._SubParsersAction) -> None:
+    """`radloop data ...`: the IU X-ray report export and the tokenizer."""
     data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>", required=True)
     p = data.add_parser("iu-reports", help="export the IU X-ray reports shipped in the torchxrayvision wheel",
                         description="Parse the 3,955 OpenI reports into findings, impression, MeSH terms and image ids.")
@@ -276,6 +271,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
     p.set_defaults(func=cmd_tokenizer)
 
+
+def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
+    """`radloop evaluate reports|images`."""
     evaluate = verbs.add_parser("evaluate", help="score generated reports or images").add_subparsers(
         dest="evaluate_verb", metavar="<what>", required=True)
     p = evaluate.add_parser("reports", help="BLEU/METEOR/ROUGE-L/CIDEr, clinical efficacy and diversity",
@@ -302,6 +300,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate_images)
 
+
+def _add_train_and_models(verbs: argparse._SubParsersAction, with_trainers: bool) -> None:
+    """`radloop train NAME` (one sub-verb per registered trainer) and `radloop models`."""
     train = verbs.add_parser("train", help="train a model (`radloop models --family trainer` lists what)")
     train_verbs = train.add_subparsers(dest="train_verb", metavar="<what>", required=True)
     for verb, what in _trainers(with_trainers):
@@ -316,6 +317,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--filter", default="*", help="fnmatch pattern, e.g. '*_tiny'")
     p.set_defaults(func=cmd_models)
 
+
+def _add_generate(verbs: argparse._SubParsersAction) -> None:
+    """`radloop generate report|image`."""
     generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
         dest="generate_verb", metavar="<what>", required=True)
     p = generate.add_parser("report", help="write reports for one split of an annotation",
@@ -342,6 +346,9 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_generate_image)
 
+
+def _add_workflows(verbs: argparse._SubParsersAction) -> None:
+    """The workflows: `radloop demo`, `radloop augment`, `radloop roundtrip`."""
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
                          description="SynthCXR data -> backbone -> report model -> classifier -> diffusion -> "
                                      "evaluation -> counterfactuals -> augmentation -> round trip -> report.html.")
@@ -368,6 +375,24 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON with every metric and the worst cases")
     p.set_defaults(func=cmd_roundtrip)
+
+
+def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
+    """The ``radloop`` parser; ``with_trainers=False`` leaves out the ``train`` sub-verbs, whose
+    modules take seconds to import, when the command line does not train."""
+    parser = argparse.ArgumentParser(
+        prog="radloop", description="RadLoop: chest X-ray report generation, report-to-image generation, and the loop."
+    )
+    parser.add_argument("--version", action="version", version=f"radloop {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+
+    _add_synth(verbs)
+    _add_data(verbs)
+    _add_evaluate(verbs)
+    _add_train_and_models(verbs, with_trainers)
+    _add_generate(verbs)
+    _add_workflows(verbs)
     return parser
 
 

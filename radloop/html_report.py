@@ -11,15 +11,19 @@ import html
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from shared.labels import CHEXPERT_LABELS
+from shared.config import atomic_write_text
+from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.text.labeler import ReportLabeler
 
-__all__ = ["png_data_uri", "image_grid", "curves_png", "highlight_findings", "metric_table", "render_html", "SECTIONS"]
+__all__ = ["png_data_uri", "image_grid", "curves_png", "highlight_findings", "metric_table", "render_html", "SECTIONS",
+           "DemoPage", "write_demo_report"]
 
 SECTIONS = ("stages", "metrics", "images", "counterfactuals", "reports", "roundtrip", "augmentation", "curves")
 
@@ -133,3 +137,146 @@ def render_html(title: str, sections: Mapping[str, tuple[str, str]], intro: str 
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p class=\"note\">{intro}</p>"
             f"{body}</body></html>\n")
+
+
+# -- the demo's page -------------------------------------------------------------------------------
+@dataclass
+class DemoPage:
+    """What the demo measured, as the page shows it.
+
+    ``test``: the test split as :func:`evaluation.image_eval.load_image_set` returns it, of which the
+    first ``n`` studies were evaluated; ``evaluation``, ``counterfactuals``, ``augmentation`` and
+    ``roundtrip``: the stages' outputs; ``times``: (stage, seconds); ``histories``: each trained
+    model's ``history.json``; ``results``: the numbers also written to ``results.json``.
+    """
+
+    test: dict[str, Any]
+    n: int
+    evaluation: dict[str, Any]
+    counterfactuals: dict[str, Any]
+    augmentation: dict[str, Any]
+    roundtrip: dict[str, Any]
+    times: list[tuple[str, float]]
+    histories: dict[str, list[dict[str, float]]]
+    results: dict[str, Any]
+    intro: str
+
+
+#: the validation metric each demo model is selected on (its curve is drawn)
+_SELECTION = {"backbone": "i2t_label_precision@5", "report": "ce_micro_f1", "classifier": "mauc",
+              "diffusion": "denoising_loss"}
+
+
+def rows_by_finding(labels: np.ndarray, per_row: int) -> list[tuple[str, list[int]]]:
+    """Up to ``per_row`` study indices for each finding present (normal studies under No Finding)."""
+    out = []
+    for name in ("No Finding", *PATHOLOGY_LABELS):
+        idx = np.flatnonzero(labels[:, CHEXPERT_LABELS.index(name)] == 1)[:per_row].tolist()
+        if idx:
+            out.append((name, idx))
+    return out
+
+
+def _stages_section(page: DemoPage) -> str:
+    total = sum(t for _, t in page.times)
+    return metric_table([(name, f"{sec:.1f}") for name, sec in page.times] + [("total (before this page)", f"{total:.1f}")],
+                        ("stage", "seconds"))
+
+
+def _metrics_section(page: DemoPage) -> str:
+    img, rep = page.results["image_metrics"], page.results["report_metrics"]
+    keys = ("n", "bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "unique_report_rate")
+    tables = "<h3>image -> report (test split)</h3>" + metric_table({k: rep[k] for k in keys if k in rep})
+    tables += "<h3>report -> image (test reports)</h3>" + metric_table(
+        {"classifier mAUC on generated images": img["mauc_generated"],
+         "classifier mAUC on the real images (ceiling)": img["mauc_real"],
+         "FID (backbone features)": img["fid"], "FID real vs real (floor)": img["fid_floor"],
+         "FID / floor": img["fid_over_floor"], "KID": img["kid_mean"]})
+    return tables + "<h3>counterfactual edits</h3>" + metric_table(page.counterfactuals["metrics"])
+
+
+def _images_section(page: DemoPage) -> str:
+    real = page.test["images"][:page.n, 0].numpy()
+    fake = page.evaluation["gen_images"][:, 0].numpy()
+    grid_rows, captions = [], []
+    blank = np.ones_like(real[0])
+    for name, idx in rows_by_finding(page.test["labels"][:page.n], 4):
+        pad = [blank] * (4 - len(idx))  # keep the generated block in the same columns on every row
+        grid_rows.append([real[i] for i in idx] + pad + [blank] + [fake[i] for i in idx])
+        captions.append(html.escape(name))
+    return ("<p class=\"note\">Each row: up to 4 real test images with the finding (left), then the images generated "
+            f"from the same reports (right). Rows: {', '.join(captions)}.</p>"
+            f"<img src=\"{png_data_uri(image_grid(grid_rows))}\" alt=\"real vs generated\">")
+
+
+def _counterfactuals_section(page: DemoPage) -> str:
+    cf = page.counterfactuals
+    cf_rows, cf_text = [], []
+    for e, edited in zip(cf["edits"], cf["edited"][:, 0].numpy(), strict=True):
+        diff = np.abs(edited - e.source)
+        cf_rows.append([e.source, edited, e.true_cf, diff / max(float(diff.max()), 1e-6)])
+        change = ", ".join([f"+{a}" for a in e.added] + [f"-{r}" for r in e.removed])
+        cf_text.append((e.study_id, change, e.new_report))
+    return ("<p class=\"note\">Columns: source, edited, true counterfactual (SynthCXR re-rendered with the new "
+            "findings), |edited - source|.</p>"
+            f"<img src=\"{png_data_uri(image_grid(cf_rows))}\" alt=\"counterfactual rows\">"
+            + metric_table(cf_text, ("study", "edit", "new report")))
+
+
+def _reports_section(page: DemoPage, labeler: ReportLabeler) -> str:
+    test, generated = page.test, page.evaluation["gen_reports"]
+    rows = []
+    for i in range(min(page.n, 12)):
+        ref_pos = positive_findings(test["reports"][i], labeler)
+        rows.append(f"<tr><td>{html.escape(test['ids'][i])}</td><td>{highlight_findings(test['reports'][i], labeler)}"
+                    f"</td><td>{highlight_findings(generated[i], labeler, ref_pos)}</td></tr>")
+    return ("<p class=\"note\">Findings the labeler reads are marked; in generated reports green = also in the "
+            "reference, red = not in the reference.</p><table><tr><th>study</th><th>reference</th><th>generated</th>"
+            "</tr>" + "".join(rows) + "</table>")
+
+
+def _roundtrip_section(page: DemoPage) -> str:
+    rr, ri = page.roundtrip["reports"], page.roundtrip["images"]
+    out = metric_table({"report round trip: label-set agreement": rr["label_set_agreement"],
+                        "report round trip: CE micro-F1": rr["ce_micro_f1"],
+                        "image round trip: embedding cosine": ri["embedding_cosine"],
+                        "image round trip: SSIM": ri["ssim"]})
+    out += metric_table([(k, v["n"], v["survival"]) for k, v in rr["per_finding"].items()],
+                        ("finding", "n", "survives report->image->report"))
+    out += "<h4>worst report round trips</h4>" + metric_table(
+        [(w["label_errors"], w["input"], w["output"]) for w in rr["worst"]], ("label errors", "input", "output"))
+    k = min(len(ri["reports"]), 6)
+    pairs = [[page.test["images"][i, 0].numpy() for i in range(k)], [ri["regenerated"][i, 0].numpy() for i in range(k)]]
+    return out + ("<h4>image -> report -> image (top: inputs, bottom: regenerated from the generated reports)</h4>"
+                  f"<img src=\"{png_data_uri(image_grid(pairs))}\" alt=\"image round trips\">"
+                  + metric_table([(i, ri["reports"][i]) for i in range(k)], ("image", "generated report")))
+
+
+def _augmentation_section(page: DemoPage) -> str:
+    aug = page.augmentation
+    rows = [(key, v["real"]["mean"], v["real+synthetic"]["mean"], v["difference"]["mean"],
+             f"[{v['difference']['ci_low']:.3f}, {v['difference']['ci_high']:.3f}]") for key, v in aug["summary"].items()]
+    return (f"<p>Rare findings: {html.escape(', '.join(aug['rare_findings']))}; {aug['synthetic_studies']} synthetic "
+            f"studies; seeds {aug['seeds']}. Verdict on the rare findings' clinical F1: <b>{html.escape(aug['verdict'])}</b>"
+            "</p>" + metric_table(rows, ("metric", "real", "real+synthetic", "difference", "95% CI of difference"))
+            + "<h4>composed reports (examples)</h4>"
+            + metric_table([(f, r) for f, rs in aug["examples"].items() for r in rs], ("finding", "report")))
+
+
+def write_demo_report(out: Path, page: DemoPage) -> Path:
+    """``report.html`` (every section of :data:`SECTIONS`) and ``training_curves.png`` under ``out``."""
+    curves = curves_png(page.histories, _SELECTION)
+    curves.save(out / "training_curves.png")
+    sections = {
+        "stages": ("Stages and times", _stages_section(page)),
+        "metrics": ("Metrics", _metrics_section(page)),
+        "images": ("Real vs generated, per finding", _images_section(page)),
+        "counterfactuals": ("Counterfactuals", _counterfactuals_section(page)),
+        "reports": ("Generated reports", _reports_section(page, ReportLabeler())),
+        "roundtrip": ("Round trip", _roundtrip_section(page)),
+        "augmentation": ("Rare-finding augmentation", _augmentation_section(page)),
+        "curves": ("Training curves", f"<img src=\"{png_data_uri(curves)}\" alt=\"training curves\">"),
+    }
+    path = out / "report.html"
+    atomic_write_text(path, render_html("RadLoop demo report", sections, page.intro))
+    return path

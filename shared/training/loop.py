@@ -70,9 +70,8 @@ class TrainConfig:
     report_to: str | None = None
     resume: bool = True
     progress: bool = True
-    # NHWC weights: oneDNN's CPU convolutions of the CNN towers run ~1.5x faster (a whole classifier
-    # step 0.60 -> 0.47 s on 2 cores; RadCLIP, whose text tower is unaffected, 0.69 -> 0.62 s), while
-    # diffusers' GroupNorm autoencoder gets slower: opt-in.
+    # NHWC weights: oneDNN's CPU convolutions of the CNN towers run faster in this layout, diffusers'
+    # GroupNorm autoencoder slower, hence opt-in (measured by benchmarks/backbone_speed.py --channels-last).
     channels_last: bool = False
 
 
