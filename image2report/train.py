@@ -67,7 +67,7 @@ class ReportExperiment:
     data: ReportDataConfig = field(default_factory=ReportDataConfig)
     model: ReportModelConfig = field(default_factory=ReportModelConfig)
     #: one max_length: decoding stops where the tokenizer cuts the training reports (``data.max_length``)
-    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_length=II("data.max_length")))
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_length=II("..data.max_length")))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/report", max_steps=2000,
                                                                    learning_rate=5e-4, eval_every=250,
                                                                    warmup_steps=100))

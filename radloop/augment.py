@@ -169,6 +169,50 @@ def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, f
     return "gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference"
 
 
+def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: ReportLabeler) -> list[str]:
+    rare = list(cfg.findings) or pick_rare_findings(train_reports, cfg.rare_below, labeler)
+    unknown = [f for f in rare if f not in PATHOLOGY_LABELS]
+    if unknown:
+        raise ValueError(f"unknown findings {unknown}; use names from {list(PATHOLOGY_LABELS)}")
+    if not rare:
+        raise ValueError(f"no finding is below {cfg.rare_below} prevalence; name them with findings=[...]")
+    return rare
+
+
+def _train_arms(cfg: AugmentExperiment, annotation: Path, merged: Path, refs: dict[str, str], rare: list[str],
+                labeler: ReportLabeler, out: Path) -> dict[str, list[dict[str, float]]]:
+    """Both arms over the seeds, each scored on the real test split."""
+    runs: dict[str, list[dict[str, float]]] = {"real": [], "real+synthetic": []}
+    plan = [(seed, arm, manifest) for seed in cfg.seeds
+            for arm, manifest in (("real", annotation), ("real+synthetic", merged))]
+    for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
+        exp = copy.deepcopy(cfg.report)
+        exp.data.annotation = str(manifest)
+        exp.train.seed = seed
+        exp.train.output_dir = str(out / "runs" / f"{arm.replace('+', '_')}_seed{seed}")
+        train_report_model(exp)
+        preds = generate_reports(str(Path(exp.train.output_dir) / "best"), str(annotation), "test",
+                                 num_beams=exp.decoding.num_beams)
+        runs[arm].append(_arm_scores(preds, refs, rare, labeler))
+        logger.info("augment %s seed %d: %s", arm, seed, runs[arm][-1])
+    return runs
+
+
+def _summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Means with t-intervals over seeds, and the paired per-seed difference."""
+    summary: dict[str, Any] = {}
+    for key in runs["real"][0]:
+        row = {}
+        for arm in runs:
+            mean, lo, hi = mean_ci([r[key] for r in runs[arm]])
+            row[arm] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+        diff = [b[key] - a[key] for a, b in zip(runs["real"], runs["real+synthetic"], strict=True)]
+        mean, lo, hi = mean_ci(diff)
+        row["difference"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+        summary[key] = row
+    return summary
+
+
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``<output_dir>/augment_results.json`` and returns it."""
     out = Path(cfg.output_dir)
@@ -180,12 +224,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     if not train_reports or not refs:
         raise ValueError(f"{annotation} needs train and test studies")
     labeler = ReportLabeler()
-    rare = list(cfg.findings) or pick_rare_findings(train_reports, cfg.rare_below, labeler)
-    unknown = [f for f in rare if f not in PATHOLOGY_LABELS]
-    if unknown:
-        raise ValueError(f"unknown findings {unknown}; use names from {list(PATHOLOGY_LABELS)}")
-    if not rare:
-        raise ValueError(f"no finding is below {cfg.rare_below} prevalence; name them with findings=[...]")
+    rare = _rare_findings(cfg, train_reports, labeler)
     logger.info("rare findings: %s", rare)
 
     # 1. synthetic studies for the rare findings
@@ -200,36 +239,11 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
                                          cfg.guidance_scale)
     merged = _merged_manifest(annotation, synthetic, out)
 
-    # 2. both arms over the seeds, scored on the real test split
-    base = cfg.report
-    runs: dict[str, list[dict[str, float]]] = {"real": [], "real+synthetic": []}
-    plan = [(seed, arm, manifest) for seed in cfg.seeds
-            for arm, manifest in (("real", annotation), ("real+synthetic", merged))]
-    for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
-        exp = copy.deepcopy(base)
-        exp.data.annotation = str(manifest)
-        exp.train.seed = seed
-        exp.train.output_dir = str(out / "runs" / f"{arm.replace('+', '_')}_seed{seed}")
-        train_report_model(exp)
-        preds = generate_reports(str(Path(exp.train.output_dir) / "best"), str(annotation), "test",
-                                 num_beams=exp.decoding.num_beams)
-        runs[arm].append(_arm_scores(preds, refs, rare, labeler))
-        logger.info("augment %s seed %d: %s", arm, seed, runs[arm][-1])
-
-    # 3. means with t-intervals over seeds, and the paired per-seed difference
-    summary: dict[str, Any] = {}
-    for key in runs["real"][0]:
-        row = {}
-        for arm in runs:
-            mean, lo, hi = mean_ci([r[key] for r in runs[arm]])
-            row[arm] = {"mean": mean, "ci_low": lo, "ci_high": hi}
-        diff = [b[key] - a[key] for a, b in zip(runs["real"], runs["real+synthetic"], strict=True)]
-        mean, lo, hi = mean_ci(diff)
-        row["difference"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
-        summary[key] = row
-    verdict = _verdict(summary["rare_f1_mean"], runs)
+    # 2. both arms over the seeds; 3. intervals and the verdict
+    runs = _train_arms(cfg, annotation, merged, refs, rare, labeler, out)
+    summary = _summarise(runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
-              "seeds": list(cfg.seeds), "runs": runs, "summary": summary, "verdict": verdict,
-              "examples": {f: v[:3] for f, v in composed.items()}}
+              "seeds": list(cfg.seeds), "runs": runs, "summary": summary,
+              "verdict": _verdict(summary["rare_f1_mean"], runs), "examples": {f: v[:3] for f, v in composed.items()}}
     atomic_write_text(out / "augment_results.json", json.dumps(result, indent=1, default=float) + "\n")
     return result

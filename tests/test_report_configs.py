@@ -80,3 +80,11 @@ def test_report_benchmark_runs_a_pretrained_recipe_end_to_end(tmp_path, tiny_syn
     assert (out / "ifnet_tower_s0" / "best" / "config.json").is_file()
     assert 0.0 <= result["models"]["baseline_pt"]["beam3"]["truth_ce_micro_f1"]["mean"] <= 1.0
     assert json.loads(capsys.readouterr().out)["benchmark"] == "report_generation_synthcxr"
+
+
+def test_one_max_length_decoding_follows_data_even_nested():
+    from radloop.augment import AugmentExperiment
+
+    assert load_config(ReportExperiment(), None, ["data.max_length=42"]).decoding.max_length == 42
+    assert load_config(AugmentExperiment(), None, ["report.data.max_length=33"]).report.decoding.max_length == 33
+    assert load_config(ReportExperiment(), None, ["decoding.max_length=7"]).decoding.max_length == 7

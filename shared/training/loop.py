@@ -312,16 +312,65 @@ class Trainer:
             self._save_model("best")
 
     # -- loop --------------------------------------------------------------------------
-    def train(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
+    def _start(self) -> None:
+        """Output folder, the config beside it, trackers, and the latest checkpoint if any."""
         acc, cfg = self.accelerator, self.cfg
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
         if cfg.report_to:
-            acc.init_trackers("radloop", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
+            acc.init_trackers("radloop", config={k: v for k, v in asdict(cfg).items()
+                                                 if isinstance(v, (int, float, str, bool))})
         self._resume()
+
+    def _micro_step(self, batch: Any) -> dict[str, Any]:
+        """Forward, backward and (at the end of an accumulation window) the optimizer step."""
+        acc, cfg = self.accelerator, self.cfg
+        with acc.accumulate(self.model):
+            out = self.loss_fn(self.model, batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                latest = self.latest_checkpoint()
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {self.state.step + 1}; stopped. "
+                    f"Last good checkpoint: {latest if latest else 'none yet'}"
+                )
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def _after_step(self, running: dict[str, list[float]], history: list[dict[str, float]], bar: Any) -> bool:
+        """Step work under ``sync_gradients``: EMA, logging, validation, checkpoints. Returns whether the
+        running log means were flushed (the caller then starts them afresh)."""
+        acc, cfg = self.accelerator, self.cfg
+        self.state.step += 1
+        if self.ema is not None:
+            self.ema.update(acc.unwrap_model(self.model))
+        bar.update(1)
+        flushed = False
+        if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+            logs = {f"train/{k}": float(np.mean(v)) for k, v in running.items()}
+            logs["train/lr"] = float(self.scheduler.get_last_lr()[0])
+            acc.log(logs, step=self.state.step)
+            history.append({"step": self.state.step, **logs})
+            bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}")
+            flushed = True
+        if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps:
+            self._evaluate(history)
+        if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
+            self._checkpoint()
+        return flushed
+
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        # 1. where to start: a fresh folder or the latest complete checkpoint
+        self._start()
         history: list[dict[str, float]] = []
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (acc.is_main_process and cfg.progress),
                    desc="train", unit="step")
@@ -329,6 +378,7 @@ class Trainer:
         epoch_len = len(self.train_loader)
         if epoch_len == 0:
             raise ValueError("the training data loader is empty")
+        # 2. a resumed run skips the batches its epoch already saw
         micro_done = self.state.step * cfg.gradient_accumulation_steps
         epoch, skip = divmod(micro_done, epoch_len)
         running: dict[str, list[float]] = {}
@@ -337,44 +387,20 @@ class Trainer:
             loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
             skip = 0
             for batch in loader:
-                with acc.accumulate(self.model):
-                    out = self.loss_fn(self.model, batch)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss.detach()).all():
-                        latest = self.latest_checkpoint()
-                        raise NonFiniteLossError(
-                            f"loss became {loss.item()} at step {self.state.step + 1}; stopped. "
-                            f"Last good checkpoint: {latest if latest else 'none yet'}"
-                        )
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                # 3. one micro-batch; the logged terms are gathered across processes
+                out = self._micro_step(batch)
                 for k, v in out.items():
                     if isinstance(v, torch.Tensor) and v.numel() == 1:
                         running.setdefault(k, []).append(float(acc.gather(v.detach().reshape(1).float()).mean()))
                 if not acc.sync_gradients:
                     continue
-                self.state.step += 1
-                if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(self.model))
-                bar.update(1)
-                if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                    logs = {f"train/{k}": float(np.mean(v)) for k, v in running.items()}
-                    logs["train/lr"] = float(self.scheduler.get_last_lr()[0])
-                    acc.log(logs, step=self.state.step)
-                    history.append({"step": self.state.step, **logs})
-                    bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}")
+                # 4. a whole optimizer step: EMA, logs, validation, checkpoints
+                if self._after_step(running, history, bar):
                     running = {}
-                if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps:
-                    self._evaluate(history)
-                if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
-                    self._checkpoint()
                 if self.state.step >= cfg.max_steps:
                     break
             epoch += 1
+        # 5. the final weights and the history
         bar.close()
         self._save_model("final")
         if acc.is_main_process:
