@@ -12,6 +12,7 @@ and acquisition with other findings changes only the pixels the changed findings
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -157,13 +158,129 @@ def _clavicle(fr: _Frame, p: Patient, side: int) -> np.ndarray:
     return _bump((fr.y - yc) / 0.032) * along
 
 
-def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
-    x, y, eps = fr.x, fr.y, fr.eps
-    by_name: dict[str, list[Finding]] = {}
-    for f in findings:
-        by_name.setdefault(f.name, []).append(f)
+@dataclass
+class _Lung:
+    """One lung field while its findings are drawn: aeration (0..1), marking visibility, added density."""
 
-    # 1. Heart and mediastinum (cardiomegaly and a widened mediastinum change their size).
+    cx: float
+    a: float
+    top: float
+    base: float
+    sd: np.ndarray
+    vessels: np.ndarray
+    aer: np.ndarray
+    marks: np.ndarray
+    extra: np.ndarray
+
+
+def _effusion(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    lvl = _SEVERITY_LEVEL[f.severity]
+    height = (0.08, 0.24, 0.45)[lvl] * (lung.base - lung.top)
+    lateral = np.clip((side * (x - lung.cx) / lung.a + 1.0) / 2.0, 0.0, 1.0)
+    meniscus = lung.base - height - 0.09 * np.square(lateral)
+    fluid = _soft(meniscus - y, 1.5 * eps) * _soft(_lung_sd(x, y, p, side, dome=False), eps)
+    lung.aer *= 1.0 - fluid
+    lung.extra += 0.03 * fluid
+
+
+def _pneumothorax(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    c = (0.14, 0.26, 0.42)[_SEVERITY_LEVEL[f.severity]]
+    hx, hy = side * 0.22, 0.05
+    # The collapsed lung: the lung field shrunk towards the hilum, laterally and apically.
+    xs = hx + (x - hx) / (1.0 - c)
+    ys = np.where(y < hy, hy + (y - hy) / (1.0 - 0.8 * c), y)
+    col_sd = _lung_sd(xs, ys, p, side) * (1.0 - c)
+    collapsed = _soft(col_sd, eps)
+    space = _soft(lung.sd, eps) * (1.0 - collapsed)
+    lung.marks *= 1.0 - space
+    lung.aer = lung.aer * (1.0 - 0.2 * c * collapsed) + 0.08 * space
+    lung.extra += 0.09 * _bump(col_sd / (1.6 * eps)) * _soft(lung.sd, eps)
+
+
+def _consolidation(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    rng = np.random.default_rng(stable_seed(f.seed, "consolidation"))
+    fissure = lung.top + 0.45 * (lung.base - lung.top) + 0.12 * side * (x - lung.cx)
+    lobe = _soft(fissure - y, eps) if f.zone == "lower" else _soft(y - fissure, eps)
+    radius = (0.2, 0.3, 0.55)[_SEVERITY_LEVEL[f.severity]]
+    zx = lung.cx + side * rng.uniform(-0.05, 0.08)
+    zy = _zone_y(p, side, f.zone) + rng.uniform(-0.04, 0.04)
+    ang = np.arctan2(y - zy, x - zx)
+    r = np.hypot(x - zx, y - zy) / (radius * (1.0 + 0.12 * np.sin(3 * ang + rng.uniform(0, 6.3))))
+    blob = lobe * _bump(np.clip(r - 0.35, 0.0, None) / 0.65)
+    lung.aer *= 1.0 - 0.92 * blob
+    lung.extra -= 0.06 * lung.vessels * blob  # air bronchograms: dark branching lines in the opacity
+
+
+def _pneumonia(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y = fr.x, fr.y
+    rng = np.random.default_rng(stable_seed(f.seed, "pneumonia"))
+    patchy = np.zeros_like(x)
+    for _ in range((4, 7, 10)[_SEVERITY_LEVEL[f.severity]]):
+        px = lung.cx + side * rng.uniform(-0.12, 0.16)
+        py = _zone_y(p, side, f.zone) + rng.uniform(-0.1, 0.1)
+        patchy += 0.6 * _bump(np.hypot(x - px, y - py) / rng.uniform(0.07, 0.12))
+    lung.aer *= 1.0 - 0.7 * np.clip(patchy, 0.0, 1.0)
+
+
+def _atelectasis(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    rng = np.random.default_rng(stable_seed(f.seed, "atelectasis"))
+    thick = max((0.016, 0.03, 0.03)[_SEVERITY_LEVEL[f.severity]], 1.2 * eps)
+    if f.zone == "retrocardiac":
+        wedge = _soft(_ellipse_sd(x, y, side * 0.15, lung.base - 0.12, 0.08, 0.11), 2 * eps)
+        lung.extra += (0.1 + 0.06 * _SEVERITY_LEVEL[f.severity]) * wedge
+    else:
+        y0 = lung.base - p.dome_h - 0.08 + rng.uniform(-0.03, 0.02)
+        band = _bump((y - y0 - rng.uniform(-0.12, 0.12) * (x - lung.cx)) / thick)
+        band *= _bump((x - lung.cx - side * rng.uniform(0.0, 0.08)) / 0.16)
+        lung.aer *= 1.0 - 0.9 * band
+
+
+def _edema(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    level = _SEVERITY_LEVEL[f.severity]
+    hx, hy = side * 0.2, 0.0
+    haze = _bump(np.hypot((x - hx) / (0.3 + 0.1 * level), (y - hy) / (0.42 + 0.1 * level)))
+    lung.aer *= 1.0 - (0.3 + 0.18 * level) * haze
+    lung.marks *= 1.0 + 0.8 * haze
+    if level >= 1:  # Kerley B lines: short horizontal lines at the lateral bases
+        edge = lung.cx + side * lung.a * 0.98
+        for k in range(4):
+            yk = lung.base - 0.06 - 0.045 * k
+            lung.extra += 0.05 * _bump((y - yk) / max(0.006, eps)) * _bump((x - edge + side * 0.03) / 0.035)
+
+
+def _lesion(fr: _Frame, p: Patient, side: int, lung: _Lung, f: Finding) -> None:
+    x, y, eps = fr.x, fr.y, fr.eps
+    rng = np.random.default_rng(stable_seed(f.seed, "lesion"))
+    radius = (0.04 if f.kind == "nodule" else 0.1) * (0.8 if f.severity == "small" else 1.2)
+    lx = lung.cx + side * rng.uniform(-0.02, 0.12)
+    ly = _zone_y(p, side, f.zone) + rng.uniform(-0.05, 0.05)
+    ang = np.arctan2(y - ly, x - lx)
+    lob = 1.0 + 0.1 * np.sin(3 * ang + rng.uniform(0, 6.3)) + 0.06 * np.sin(5 * ang + rng.uniform(0, 6.3))
+    lung.extra += 0.28 * _soft(np.hypot(x - lx, y - ly) - radius * lob, 1.5 * eps)
+
+
+#: lung findings in drawing order (the order is part of the image: later ones act on earlier ones),
+#: each with whether it is drawn only on its own side(s)
+_LUNG_FINDINGS = (
+    ("Pleural Effusion", _effusion, True),
+    ("Pneumothorax", _pneumothorax, True),
+    ("Consolidation", _consolidation, True),
+    ("Pneumonia", _pneumonia, True),
+    ("Atelectasis", _atelectasis, True),
+    ("Edema", _edema, False),  # bilateral by nature: both lungs whatever the sides
+    ("Lung Lesion", _lesion, True),
+)
+
+
+def _heart_and_mediastinum(fr: _Frame, p: Patient, by_name: dict[str, list[Finding]]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(heart, mediastinum) masks; cardiomegaly and a widened mediastinum change their size."""
+    x, y, eps = fr.x, fr.y, fr.eps
     cardio = by_name.get("Cardiomegaly", [])
     grow = 1.0 + (0.2 + 0.13 * _SEVERITY_LEVEL[cardio[0].severity] if cardio else 0.0)
     hw, hh = p.heart_w * grow, p.heart_h * (1.0 + 0.35 * (grow - 1.0))
@@ -173,125 +290,35 @@ def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
     upper = _bump((y + 0.32) / 0.42) * widen
     medi_sd = np.maximum(np.abs(x - 0.01) - p.medi_w * (1.0 + upper), y - p.heart_cy)
     knob = _ellipse_sd(x, y, p.medi_w + 0.035 + p.medi_w * upper, -0.36, 0.055, 0.05)
-    medi = _soft(np.minimum(medi_sd, knob), eps)
+    return heart, _soft(np.minimum(medi_sd, knob), eps)
 
-    # 2. Aerated lung per side, with per-side aeration A (0..1) and marking visibility.
-    body = _soft(_ellipse_sd(x, y, 0.0, 0.2, p.body_w, p.body_h), 3 * eps)
-    dens = p.soft_tissue * body + 0.06 * medi + 0.04 * heart
-    spine = _soft(np.abs(x) - 0.055, 2 * eps) * body
-    dens += 0.06 * p.bone * spine
-    trachea = _soft(np.maximum(np.abs(x - 0.005) - 0.028, y + 0.2), eps)
-    dens -= 0.18 * trachea
-    not_central = (1.0 - heart) * (1.0 - medi)
 
-    for side in (-1, 1):
-        cx, a, top, base = _lung_geometry(p, side)
-        lung_sd = _lung_sd(x, y, p, side)
-        lung = _soft(lung_sd, eps) * not_central
-        aer = np.ones_like(x)
-        marks = np.ones_like(x)
-        vessels = _vessels(fr, p, side)
-        extra = np.zeros_like(x)
+def _add_lung(dens: np.ndarray, fr: _Frame, p: Patient, side: int, by_name: dict[str, list[Finding]],
+              not_central: np.ndarray, body: np.ndarray) -> None:
+    """Add one side's aerated lung with its findings, ribs and clavicle to ``dens`` (in place)."""
+    x, y, eps = fr.x, fr.y, fr.eps
+    cx, a, top, base = _lung_geometry(p, side)
+    lung_sd = _lung_sd(x, y, p, side)
+    field = _soft(lung_sd, eps) * not_central
+    lung = _Lung(cx, a, top, base, lung_sd, _vessels(fr, p, side), np.ones_like(x), np.ones_like(x), np.zeros_like(x))
+    for name, draw, sided in _LUNG_FINDINGS:
+        for f in by_name.get(name, []):
+            if not sided or side in f.sides:
+                draw(fr, p, side, lung, f)
+    dens += -0.44 * field * lung.aer + 0.09 * field * np.clip(lung.aer, 0.0, 1.0) * lung.marks * lung.vessels + lung.extra
+    fractures = [f for f in by_name.get("Fracture", []) if side in f.sides]
+    dens += 0.075 * p.bone * _ribs(fr, p, side, fractures) * body + 0.2 * p.bone * _clavicle(fr, p, side)
 
-        for f in by_name.get("Pleural Effusion", []):
-            if side not in f.sides:
-                continue
-            lvl = _SEVERITY_LEVEL[f.severity]
-            height = (0.08, 0.24, 0.45)[lvl] * (base - top)
-            lateral = np.clip((side * (x - cx) / a + 1.0) / 2.0, 0.0, 1.0)
-            meniscus = base - height - 0.09 * np.square(lateral)
-            fluid = _soft(meniscus - y, 1.5 * eps) * _soft(_lung_sd(x, y, p, side, dome=False), eps)
-            aer *= 1.0 - fluid
-            extra += 0.03 * fluid
 
-        for f in by_name.get("Pneumothorax", []):
-            if side not in f.sides:
-                continue
-            c = (0.14, 0.26, 0.42)[_SEVERITY_LEVEL[f.severity]]
-            hx, hy = side * 0.22, 0.05
-            # The collapsed lung: the lung field shrunk towards the hilum, laterally and apically.
-            xs = hx + (x - hx) / (1.0 - c)
-            ys = np.where(y < hy, hy + (y - hy) / (1.0 - 0.8 * c), y)
-            col_sd = _lung_sd(xs, ys, p, side) * (1.0 - c)
-            collapsed = _soft(col_sd, eps)
-            space = _soft(lung_sd, eps) * (1.0 - collapsed)
-            marks *= 1.0 - space
-            aer = aer * (1.0 - 0.2 * c * collapsed) + 0.08 * space
-            extra += 0.09 * _bump(col_sd / (1.6 * eps)) * _soft(lung_sd, eps)
+def _add_devices(dens: np.ndarray, fr: _Frame, p: Patient, devices: list[Finding]) -> None:
+    """Support devices as radio-opaque lines and boxes, added to ``dens`` (in place)."""
+    x, y, eps = fr.x, fr.y, fr.eps
 
-        for f in by_name.get("Consolidation", []):
-            if side not in f.sides:
-                continue
-            rng = np.random.default_rng(stable_seed(f.seed, "consolidation"))
-            fissure = top + 0.45 * (base - top) + 0.12 * side * (x - cx)
-            lobe = _soft(fissure - y, eps) if f.zone == "lower" else _soft(y - fissure, eps)
-            radius = (0.2, 0.3, 0.55)[_SEVERITY_LEVEL[f.severity]]
-            zx = cx + side * rng.uniform(-0.05, 0.08)
-            zy = _zone_y(p, side, f.zone) + rng.uniform(-0.04, 0.04)
-            ang = np.arctan2(y - zy, x - zx)
-            r = np.hypot(x - zx, y - zy) / (radius * (1.0 + 0.12 * np.sin(3 * ang + rng.uniform(0, 6.3))))
-            blob = lobe * _bump(np.clip(r - 0.35, 0.0, None) / 0.65)
-            aer *= 1.0 - 0.92 * blob
-            extra -= 0.06 * vessels * blob  # air bronchograms: dark branching lines in the opacity
-
-        for f in by_name.get("Pneumonia", []):
-            if side not in f.sides:
-                continue
-            rng = np.random.default_rng(stable_seed(f.seed, "pneumonia"))
-            patchy = np.zeros_like(x)
-            for _ in range((4, 7, 10)[_SEVERITY_LEVEL[f.severity]]):
-                px = cx + side * rng.uniform(-0.12, 0.16)
-                py = _zone_y(p, side, f.zone) + rng.uniform(-0.1, 0.1)
-                patchy += 0.6 * _bump(np.hypot(x - px, y - py) / rng.uniform(0.07, 0.12))
-            aer *= 1.0 - 0.7 * np.clip(patchy, 0.0, 1.0)
-
-        for f in by_name.get("Atelectasis", []):
-            if side not in f.sides:
-                continue
-            rng = np.random.default_rng(stable_seed(f.seed, "atelectasis"))
-            thick = max((0.016, 0.03, 0.03)[_SEVERITY_LEVEL[f.severity]], 1.2 * eps)
-            if f.zone == "retrocardiac":
-                wedge = _soft(_ellipse_sd(x, y, side * 0.15, base - 0.12, 0.08, 0.11), 2 * eps)
-                extra += (0.1 + 0.06 * _SEVERITY_LEVEL[f.severity]) * wedge
-            else:
-                y0 = base - p.dome_h - 0.08 + rng.uniform(-0.03, 0.02)
-                band = _bump((y - y0 - rng.uniform(-0.12, 0.12) * (x - cx)) / thick)
-                band *= _bump((x - cx - side * rng.uniform(0.0, 0.08)) / 0.16)
-                aer *= 1.0 - 0.9 * band
-
-        for f in by_name.get("Edema", []):
-            level = _SEVERITY_LEVEL[f.severity]
-            hx, hy = side * 0.2, 0.0
-            haze = _bump(np.hypot((x - hx) / (0.3 + 0.1 * level), (y - hy) / (0.42 + 0.1 * level)))
-            aer *= 1.0 - (0.3 + 0.18 * level) * haze
-            marks *= 1.0 + 0.8 * haze
-            if level >= 1:  # Kerley B lines: short horizontal lines at the lateral bases
-                edge = cx + side * a * 0.98
-                for k in range(4):
-                    yk = base - 0.06 - 0.045 * k
-                    extra += 0.05 * _bump((y - yk) / max(0.006, eps)) * _bump((x - edge + side * 0.03) / 0.035)
-
-        for f in by_name.get("Lung Lesion", []):
-            if side not in f.sides:
-                continue
-            rng = np.random.default_rng(stable_seed(f.seed, "lesion"))
-            radius = (0.04 if f.kind == "nodule" else 0.1) * (0.8 if f.severity == "small" else 1.2)
-            lx = cx + side * rng.uniform(-0.02, 0.12)
-            ly = _zone_y(p, side, f.zone) + rng.uniform(-0.05, 0.05)
-            ang = np.arctan2(y - ly, x - lx)
-            lob = 1.0 + 0.1 * np.sin(3 * ang + rng.uniform(0, 6.3)) + 0.06 * np.sin(5 * ang + rng.uniform(0, 6.3))
-            extra += 0.28 * _soft(np.hypot(x - lx, y - ly) - radius * lob, 1.5 * eps)
-
-        dens += -0.44 * lung * aer + 0.09 * lung * np.clip(aer, 0.0, 1.0) * marks * vessels + extra
-        fractures = [f for f in by_name.get("Fracture", []) if side in f.sides]
-        dens += 0.075 * p.bone * _ribs(fr, p, side, fractures) * body + 0.2 * p.bone * _clavicle(fr, p, side)
-
-    # 3. Support devices: radio-opaque lines and boxes.
-    # Tubes and wires are drawn at least about a pixel wide, so that they stay visible at small sizes.
     def tube(w: float) -> float:
+        # Tubes and wires are drawn at least about a pixel wide, so that they stay visible at small sizes.
         return max(w, 1.2 * eps)
 
-    for f in by_name.get("Support Devices", []):
+    for f in devices:
         rng = np.random.default_rng(stable_seed(f.seed, "device"))
         if f.kind == "endotracheal tube":
             tip = -0.42 + rng.uniform(-0.05, 0.05)
@@ -304,6 +331,28 @@ def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
             box = _soft(np.maximum(np.abs(x - gx) - 0.07, np.abs(y - gy) - 0.045), eps)
             leads = _polyline(x, y, [(gx - 0.05, gy), (0.22, -0.45), (0.04, 0.0), (0.1, p.heart_cy + 0.1)], tube(0.007))
             dens += 0.9 * box + 0.5 * leads
+
+
+def _frontal(fr: _Frame, p: Patient, findings: Iterable[Finding]) -> np.ndarray:
+    x, y, eps = fr.x, fr.y, fr.eps
+    by_name: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_name.setdefault(f.name, []).append(f)
+    # 1. heart and mediastinum
+    heart, medi = _heart_and_mediastinum(fr, p, by_name)
+    # 2. the trunk: soft tissue, spine, trachea
+    body = _soft(_ellipse_sd(x, y, 0.0, 0.2, p.body_w, p.body_h), 3 * eps)
+    dens = p.soft_tissue * body + 0.06 * medi + 0.04 * heart
+    spine = _soft(np.abs(x) - 0.055, 2 * eps) * body
+    dens += 0.06 * p.bone * spine
+    trachea = _soft(np.maximum(np.abs(x - 0.005) - 0.028, y + 0.2), eps)
+    dens -= 0.18 * trachea
+    # 3. each lung with its findings, ribs and clavicle
+    not_central = (1.0 - heart) * (1.0 - medi)
+    for side in (-1, 1):
+        _add_lung(dens, fr, p, side, by_name, not_central, body)
+    # 4. support devices
+    _add_devices(dens, fr, p, by_name.get("Support Devices", []))
     return dens
 
 
