@@ -258,6 +258,71 @@ def _positive(f: Finding, rng: np.random.Generator, hedge: bool, first: bool = F
     return _fmt(template, f), effects
 
 
+class _Sections:
+    """The findings section being written: its sentences with their label effects, and the study's
+    ``rng`` (every paraphrase and "mention this negative?" choice draws from it, in writing order)."""
+
+    def __init__(self, findings: Sequence[Finding], rng: np.random.Generator, hedged: dict[int, bool]) -> None:
+        self.findings, self.rng, self.hedged = findings, rng, hedged
+        self.names = {f.name for f in findings}
+        self.sentences: list[tuple[str, Effects]] = []
+
+    def negative(self, group: str, p: float = 1.0) -> None:
+        """State a negative of ``group`` (with probability ``p``)."""
+        if p >= 1.0 or self.rng.random() < p:
+            text, effects = _choose(self.rng, _NEGATIVE[group])
+            self.sentences.append((_cap(text), dict(effects)))
+
+    def positives(self, names: Sequence[str], hedge: bool = False) -> list[Finding]:
+        """State every finding named in ``names`` (hedged ones as uncertain when ``hedge``)."""
+        found = [f for f in self.findings if f.name in names]
+        self.sentences.extend(_positive(f, self.rng, hedge and self.hedged[id(f)]) for f in found)
+        return found
+
+    def heart(self) -> None:
+        heart_pos = [f for f in self.findings if f.name in ("Cardiomegaly", "Enlarged Cardiomediastinum")]
+        if not heart_pos and self.rng.random() < 0.4:
+            self.negative("heart+mediastinum")
+            return
+        if "Cardiomegaly" not in self.names:
+            self.negative("heart")
+        if "Enlarged Cardiomediastinum" not in self.names:
+            self.negative("mediastinum", 0.7)
+        self.positives(("Cardiomegaly", "Enlarged Cardiomediastinum"))
+
+    def lungs(self) -> None:
+        if not self.positives(_LUNG_FINDINGS, hedge=True):
+            self.negative("lungs")
+        if not self.names.intersection(("Consolidation", "Pneumonia")):
+            self.negative("consolidation", 0.35)
+        if "Edema" not in self.names:
+            self.negative("edema", 0.25)
+        if "Lung Lesion" not in self.names:
+            self.negative("lesion", 0.2)
+
+    def pleura(self) -> None:
+        pleural_pos = self.positives(("Pleural Effusion", "Pneumothorax"))
+        if not pleural_pos and self.rng.random() < 0.6:
+            self.negative("pleural")
+            return
+        if "Pleural Effusion" not in self.names:
+            self.negative("effusion", 0.85)
+        if "Pneumothorax" not in self.names:
+            self.negative("pneumothorax", 0.85)
+
+    def bones(self) -> None:
+        self.positives(("Fracture",))
+        if "Fracture" not in self.names:
+            self.negative("fracture", 0.3) if self.rng.random() < 0.5 else self.negative("bones", 0.5)
+
+    def impression(self) -> list[tuple[str, Effects]]:
+        """The main findings again (same certainty), or a normal statement."""
+        pathology = [f for f in self.findings if f.name != "Support Devices"]
+        if pathology:
+            return [_positive(f, self.rng, self.hedged[id(f)], first=True) for f in pathology[:2]]
+        return [(_cap(_choose(self.rng, _NORMAL_IMPRESSION)), {})]
+
+
 def write_report(
     findings: Sequence[Finding],
     rng: np.random.Generator,
@@ -273,70 +338,24 @@ def write_report(
     Returns:
         The report, with the labels its sentences state (after the hierarchy rules).
     """
-    names = {f.name for f in findings}
     hedged = {id(f): (f.name in HEDGEABLE and rng.random() < hedge_prob) for f in findings}
-    sentences: list[tuple[str, Effects]] = []
-
-    def neg(group: str, p: float = 1.0) -> None:
-        if p >= 1.0 or rng.random() < p:
-            text, effects = _choose(rng, _NEGATIVE[group])
-            sentences.append((_cap(text), dict(effects)))
-
-    for f in findings:
-        if f.name == "Support Devices":
-            sentences.append(_positive(f, rng, False))
-    # 1. Heart and mediastinum.
-    heart_pos = [f for f in findings if f.name in ("Cardiomegaly", "Enlarged Cardiomediastinum")]
-    if not heart_pos and rng.random() < 0.4:
-        neg("heart+mediastinum")
-    else:
-        if "Cardiomegaly" not in names:
-            neg("heart")
-        if "Enlarged Cardiomediastinum" not in names:
-            neg("mediastinum", 0.7)
-        sentences.extend(_positive(f, rng, False) for f in heart_pos)
-    # 2. Lungs.
-    lung_pos = [f for f in findings if f.name in _LUNG_FINDINGS]
-    sentences.extend(_positive(f, rng, hedged[id(f)]) for f in lung_pos)
-    if not lung_pos:
-        neg("lungs")
-    if not names.intersection(("Consolidation", "Pneumonia")):
-        neg("consolidation", 0.35)
-    if "Edema" not in names:
-        neg("edema", 0.25)
-    if "Lung Lesion" not in names:
-        neg("lesion", 0.2)
-    # 3. Pleura.
-    pleural_pos = [f for f in findings if f.name in ("Pleural Effusion", "Pneumothorax")]
-    sentences.extend(_positive(f, rng, False) for f in pleural_pos)
-    if not pleural_pos and rng.random() < 0.6:
-        neg("pleural")
-    else:
-        if "Pleural Effusion" not in names:
-            neg("effusion", 0.85)
-        if "Pneumothorax" not in names:
-            neg("pneumothorax", 0.85)
-    # 4. Bones.
-    sentences.extend(_positive(f, rng, False) for f in findings if f.name == "Fracture")
-    if "Fracture" not in names:
-        neg("fracture", 0.3) if rng.random() < 0.5 else neg("bones", 0.5)
-
-    # 5. Impression: the main findings again (same certainty), or a normal statement.
-    pathology = [f for f in findings if f.name != "Support Devices"]
-    impression: list[tuple[str, Effects]] = []
-    if pathology:
-        impression = [_positive(f, rng, hedged[id(f)], first=True) for f in pathology[:2]]
-    else:
-        impression = [(_cap(_choose(rng, _NORMAL_IMPRESSION)), {})]
+    body = _Sections(findings, rng, hedged)
+    # 1. devices; 2. heart and mediastinum; 3. lungs; 4. pleura; 5. bones; 6. impression
+    body.positives(("Support Devices",))
+    body.heart()
+    body.lungs()
+    body.pleura()
+    body.bones()
+    impression = body.impression()
 
     per_label: dict[str, list[float]] = {name: [] for name in CHEXPERT_LABELS}
-    for _, effects in sentences + impression:
+    for _, effects in body.sentences + impression:
         for name, value in effects.items():
             per_label[name].append(value)
     labels = finalize_report_labels({name: merge_mentions(v) for name, v in per_label.items()})
     return SynthReport(
-        findings=" ".join(s for s, _ in sentences),
+        findings=" ".join(s for s, _ in body.sentences),
         impression=" ".join(s for s, _ in impression),
         labels=labels,
-        sentences=sentences + impression,
+        sentences=body.sentences + impression,
     )
