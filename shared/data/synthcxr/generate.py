@@ -219,6 +219,49 @@ def _json_labels(labels: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (None if v != v else v) for k, v in labels.items()}
 
 
+def _prepare_output(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {out_dir} is not empty; pass overwrite to replace it")
+        for name in ("images", "annotation.json", "labels.csv", "attributes.jsonl", "synthcxr.json"):
+            target = out_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _annotation(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """R2Gen's ``annotation.json``: the studies of each split with their reports and image paths."""
+    annotation: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    for r in records:
+        annotation[r["split"]].append({
+            "id": r["id"], "study_id": r["id"], "patient_id": r["patient_id"], "report": r["report"],
+            "findings": r["report_findings"], "impression": r["report_impression"],
+            "image_path": r["image_path"], "views": r["views"], "split": r["split"],
+        })
+    return annotation
+
+
+def _labels_csv(records: list[dict[str, Any]]) -> str:
+    """``labels.csv``: the image's true CheXpert labels of every study."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "split", *CHEXPERT_LABELS])
+    for r in records:
+        writer.writerow([r["id"], r["split"], *(r["image_labels"][n] for n in CHEXPERT_LABELS)])
+    return buf.getvalue()
+
+
+def _attributes_jsonl(records: list[dict[str, Any]]) -> str:
+    """``attributes.jsonl``: everything the world knows of a study (findings, patient, acquisition)."""
+    lines = []
+    for r in records:
+        keep = {k: r[k] for k in ("id", "patient_id", "split", "findings", "image_labels", "degradation",
+                                  "wrong_report", "report_source_id", "acquisition", "patient")}
+        keep["report_labels"] = _json_labels(r["report_labels"])
+        lines.append(json.dumps(keep, sort_keys=True))
+    return "\n".join(lines) + "\n"
+
+
 def generate_dataset(
     out_dir: str | os.PathLike[str], cfg: SynthConfig | None = None, overwrite: bool = False, progress: bool = False
 ) -> dict[str, Any]:
@@ -227,67 +270,37 @@ def generate_dataset(
     Raises:
         FileExistsError: ``out_dir`` already holds files and ``overwrite`` is false; nothing is touched.
     """
+    from tqdm.auto import tqdm
+
+    from ...config import atomic_write_text
+
     cfg = cfg or SynthConfig()
     cfg.validate()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output folder {out_dir} is not empty; pass overwrite to replace it")
-        for name in ("images", "annotation.json", "labels.csv", "attributes.jsonl", "synthcxr.json"):
-            target = out_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_output(out_dir, overwrite)
+    # 1. render the studies patient by patient (images are written as they come)
     splits = _assign_splits(cfg)
-
-    from tqdm.auto import tqdm
-
     records: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.patients * cfg.studies_per_patient, desc="synthcxr", unit="study", disable=not progress)
     for batch in _iter_patients(cfg, out_dir, splits):
         records.extend(batch)
         bar.update(len(batch))
     bar.close()
+    # 2. the flagged fraction of wrong reports
     _swap_reports(records, cfg)
-
-    annotation: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    for r in records:
-        annotation[r["split"]].append({
-            "id": r["id"],
-            "study_id": r["id"],
-            "patient_id": r["patient_id"],
-            "report": r["report"],
-            "findings": r["report_findings"],
-            "impression": r["report_impression"],
-            "image_path": r["image_path"],
-            "views": r["views"],
-            "split": r["split"],
-        })
-
-    from ...config import atomic_write_text
-
-    csv_buf = io.StringIO()
-    writer = csv.writer(csv_buf, lineterminator="\n")
-    writer.writerow(["id", "split", *CHEXPERT_LABELS])
-    for r in records:
-        writer.writerow([r["id"], r["split"], *(r["image_labels"][n] for n in CHEXPERT_LABELS)])
-    attr_lines = []
-    for r in records:
-        keep = {k: r[k] for k in ("id", "patient_id", "split", "findings", "image_labels", "degradation",
-                                  "wrong_report", "report_source_id", "acquisition", "patient")}
-        keep["report_labels"] = _json_labels(r["report_labels"])
-        attr_lines.append(json.dumps(keep, sort_keys=True))
-    counts = {name: int(sum(r["image_labels"][name] for r in records)) for name in CHEXPERT_LABELS}
+    # 3. the files beside the images
+    annotation = _annotation(records)
     summary = {
         "format_version": FORMAT_VERSION,
         "config": asdict(cfg),
         "studies": len(records),
         "splits": {k: len(v) for k, v in annotation.items()},
-        "label_counts": counts,
+        "label_counts": {name: int(sum(r["image_labels"][name] for r in records)) for name in CHEXPERT_LABELS},
         "degraded": sum(r["degradation"] is not None for r in records),
         "wrong_reports": sum(r["wrong_report"] for r in records),
     }
-    atomic_write_text(out_dir / "labels.csv", csv_buf.getvalue())
-    atomic_write_text(out_dir / "attributes.jsonl", "\n".join(attr_lines) + "\n")
+    atomic_write_text(out_dir / "labels.csv", _labels_csv(records))
+    atomic_write_text(out_dir / "attributes.jsonl", _attributes_jsonl(records))
     atomic_write_text(out_dir / "synthcxr.json", json.dumps(summary, indent=2) + "\n")
     # The annotation goes last: its presence marks a complete dataset.
     atomic_write_text(out_dir / "annotation.json", json.dumps(annotation, indent=1) + "\n")
