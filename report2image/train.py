@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,85 +275,102 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
 def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     ldm = load_ldm_config(mcfg.name)
-    size = int(ldm["image_size"])
     labeler = ReportLabeler()
-    train_ds = DiffusionPairs(data.annotation, "train", size, labeler, data.image_root)
+    train_ds = DiffusionPairs(data.annotation, "train", int(ldm["image_size"]), labeler, data.image_root)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
-    val_ds = DiffusionPairs(data.annotation, "val", size, labeler, data.image_root)
+    val_ds = DiffusionPairs(data.annotation, "val", int(ldm["image_size"]), labeler, data.image_root)
     out = Path(tcfg.output_dir)
 
     # 1. frozen parts: the backbone and the autoencoder (trained here unless given)
     backbone = _load_backbone(mcfg.backbone, train_ds.base.reports).eval().requires_grad_(False)
-    if mcfg.autoencoder:
-        vae = AutoencoderKL.from_pretrained(mcfg.autoencoder)
-    elif (out / "autoencoder" / "final").is_dir():
-        vae = AutoencoderKL.from_pretrained(out / "autoencoder" / "final")
-        logger.info("reusing the autoencoder in %s", out / "autoencoder" / "final")
-    else:
-        vae = train_autoencoder(build_autoencoder(ldm), train_ds, cfg.autoencoder, out / "autoencoder", tcfg.seed)
-    vae = vae.eval().requires_grad_(False)
-
+    vae = _autoencoder(cfg, ldm, train_ds).eval().requires_grad_(False)
     # 2. what is trained: UNet, conditioner, noise-filter state
     conditioner = ReportConditioner(text_width=backbone.text_width, embed_dim=backbone.embed_dim,
                                     use_refiner=mcfg.use_refiner, use_attributes=mcfg.use_attributes,
                                     use_identity=mcfg.use_identity, **ldm["conditioner"])
     scheduler = noise_scheduler()
-    T = scheduler.config.num_train_timesteps
-    nfilter = LatentNoiseFilter(len(train_ds), T, z=lcfg.filter_z, warmup_steps=lcfg.filter_warmup,
+    nfilter = LatentNoiseFilter(len(train_ds), scheduler.config.num_train_timesteps, z=lcfg.filter_z,
+                                warmup_steps=lcfg.filter_warmup,
                                 signal=lcfg.filter_signal if mcfg.use_refiner else "loss") \
         if lcfg.noise_filter else None
     # 3. the frozen models' outputs, once: latent distributions, text tokens, image embeddings
     cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner)
     bank = cached.images[train_ds.partner[: min(64, len(train_ds))]]
     model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
-    sf = float(vae.config.scaling_factor)
     objective = DiffusionLoss(lcfg.refiner_weight, lcfg.group_weight, lcfg.independence_weight, nfilter)
-
-    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        mean = batch["latent_mean"]
-        device, b = mean.device, len(mean)
-        latents = (mean + batch["latent_std"] * torch.randn_like(mean)) * sf
-        tokens, mask, image_embeds = batch["tokens"], batch["mask"], batch.get("image_embeds")
-        # 4. DDPM: noise at a random timestep, condition dropped with cond_drop_prob
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, T, (b,), device=device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        drop = torch.rand(b, device=device) < lcfg.cond_drop_prob
-        pred, cond, refined = m(noisy, t, tokens, mask, batch["attributes"] if mcfg.use_attributes else None,
-                                batch["identity_image"] if mcfg.use_identity else None, drop, image_embeds)
-        # 5. the objective's named terms (noise filtering, refiner, disentanglement)
-        return objective(pred, noise, batch["index"], t, drop, cond, refined, batch["patient_id"], batch["labels"])
-
-    # 6. validation: denoising loss on a fixed subset with fixed noise and timesteps
-    n_val = min(data.val_samples, len(val_ds))
-    val_batch = collate_samples([val_ds[i] for i in range(n_val)]) if n_val else None
-    gen = torch.Generator().manual_seed(1234)
-    val_t = torch.randint(0, T, (n_val,), generator=gen)
-    if val_batch is not None:  # the frozen models' part of validation does not change: once
-        with torch.no_grad():
-            val_latents = vae.encode(val_batch["image"]).latent_dist.mean * sf
-            val_tokens, val_mask = backbone_text_features(backbone, val_batch["report"], torch.device("cpu"))
-        val_noise = torch.randn(val_latents.shape, generator=torch.Generator().manual_seed(4321))
-        val_noisy = scheduler.add_noise(val_latents, val_noise, val_t)
-
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        if val_batch is None:
-            return {"denoising_loss": float("nan")}
-        device = next(m.parameters()).device
-        noise, t, tokens, mask = val_noise.to(device), val_t.to(device), val_tokens.to(device), val_mask.to(device)
-        pred, _, _ = m(val_noisy.to(device), t, tokens, mask,
-                       val_batch["attributes"].to(device) if mcfg.use_attributes else None,
-                       val_batch["identity_image"].to(device) if mcfg.use_identity else None,
-                       torch.zeros(n_val, dtype=torch.bool, device=device))
-        return {"denoising_loss": float(F.mse_loss(pred, noise))}
-
+    # 4. the training step and the validation score
+    loss_fn = _unet_step(scheduler, float(vae.config.scaling_factor), objective, mcfg, lcfg.cond_drop_prob)
+    eval_fn = _denoising_validation(val_ds, data.val_samples, vae, backbone, scheduler, mcfg)
     loader = training_loader(cached, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     result = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="denoising_loss",
                      select_mode="min").train()
     if nfilter is not None:
         _write_filter_report(nfilter, train_ds, out)
     return result
+
+
+def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any], train_ds: DiffusionPairs) -> AutoencoderKL:
+    """The given autoencoder, the one an earlier run of this folder trained, or a new one trained now."""
+    out = Path(cfg.train.output_dir)
+    if cfg.model.autoencoder:
+        return AutoencoderKL.from_pretrained(cfg.model.autoencoder)
+    if (out / "autoencoder" / "final").is_dir():
+        logger.info("reusing the autoencoder in %s", out / "autoencoder" / "final")
+        return AutoencoderKL.from_pretrained(out / "autoencoder" / "final")
+    return train_autoencoder(build_autoencoder(ldm), train_ds, cfg.autoencoder, out / "autoencoder", cfg.train.seed)
+
+
+def _unet_step(scheduler: DDPMScheduler, scaling_factor: float, objective: DiffusionLoss,
+               mcfg: DiffusionModelConfig, cond_drop_prob: float) -> Callable[[nn.Module, dict[str, Any]], dict]:
+    """The loss function of one UNet training batch (cached latents, tokens and embeddings)."""
+    T = scheduler.config.num_train_timesteps
+
+    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mean = batch["latent_mean"]
+        device, b = mean.device, len(mean)
+        # 1. a latent drawn from the autoencoder's posterior
+        latents = (mean + batch["latent_std"] * torch.randn_like(mean)) * scaling_factor
+        # 2. DDPM: noise at a random timestep, condition dropped with cond_drop_prob
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, T, (b,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        drop = torch.rand(b, device=device) < cond_drop_prob
+        pred, cond, refined = m(noisy, t, batch["tokens"], batch["mask"],
+                                batch["attributes"] if mcfg.use_attributes else None,
+                                batch["identity_image"] if mcfg.use_identity else None, drop,
+                                batch.get("image_embeds"))
+        # 3. the objective's named terms (noise filtering, refiner, disentanglement)
+        return objective(pred, noise, batch["index"], t, drop, cond, refined, batch["patient_id"], batch["labels"])
+
+    return loss_fn
+
+
+def _denoising_validation(val_ds: DiffusionPairs, val_samples: int, vae: AutoencoderKL, backbone: RadCLIP,
+                          scheduler: DDPMScheduler, mcfg: DiffusionModelConfig
+                          ) -> Callable[[nn.Module], dict[str, float]]:
+    """Denoising loss on a fixed validation subset with fixed noise and timesteps (the frozen
+    models' part is computed once here)."""
+    n_val = min(val_samples, len(val_ds))
+    if n_val == 0:
+        return lambda m: {"denoising_loss": float("nan")}
+    val_batch = collate_samples([val_ds[i] for i in range(n_val)])
+    val_t = torch.randint(0, scheduler.config.num_train_timesteps, (n_val,), generator=torch.Generator().manual_seed(1234))
+    with torch.no_grad():
+        val_latents = vae.encode(val_batch["image"]).latent_dist.mean * float(vae.config.scaling_factor)
+        val_tokens, val_mask = backbone_text_features(backbone, val_batch["report"], torch.device("cpu"))
+    val_noise = torch.randn(val_latents.shape, generator=torch.Generator().manual_seed(4321))
+    val_noisy = scheduler.add_noise(val_latents, val_noise, val_t)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        device = next(m.parameters()).device
+        pred, _, _ = m(val_noisy.to(device), val_t.to(device), val_tokens.to(device), val_mask.to(device),
+                       val_batch["attributes"].to(device) if mcfg.use_attributes else None,
+                       val_batch["identity_image"].to(device) if mcfg.use_identity else None,
+                       torch.zeros(n_val, dtype=torch.bool, device=device))
+        return {"denoising_loss": float(F.mse_loss(pred, val_noise.to(device)))}
+
+    return eval_fn
 
 
 def _write_filter_report(nfilter: LatentNoiseFilter, ds: DiffusionPairs, out: Path) -> None:
