@@ -56,9 +56,11 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "backbone_train_step", "model": args.model, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "channels_last": args.channels_last, "batch": args.batch, "image_size": model.image_size,
+        "threads": torch.get_num_threads(), "channels_last": args.channels_last, "batch": args.batch,
+        "image_size": model.image_size,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "seconds_per_step": round(seconds / args.steps, 4), "samples_per_s": round(args.batch * args.steps / seconds, 1),
+        "seconds_per_step": round(seconds / args.steps, 4),
+        "samples_per_s": round(args.batch * args.steps / seconds, 1),
         "peak_memory_mb": round(peak, 1),
     }))
 

@@ -59,7 +59,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     size = pipe.image_size
     result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
-                    "conditioner": {k: pipe.conditioner.config[k] for k in ("use_refiner", "use_attributes", "use_identity")}}
+                    "conditioner": {k: pipe.conditioner.config[k]
+                                    for k in ("use_refiner", "use_attributes", "use_identity")}}
 
     # 1. generation from test reports, scored by the classifier and FID
     real = load_image_set(data / "annotation.json", "test", size, "file")
@@ -74,7 +75,8 @@ def main() -> None:
     gen_auc = multilabel_auroc(classify(fake).numpy(), labels, CHEXPERT_LABELS)
     real_auc = multilabel_auroc(classify(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
     result.update(n_generated=n, mauc_generated=gen_auc["mauc"], mauc_real_ceiling=real_auc["mauc"],
-                  auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items() if k.startswith("auroc/")})
+                  auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items()
+                                   if k.startswith("auroc/")})
     extractor = build_feature_extractor(f"backbone:{args.backbone}")
     fid = fid_report(extract_features(extractor, real["images"]), extract_features(extractor, fake))
     result.update({f"backbone_{k}": v for k, v in fid.items()})

@@ -155,7 +155,8 @@ def main() -> None:
     per_run: list[dict[str, Any]] = []
     for model in args.models:
         shared_pretraining = pretrain(model, data, out_dir, args.seeds[0], extra) if model in PRETRAINING else None
-        runs = [run_one(model, seed, data, out_dir, shared_pretraining, test, refs, truth, labeler, extra) for seed in args.seeds]
+        runs = [run_one(model, seed, data, out_dir, shared_pretraining, test, refs, truth, labeler,
+                        extra) for seed in args.seeds]
         per_run.extend(runs)
         table[model] = summarise(runs)
     result = {

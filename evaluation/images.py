@@ -54,7 +54,9 @@ class FeatureExtractor(nn.Module):
         """[0, 1] images -> the model's channels, size and normalisation."""
         x = images.float()
         if x.shape[1] != self.in_chans:
-            x = x.mean(1, keepdim=True) if self.in_chans == 1 else x.mean(1, keepdim=True).repeat(1, self.in_chans, 1, 1)
+            x = x.mean(1, keepdim=True)
+            if self.in_chans != 1:
+                x = x.repeat(1, self.in_chans, 1, 1)
         if self.image_size and x.shape[-1] != self.image_size:
             x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                           align_corners=False, antialias=True)

@@ -21,11 +21,12 @@ from shared.training import TRAINERS, TrainResult
 
 from .classifier import CLASSIFIERS, load_classifier
 
-__all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperiment", "train_classifier", "load_classifier",
-           "predict_probs"]
+__all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperiment", "train_classifier",
+           "load_classifier", "predict_probs"]
 
 
-@TRAINERS.register("classifier", help="the judge: multilabel CXR classifier (mAUC of generated images, a FID feature space)",
+@TRAINERS.register("classifier",
+                   help="the judge: multilabel CXR classifier (mAUC of generated images, a FID feature space)",
                    meta={"experiment": ClassifierExperiment, "metric": "mAUC"})
 def train_classifier(cfg: ClassifierExperiment) -> TrainResult:
     """Train a judge (a :class:`evaluation.classifier.CXRClassifier`); see :func:`fit_classifier`."""

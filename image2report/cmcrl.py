@@ -203,7 +203,8 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         # 1. RadCARE's vision path on every view, plus which view each token comes from
         tokens = self.encoder(images.flatten(0, 1))
         n = tokens.shape[1]
-        tokens = (tokens + self.view_embed(torch.arange(v, device=images.device).repeat(b))[:, None]).reshape(b, v * n, -1)
+        views = self.view_embed(torch.arange(v, device=images.device).repeat(b))[:, None]
+        tokens = (tokens + views).reshape(b, v * n, -1)
         if not (self.config.use_vdm or self.config.use_ldm):
             return tokens
         # 2. local features (no boxes: the most attended tokens)
@@ -252,8 +253,8 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         return len(vision)
 
 
-REPORT_DECODERS.register("cmcrl", CMCRLReportModel, help="paper setting (GPU)", radcare="radcare_small", num_layers=3, num_heads=4,
-                         ff_dim=512)
+REPORT_DECODERS.register("cmcrl", CMCRLReportModel, help="paper setting (GPU)", radcare="radcare_small",
+                         num_layers=3, num_heads=4, ff_dim=512)
 REPORT_DECODERS.register("cmcrl_small", CMCRLReportModel, help="CPU recipe size", radcare="radcare_small", num_layers=2,
                          num_heads=4, ff_dim=256)
 REPORT_DECODERS.register("cmcrl_tiny", CMCRLReportModel, help="for tests", radcare="radcare_tiny", image_size=32,

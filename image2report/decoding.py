@@ -112,4 +112,6 @@ def decode(step: StepFn, memory: torch.Tensor, bos: int, eos: int, cfg: Decoding
     """Greedy when ``num_beams == 1``, else beam search."""
     if cfg.num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {cfg.num_beams}")
-    return greedy_decode(step, memory, bos, eos, cfg) if cfg.num_beams == 1 else beam_search(step, memory, bos, eos, cfg)
+    if cfg.num_beams == 1:
+        return greedy_decode(step, memory, bos, eos, cfg)
+    return beam_search(step, memory, bos, eos, cfg)

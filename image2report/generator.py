@@ -48,7 +48,8 @@ class ReportGenerator:
         """Reports for images (B, V, 1, H, W) or (B, 1, H, W) normalised to [-1, 1]."""
         if images.dim() == 4:
             images = images[:, None]
-        cfg = self.decoding if num_beams is None else DecodingConfig(**{**self.decoding.__dict__, "num_beams": num_beams})
+        cfg = self.decoding if num_beams is None else DecodingConfig(**{**self.decoding.__dict__,
+                                                                        "num_beams": num_beams})
         device = next(self.model.parameters()).device
         out: list[str] = []
         for chunk in images.split(batch_size):

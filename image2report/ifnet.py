@@ -50,7 +50,8 @@ class ImageEnhancer(nn.Module):
         g = g / g.sum()
         self.register_buffer("kernel", (g[:, None] * g[None, :])[None, None], persistent=False)
         self.gain = nn.Parameter(torch.tensor(0.5))
-        self.refine = nn.Sequential(nn.Conv2d(2, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, 1, 3, padding=1))
+        self.refine = nn.Sequential(nn.Conv2d(2, channels, 3, padding=1), nn.GELU(),
+                                    nn.Conv2d(channels, 1, 3, padding=1))
         nn.init.zeros_(self.refine[-1].weight)
         nn.init.zeros_(self.refine[-1].bias)
 
@@ -245,7 +246,8 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
                                  aux={"ce": ce.detach(), "label_bce": bce.detach()})
 
 
-REPORT_DECODERS.register("ifnet", IFNetReportModel, help="paper setting (GPU)", visual="cxr_resnet_small", d_model=256, num_layers=3)
+REPORT_DECODERS.register("ifnet", IFNetReportModel, help="paper setting (GPU)", visual="cxr_resnet_small",
+                         d_model=256, num_layers=3)
 REPORT_DECODERS.register("ifnet_small", IFNetReportModel, help="CPU recipe size", visual="cxr_resnet_tiny", d_model=128,
                          num_layers=2, num_heads=4, ff_dim=256)
 REPORT_DECODERS.register("ifnet_tiny", IFNetReportModel, help="for tests", visual="cxr_resnet_tiny", image_size=32,

@@ -68,7 +68,8 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
             with torch.no_grad():
                 h = self.image_encoder.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
             num_visual = h * h
-        self.aligner = CrossModalAligner(d_model, num_basis, num_heads, dropout, use_basis=use_basis, use_gates=use_gates)
+        self.aligner = CrossModalAligner(d_model, num_basis, num_heads, dropout, use_basis=use_basis,
+                                         use_gates=use_gates)
         self.triplet = TripletContrastiveLoss(triplet_margin)
         self.view_embed = nn.Embedding(max_views, d_model)
         self.register_buffer("pos", _sinusoid(max(max_length, 1024), d_model), persistent=False)
@@ -88,7 +89,8 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         if self.config.use_lsu:
             emb = self.unifier.image_embed(self.unifier.tokenize(x))
         else:
-            emb = self.visual_proj(self.image_encoder.forward_features(x.expand(-1, 3, -1, -1)).flatten(2).transpose(1, 2))
+            grid = self.image_encoder.forward_features(x.expand(-1, 3, -1, -1))
+            emb = self.visual_proj(grid.flatten(2).transpose(1, 2))
         n = emb.shape[1]
         emb = emb + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
         return emb.reshape(b, v * n, -1)
@@ -150,8 +152,10 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
             t = input_ids.shape[1] - 1
             mask_loss = (1 - torch.sigmoid(self.tir_mask[:t, : memory.shape[1]])).mean()
             loss = loss + mask_loss
-        return ReportModelOutput(logits=logits, loss=loss, aux={"ce": ce.detach(), "triplet": triplet.detach(),
-                                                                **({"mask": mask_loss.detach()} if mask_loss is not None else {})})
+        aux = {"ce": ce.detach(), "triplet": triplet.detach()}
+        if mask_loss is not None:
+            aux["mask"] = mask_loss.detach()
+        return ReportModelOutput(logits=logits, loss=loss, aux=aux)
 
     def init_lsu_from(self, lsu_dir: str) -> None:
         """Load a trained tokenizer (``radloop train lsu``): its VQ weights (the look-ups stay ours)."""
@@ -163,7 +167,7 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
 
 REPORT_DECODERS.register("uar", UARReportModel, help="paper setting (GPU)", lsu="lsu_small", d_model=256, num_layers=3)
 # the CPU recipe's size (configs/synth/uar.yaml): the stages switch halfway through its 500 steps
-REPORT_DECODERS.register("uar_small", UARReportModel, help="CPU recipe size", lsu="lsu_small", d_model=128, num_layers=2,
-                         num_heads=4, ff_dim=256, num_basis=256, stage_one_steps=250)
+REPORT_DECODERS.register("uar_small", UARReportModel, help="CPU recipe size", lsu="lsu_small", d_model=128,
+                         num_layers=2, num_heads=4, ff_dim=256, num_basis=256, stage_one_steps=250)
 REPORT_DECODERS.register("uar_tiny", UARReportModel, help="for tests", lsu="lsu_tiny", image_size=32, d_model=32,
                          num_layers=1, num_heads=2, ff_dim=64, num_basis=64, stage_one_steps=2)

@@ -37,7 +37,8 @@ from shared.text.labeler import ReportLabeler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AugmentExperiment", "pick_rare_findings", "sentence_pool", "compose_reports", "write_synthetic_manifest", "run_augment"]
+__all__ = ["AugmentExperiment", "pick_rare_findings", "sentence_pool", "compose_reports", "write_synthetic_manifest",
+           "run_augment"]
 
 
 @dataclass

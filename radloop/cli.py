@@ -258,9 +258,11 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
 
 def _add_data(verbs: argparse._SubParsersAction) -> None:
     """`radloop data ...`: the IU X-ray report export and the tokenizer."""
-    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>", required=True)
+    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>",
+                                                                          required=True)
     p = data.add_parser("iu-reports", help="export the IU X-ray reports shipped in the torchxrayvision wheel",
-                        description="Parse the 3,955 OpenI reports into findings, impression, MeSH terms and image ids.")
+                        description="Parse the 3,955 OpenI reports into findings, impression, MeSH terms "
+                                    "and image ids.")
     p.add_argument("--out", required=True, help="output .json or .jsonl")
     p.add_argument("--archive", help="path to NLMCXR_reports.tgz (default: found in the torchxrayvision wheel)")
     p.set_defaults(func=cmd_iu_reports)
@@ -277,7 +279,8 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
     evaluate = verbs.add_parser("evaluate", help="score generated reports or images").add_subparsers(
         dest="evaluate_verb", metavar="<what>", required=True)
     p = evaluate.add_parser("reports", help="BLEU/METEOR/ROUGE-L/CIDEr, clinical efficacy and diversity",
-                            description="P and R are JSON objects {study id: report}; R may be an R2Gen annotation.json.")
+                            description="P and R are JSON objects {study id: report}; R may be an R2Gen "
+                                        "annotation.json.")
     p.add_argument("--pred", required=True, help="generated reports (JSON)")
     p.add_argument("--ref", required=True, help="reference reports (JSON or annotation.json)")
     p.add_argument("--out", help="write the metrics as JSON here")
@@ -288,13 +291,15 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate_reports)
 
     p = evaluate.add_parser("images", help="FID/KID (+ floor), conditional FID, MS-SSIM diversity, classifier mAUC",
-                            description="GENERATED is a manifest (JSON/CSV/JSONL) of images with the reports that made them.")
+                            description="GENERATED is a manifest (JSON/CSV/JSONL) of images with the reports "
+                                        "that made them.")
     p.add_argument("--generated", required=True, help="manifest of generated images and their reports")
     p.add_argument("--real", help="real annotation for FID (R2Gen annotation.json or manifest)")
     p.add_argument("--real-split", dest="real_split", default="test")
     p.add_argument("--real-labels", dest="real_labels", choices=("file", "labeler"), default="file")
     p.add_argument("--classifier", help="folder of a classifier from `radloop train classifier` (for mAUC)")
-    p.add_argument("--features", default="classifier", help="'classifier', 'backbone:DIR' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
+    p.add_argument("--features", default="classifier",
+                   help="'classifier', 'backbone:DIR' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
     p.add_argument("--image-size", dest="image_size", type=int, default=128)
     p.add_argument("--min-count", dest="min_count", type=int, default=10, help="per-finding FID needs this many")
     p.add_argument("--out", help="write the metrics as JSON here")

@@ -120,7 +120,8 @@ def metric_table(rows: Mapping[str, Any] | Sequence[Sequence[Any]], header: Sequ
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 td:last-child{font-variant-numeric:tabular-nums}img{image-rendering:pixelated;max-width:100%}
 mark.f{background:#fff3b0}mark.ok{background:#c8f0c8}mark.bad{background:#f6c4c4}.note{color:#555;font-size:.9em}
 figure{display:inline-block;margin:.3em;text-align:center}figcaption{font-size:.8em;color:#555}
@@ -179,8 +180,8 @@ def rows_by_finding(labels: np.ndarray, per_row: int) -> list[tuple[str, list[in
 
 def _stages_section(page: DemoPage) -> str:
     total = sum(t for _, t in page.times)
-    return metric_table([(name, f"{sec:.1f}") for name, sec in page.times] + [("total (before this page)", f"{total:.1f}")],
-                        ("stage", "seconds"))
+    rows = [(name, f"{sec:.1f}") for name, sec in page.times] + [("total (before this page)", f"{total:.1f}")]
+    return metric_table(rows, ("stage", "seconds"))
 
 
 def _metrics_section(page: DemoPage) -> str:
@@ -255,9 +256,11 @@ def _roundtrip_section(page: DemoPage) -> str:
 def _augmentation_section(page: DemoPage) -> str:
     aug = page.augmentation
     rows = [(key, v["real"]["mean"], v["real+synthetic"]["mean"], v["difference"]["mean"],
-             f"[{v['difference']['ci_low']:.3f}, {v['difference']['ci_high']:.3f}]") for key, v in aug["summary"].items()]
+             f"[{v['difference']['ci_low']:.3f}, {v['difference']['ci_high']:.3f}]")
+            for key, v in aug["summary"].items()]
     return (f"<p>Rare findings: {html.escape(', '.join(aug['rare_findings']))}; {aug['synthetic_studies']} synthetic "
-            f"studies; seeds {aug['seeds']}. Verdict on the rare findings' clinical F1: <b>{html.escape(aug['verdict'])}</b>"
+            f"studies; seeds {aug['seeds']}. Verdict on the rare findings' clinical F1: "
+            f"<b>{html.escape(aug['verdict'])}</b>"
             "</p>" + metric_table(rows, ("metric", "real", "real+synthetic", "difference", "95% CI of difference"))
             + "<h4>composed reports (examples)</h4>"
             + metric_table([(f, r) for f, rs in aug["examples"].items() for r in rs], ("finding", "report")))

@@ -32,7 +32,8 @@ class RoundTrip:
     def __init__(self, pipe: ReportToCXRPipeline, generator: ReportGenerator, num_inference_steps: int = 20,
                  guidance_scale: float = 3.0, seed: int = 0, num_beams: int = 1, batch_size: int = 32) -> None:
         self.pipe, self.generator = pipe, generator
-        self.steps, self.guidance, self.seed, self.beams, self.batch = num_inference_steps, guidance_scale, seed, num_beams, batch_size
+        self.steps, self.guidance, self.seed = num_inference_steps, guidance_scale, seed
+        self.beams, self.batch = num_beams, batch_size
         self.size = int(generator.model.config.image_size)
 
     def report_to_image(self, reports: list[str]) -> torch.Tensor:

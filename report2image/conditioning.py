@@ -35,8 +35,8 @@ from shared.labels import CHEXPERT_LABELS
 from shared.modeling import RadLoopModel
 from shared.text.labeler import LATERALITIES, SEVERITIES, LabelResult, ReportLabeler
 
-__all__ = ["encode_attributes", "attributes_from_results", "VisionAwareTextRefiner", "ReportConditioner", "ConditionOutput",
-           "group_supervision_loss", "independence_loss"]
+__all__ = ["encode_attributes", "attributes_from_results", "VisionAwareTextRefiner", "ReportConditioner",
+           "ConditionOutput", "group_supervision_loss", "independence_loss"]
 
 #: status index of an attribute token: 0 not mentioned, 1 negative, 2 uncertain, 3 positive
 _STATUS = {0.0: 1, -1.0: 2, 1.0: 3}

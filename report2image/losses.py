@@ -36,7 +36,8 @@ class DiffusionLoss(nn.Module):
     def __init__(self, refiner_weight: float = 0.1, group_weight: float = 0.05, independence_weight: float = 0.05,
                  noise_filter: LatentNoiseFilter | None = None) -> None:
         super().__init__()
-        self.refiner_weight, self.group_weight, self.independence_weight = refiner_weight, group_weight, independence_weight
+        self.refiner_weight, self.group_weight = refiner_weight, group_weight
+        self.independence_weight = independence_weight
         self.noise_filter = noise_filter
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, timesteps: torch.Tensor,

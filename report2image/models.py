@@ -1,8 +1,9 @@
 """Latent diffusion model configs: diffusers ``AutoencoderKL`` + ``UNet2DConditionModel`` sizes.
 
-JSON configs shipped in ``report2image/model_configs/ldm_*.json`` and discovered at import (``ldm_tiny`` for tests, ``ldm_small`` for CPU
-runs at 64 px, ``ldm_base`` for GPUs at 256 px) hold the ``vae``, ``unet`` and ``conditioner``
-keyword arguments and the ``image_size``; nothing here re-implements what diffusers has.
+JSON configs shipped in ``report2image/model_configs/ldm_*.json`` and discovered at import
+(``ldm_tiny`` for tests, ``ldm_small`` for CPU runs at 64 px, ``ldm_base`` for GPUs at 256 px) hold the
+``vae``, ``unet`` and ``conditioner`` keyword arguments and the ``image_size``; nothing here
+re-implements what diffusers has.
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class ReportToCXRPipeline(DiffusionPipeline):
                        identity_codes: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> ConditionOutput:
         """Conditioning for the UNet (see :class:`ReportConditioner`)."""
         tokens, mask = self.text_features(reports)
-        attributes = encode_attributes(reports, self._labeler).to(self.device) if self.conditioner.config.use_attributes else None
+        attributes = None
+        if self.conditioner.config.use_attributes:
+            attributes = encode_attributes(reports, self._labeler).to(self.device)
         if identity_images is not None:
             identity_images = identity_images.to(self.device, self.vae.dtype)
         return self.conditioner(tokens, mask, attributes, identity_images, drop=drop, identity_codes=identity_codes)

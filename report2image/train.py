@@ -355,7 +355,8 @@ def _denoising_validation(val_ds: DiffusionPairs, val_samples: int, vae: Autoenc
     if n_val == 0:
         return lambda m: {"denoising_loss": float("nan")}
     val_batch = collate_samples([val_ds[i] for i in range(n_val)])
-    val_t = torch.randint(0, scheduler.config.num_train_timesteps, (n_val,), generator=torch.Generator().manual_seed(1234))
+    val_t = torch.randint(0, scheduler.config.num_train_timesteps, (n_val,),
+                          generator=torch.Generator().manual_seed(1234))
     with torch.no_grad():
         val_latents = vae.encode(val_batch["image"]).latent_dist.mean * float(vae.config.scaling_factor)
         val_tokens, val_mask = backbone_text_features(backbone, val_batch["report"], torch.device("cpu"))

@@ -87,7 +87,8 @@ class Registry:
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
             key = name or fn.__name__
             doc = help or (inspect.getdoc(fn) or "").split("\n")[0]
-            self._entries[key] = RegistryEntry(key, self.family, fn, dict(defaults), fn.__module__, doc, dict(meta or {}))
+            self._entries[key] = RegistryEntry(key, self.family, fn, dict(defaults), fn.__module__, doc,
+                                               dict(meta or {}))
             return fn
 
         return add if builder is None else add(builder)

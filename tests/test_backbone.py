@@ -10,7 +10,8 @@ from shared.backbone.train import contrastive_loss
 from shared.metrics import retrieval_metrics
 from shared.text.tokenizer import ReportTokenizer
 
-TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."], min_freq=1)
+TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."],
+                          min_freq=1)
 
 
 @pytest.fixture()

@@ -194,7 +194,8 @@ def test_train_diffusion_ablation_arms_two_steps(tmp_path, tiny_synth, switch):
 def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
     from radloop.cli import main
 
-    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out", str(tmp_path / "o")]) == 2
+    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out",
+                 str(tmp_path / "o")]) == 2
     assert "no saved ReportToCXRPipeline" in capsys.readouterr().err
 
 

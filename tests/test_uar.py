@@ -70,7 +70,8 @@ def test_save_load_same_output_and_generation(tmp_path):
     x = torch.randn(2, 1, 1, 32, 32)
     ids, _ = TOK.batch_encode(REPORTS)
     torch.testing.assert_close(m(x, ids).logits, again(x, ids).logits)
-    assert ReportGenerator(m, TOK).generate(x, num_beams=2) == ReportGenerator.from_pretrained(tmp_path).generate(x, num_beams=2)
+    again = ReportGenerator.from_pretrained(tmp_path)
+    assert ReportGenerator(m, TOK).generate(x, num_beams=2) == again.generate(x, num_beams=2)
 
 
 def test_train_uar_two_steps_with_a_trained_lsu(tmp_path, tiny_synth):

@@ -108,7 +108,8 @@ class TripletContrastiveLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, text: torch.Tensor,
+                same: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         sim = nn.functional.normalize(image, dim=-1) @ nn.functional.normalize(text, dim=-1).T
         pos = sim.diag()
         blocked = torch.eye(len(sim), dtype=torch.bool, device=sim.device)

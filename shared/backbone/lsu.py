@@ -66,7 +66,8 @@ class LatentSpaceUnifier(RadLoopModel):
         # 1. discrete visual tokens from the (frozen during use) VQ encoder
         codes = self.tokenize(images)
         # 2. look-up embeddings for both modalities (eq. 1)
-        return LSUOutput(image_embeds=self.image_embed(codes), text_embeds=self.text_embed(input_ids), image_codes=codes)
+        return LSUOutput(image_embeds=self.image_embed(codes), text_embeds=self.text_embed(input_ids),
+                         image_codes=codes)
 
     def reconstruction_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """VQ-VAE objective for training the tokenizer: L1 reconstruction + codebook/commitment."""

@@ -150,7 +150,8 @@ class RadCARE(RadLoopModel):
         target = (target - target.mean(-1, keepdim=True)) / (target.std(-1, keepdim=True) + 1e-6)
         return ((pred - target) ** 2).mean(-1)[masked].mean()
 
-    def mlm_loss(self, images: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def mlm_loss(self, images: torch.Tensor, input_ids: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Predict 15% masked report tokens (not specials) with the degraded image in context."""
         ids = input_ids[:, : self.config.max_text_len]
         candidates = ids > 3
@@ -165,7 +166,8 @@ class RadCARE(RadLoopModel):
         logits = self.lm_head(out[:, img.shape[1]:])
         return nn.functional.cross_entropy(logits[pick], ids[pick]) if pick.any() else logits.sum() * 0
 
-    def postfix_loss(self, images: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def postfix_loss(self, images: torch.Tensor, input_ids: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Generate the text after a random prefix, from the degraded image and the prefix."""
         ids = input_ids[:, : self.config.max_text_len]
         b, t = ids.shape

@@ -97,7 +97,8 @@ def findings_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, labels:
 
 
 @torch.no_grad()
-def embed_dataset(model: RadCLIP, dataset: ReportImageDataset, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_dataset(model: RadCLIP, dataset: ReportImageDataset,
+                  batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-norm image and report embeddings (N, E) of a dataset (first view)."""
     tok = model.tokenizer
     if tok is None:

@@ -109,7 +109,8 @@ class _LabelerLabels(torch.utils.data.Dataset):
 
 
 def classifier_dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
-    ds = ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size, resize=data.resize, train=train,
+    ds = ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size, resize=data.resize,
+                            train=train,
                             max_views=1, labels=data.labels)
     if data.label_source == "labeler":
         return _LabelerLabels(ds)

@@ -84,7 +84,8 @@ def clinical_efficacy(
     """
     pred_labels, ref_labels = np.asarray(pred_labels, float), np.asarray(ref_labels, float)
     if pred_labels.shape != ref_labels.shape or pred_labels.ndim != 2 or pred_labels.shape[1] != len(CHEXPERT_LABELS):
-        raise ValueError(f"label matrices must both be (N, {len(CHEXPERT_LABELS)}), got {pred_labels.shape} and {ref_labels.shape}")
+        raise ValueError(f"label matrices must both be (N, {len(CHEXPERT_LABELS)}), "
+                         f"got {pred_labels.shape} and {ref_labels.shape}")
     pred, ref = binarize(pred_labels, uncertain), binarize(ref_labels, uncertain)
     out = _micro_macro(pred, ref, "ce")
     five = [CHEXPERT_LABELS.index(n) for n in CHEXBERT_5]

@@ -91,11 +91,13 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
     "Edema": _rx(r"\bedema\b", r"\bchf\b", r"\bcongestive heart failure\b", r"\bheart failure\b",
                  r"\bfluid overload\b"),
     "Consolidation": _rx(r"\bconsolidat\w*\b"),
-    "Pneumonia": _rx(r"\bpneumoni\w*\b", r"(?<!granulomatous )(?<!prior )(?<!old )(?<!tuberculosis )(?<!tuberculous )\binfectio(?:n|us)\b"),
+    "Pneumonia": _rx(r"\bpneumoni\w*\b",
+                     r"(?<!granulomatous )(?<!prior )(?<!old )(?<!tuberculosis )(?<!tuberculous )\binfectio(?:n|us)\b"),
     "Atelectasis": _rx(r"\batelecta\w*\b", r"\b(?:lobar|lung|lobe) collapse\b", r"\bcollapse of the\b"),
     "Pneumothorax": _rx(r"\bpneumothora(?:x|ces)\b", r"\bhydropneumothorax\b", r"\bhemopneumothorax\b"),
     "Pleural Effusion": _rx(r"(?<!pericardial )\beffusions?\b", r"\bpleural fluid\b", r"\bhydrothorax\b"),
-    "Pleural Other": _rx(r"\bpleural (?:thickening|plaques?|scarring)\b", r"\bfibrothorax\b", r"\bpleural calcification\b"),
+    "Pleural Other": _rx(r"\bpleural (?:thickening|plaques?|scarring)\b", r"\bfibrothorax\b",
+                         r"\bpleural calcification\b"),
     "Fracture": _rx(r"\bfractur\w*\b"),
     "Support Devices": _rx(
         r"\b(?:endotracheal|et|nasogastric|ng|feeding|chest|enteric|tracheostomy|gastric|dobhoff) tubes?\b",
@@ -112,21 +114,21 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
 # Statements of normality: negative mentions regardless of cues.
 _NORMAL: dict[str, re.Pattern[str]] = {
     "Cardiomegaly": _rx(
-        r"\bheart (?:size )?(?:is |appears |remains )?(?:normal|within normal limits|upper limits of normal|top normal|stable|unremarkable|not enlarged)\b",
+        r"\bheart (?:size )?(?:is |appears |remains )?(?:normal|within normal limits|upper limits of normal|top normal|stable|unremarkable|not enlarged)\b",  # noqa: E501  (a regex reads best whole)
         r"\bheart is normal in size\b",
         r"\bnormal (?:heart|cardiac) (?:size|silhouette)\b",
-        r"\bheart size and (?:mediastinal|cardiomediastinal|pulmonary vascularity|hilar)[\w ]*? (?:are |is )?(?:normal|within normal limits|unremarkable|stable)\b",
+        r"\bheart size and (?:mediastinal|cardiomediastinal|pulmonary vascularity|hilar)[\w ]*? (?:are |is )?(?:normal|within normal limits|unremarkable|stable)\b",  # noqa: E501  (a regex reads best whole)
         r"\bnormal heart size\b",
-        r"\bcardiomediastinal (?:silhouette|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",
+        r"\bcardiomediastinal (?:silhouette|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",  # noqa: E501  (a regex reads best whole)
         r"\bnormal cardiomediastinal (?:silhouette|contours?)\b",
-        r"\bcardiac (?:silhouette|size|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",
+        r"\bcardiac (?:silhouette|size|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",  # noqa: E501  (a regex reads best whole)
         r"\bnormal (?:size|sized) (?:heart|cardiac silhouette)\b",
     ),
     "Enlarged Cardiomediastinum": _rx(
-        r"\bmediastin(?:um|al contours?|al silhouette)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable|midline)\b",
+        r"\bmediastin(?:um|al contours?|al silhouette)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable|midline)\b",  # noqa: E501  (a regex reads best whole)
         r"\bnormal (?:mediastinal|cardiomediastinal) (?:contours?|silhouette)\b",
         r"\bheart size and mediastinal contours (?:are )?(?:normal|within normal limits)\b",
-        r"\bcardiomediastinal (?:silhouette|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",
+        r"\bcardiomediastinal (?:silhouette|contours?)[\w ,]*? (?:is |are |appears |remains )?(?:normal|within normal limits|unremarkable|stable)\b",  # noqa: E501  (a regex reads best whole)
         r"\bnormal heart size and mediastinal contours\b",
     ),
     "Lung Opacity": _rx(
@@ -142,7 +144,7 @@ _NEG_PRE = _rx(
     r"\bdenies\b", r"\bno longer\b",
 )
 _NEG_POST = _rx(
-    r"^[\w ,]*?\b(?:is|are|was|were|has been|have been)? ?(?:not (?:seen|identified|present|visualized|demonstrated|appreciated|evident|detected|noted)|absent|resolved|no longer (?:seen|present|visualized))\b",
+    r"^[\w ,]*?\b(?:is|are|was|were|has been|have been)? ?(?:not (?:seen|identified|present|visualized|demonstrated|appreciated|evident|detected|noted)|absent|resolved|no longer (?:seen|present|visualized))\b",  # noqa: E501  (a regex reads best whole)
     r"^[\w ,]*?\bhas resolved\b", r"^[\w ,]*?\bhave resolved\b",
     r"^[\w ,]*?\b(?:has|have) been removed\b", r"^[\w ,]*?\b(?:is|are|was|were) removed\b",
 )
@@ -161,7 +163,7 @@ _UNC_STRONG_PRE = _rx(
     r"\brule out\b", r"\br/o\b",
 )
 _UNC_STRONG_POST = _rx(
-    r"^[\w ,]*?\b(?:is |are )?(?:not (?:entirely |completely )?excluded|(?:cannot|can not) be (?:entirely |completely )?excluded|not ruled out|cannot be ruled out)\b",
+    r"^[\w ,]*?\b(?:is |are )?(?:not (?:entirely |completely )?excluded|(?:cannot|can not) be (?:entirely |completely )?excluded|not ruled out|cannot be ruled out)\b",  # noqa: E501  (a regex reads best whole)
 )
 _UNC_POST = _rx(
     r"^\s*(?:versus|vs|or)\b",

@@ -306,7 +306,8 @@ class Trainer:
         if self.select_metric not in metrics:
             raise KeyError(f"validation returned no '{self.select_metric}' (got {sorted(metrics)})")
         value = metrics[self.select_metric]
-        better = self.state.best is None or (value > self.state.best if self.select_mode == "max" else value < self.state.best)
+        best = self.state.best
+        better = best is None or (value > best if self.select_mode == "max" else value < best)
         if better and math.isfinite(value):
             self.state.best, self.state.best_step = value, self.state.step
             self._save_model("best")

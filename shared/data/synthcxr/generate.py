@@ -74,7 +74,8 @@ class SynthConfig:
 
     def validate(self) -> None:
         if self.patients < 1 or self.studies_per_patient < 1:
-            raise ValueError(f"patients and studies_per_patient must be >= 1, got {self.patients}, {self.studies_per_patient}")
+            raise ValueError("patients and studies_per_patient must be >= 1, "
+                             f"got {self.patients}, {self.studies_per_patient}")
         if self.views not in (1, 2):
             raise ValueError(f"views must be 1 (frontal) or 2 (frontal + lateral), got {self.views}")
         if self.size < 16:
@@ -322,7 +323,8 @@ def contact_sheet(
         cells = []
         for k in range(per_row):
             pick = lambda options, k=k: options[k % len(options)] if options else None  # noqa: E731
-            sev = spec.severities[min(k * len(spec.severities) // per_row, len(spec.severities) - 1)] if spec.severities else None
+            levels = spec.severities
+            sev = levels[min(k * len(levels) // per_row, len(levels) - 1)] if levels else None
             cells.append((Finding(name, sev, pick(spec.lateralities), pick(spec.zones), pick(spec.kinds), seed=k),))
         rows.append((name, cells))
     fig, axes = plt.subplots(len(rows), per_row, figsize=(per_row * 1.6, len(rows) * 1.75), dpi=110)

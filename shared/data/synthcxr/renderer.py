@@ -305,7 +305,8 @@ def _add_lung(dens: np.ndarray, fr: _Frame, p: Patient, side: int, by_name: dict
         for f in by_name.get(name, []):
             if not sided or side in f.sides:
                 draw(fr, p, side, lung, f)
-    dens += -0.44 * field * lung.aer + 0.09 * field * np.clip(lung.aer, 0.0, 1.0) * lung.marks * lung.vessels + lung.extra
+    markings = 0.09 * field * np.clip(lung.aer, 0.0, 1.0) * lung.marks * lung.vessels
+    dens += -0.44 * field * lung.aer + markings + lung.extra
     fractures = [f for f in by_name.get("Fracture", []) if side in f.sides]
     dens += 0.075 * p.bone * _ribs(fr, p, side, fractures) * body + 0.2 * p.bone * _clavicle(fr, p, side)
 

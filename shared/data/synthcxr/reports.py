@@ -167,8 +167,10 @@ _NEGATIVE: dict[str, list[tuple[str, Effects]]] = {
         ("the heart size is within normal limits.", {"Cardiomegaly": 0.0}),
     ],
     "heart+mediastinum": [
-        ("the heart size and mediastinal contours are normal.", {"Cardiomegaly": 0.0, "Enlarged Cardiomediastinum": 0.0}),
-        ("heart size and mediastinal contours are within normal limits.", {"Cardiomegaly": 0.0, "Enlarged Cardiomediastinum": 0.0}),
+        ("the heart size and mediastinal contours are normal.",
+         {"Cardiomegaly": 0.0, "Enlarged Cardiomediastinum": 0.0}),
+        ("heart size and mediastinal contours are within normal limits.",
+         {"Cardiomegaly": 0.0, "Enlarged Cardiomediastinum": 0.0}),
         ("the cardiomediastinal silhouette is normal.", {"Cardiomegaly": 0.0, "Enlarged Cardiomediastinum": 0.0}),
     ],
     "mediastinum": [

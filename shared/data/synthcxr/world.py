@@ -52,7 +52,8 @@ FINDING_SPECS: dict[str, FindingSpec] = {
         FindingSpec("Pneumonia", ("mild", "moderate", "severe"), ("right", "left"), ("upper", "middle", "lower")),
         FindingSpec("Atelectasis", ("mild", "moderate"), ("right", "left"), ("base", "retrocardiac")),
         FindingSpec("Edema", ("mild", "moderate", "severe"), ("bilateral",), ("perihilar",)),
-        FindingSpec("Lung Lesion", ("small", "large"), ("right", "left"), ("upper", "middle", "lower"), ("nodule", "mass")),
+        FindingSpec("Lung Lesion", ("small", "large"), ("right", "left"), ("upper", "middle", "lower"),
+                    ("nodule", "mass")),
         FindingSpec("Fracture", (), ("right", "left"), ("middle", "lower"), ("rib",)),
         FindingSpec("Support Devices", (), (), (), ("endotracheal tube", "central venous catheter", "pacemaker")),
     )
