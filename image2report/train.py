@@ -17,6 +17,7 @@ import torch
 from omegaconf import II
 from torch.utils.data import DataLoader
 
+from shared.data.config import TextDataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.text.labeler import ReportLabeler
@@ -33,18 +34,13 @@ __all__ = ["ReportExperiment", "train_report_model", "generate_reports"]
 
 
 @dataclass
-class ReportDataConfig:
-    annotation: str = "data/synthcxr/annotation.json"
-    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
-    #: or ``images/`` beside it when the paths resolve only there
-    image_root: str | None = None
+class ReportDataConfig(TextDataConfig):
     image_size: int = 64
+    #: the side before cropping (R2Gen: 128 -> 112 crops)
     resize: int | None = None
+    #: views per study (IU X-ray: 2, MIMIC-CXR: 1)
     max_views: int = 1
-    batch_size: int = 32
-    min_freq: int = 3
-    max_length: int = 100
-    dataset: str = "iu_xray"
+    #: validation studies decoded at each evaluation
     val_samples: int = 200
 
 
@@ -96,7 +92,7 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
             if not hasattr(model, option):
                 raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
             getattr(model, option)(source)
-    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples)
+    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
     # decoders that fuse label features (IFNet) learn from the labeler's positives of each report

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from shared.backbone.clip import RadCLIP, build_backbone
 from shared.config import atomic_write_text
+from shared.data.config import DataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
@@ -51,13 +52,8 @@ __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "Diffu
 
 
 @dataclass
-class DiffusionDataConfig:
-    annotation: str = "data/synthcxr/annotation.json"
-    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
-    #: or ``images/`` beside it when the paths resolve only there
-    image_root: str | None = None
-    batch_size: int = 32
-    num_workers: int = 0
+class DiffusionDataConfig(DataConfig):
+    #: validation studies whose denoising loss selects the checkpoint
     val_samples: int = 64
 
 

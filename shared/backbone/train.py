@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.config import TextDataConfig
 from ..data.dataset import ReportImageDataset, collate_samples
 from ..labels import CHEXPERT_LABELS
 from ..metrics.retrieval import retrieval_metrics
@@ -32,18 +33,11 @@ __all__ = ["BackboneDataConfig", "BackboneModelConfig", "BackboneExperiment", "t
 
 
 @dataclass
-class BackboneDataConfig:
-    annotation: str = "data/synthcxr/annotation.json"
-    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
-    #: or ``images/`` beside it when the paths resolve only there
-    image_root: str | None = None
+class BackboneDataConfig(TextDataConfig):
+    batch_size: int = 64
+    #: the model config's image side when None
     image_size: int | None = None
     resize: int | None = None
-    batch_size: int = 64
-    min_freq: int = 3
-    max_length: int = 100
-    dataset: str = "iu_xray"
-    num_workers: int = 0
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.config import DataConfig
 from ..data.dataset import ReportImageDataset, collate_samples
 from ..labels import CHEXPERT_LABELS
 from ..metrics import multilabel_auroc
@@ -33,18 +34,15 @@ __all__ = ["ClassifierDataConfig", "ClassifierModelConfig", "ClassifierExperimen
 
 
 @dataclass
-class ClassifierDataConfig:
-    annotation: str = "data/synthcxr/annotation.json"
-    #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
-    #: or ``images/`` beside it when the paths resolve only there
-    image_root: str | None = None
+class ClassifierDataConfig(DataConfig):
     image_size: int = 128
     resize: int | None = None
+    #: a labels CSV; default: ``labels.csv`` beside the annotation
     labels: str | None = None
+    #: ``file`` (the labels file) or ``labeler`` (the report labeler on the training reports)
     label_source: str = "file"
+    #: what an uncertain label does in the loss: ``ignore``, ``positive`` or ``negative``
     uncertain: str = "ignore"
-    batch_size: int = 32
-    num_workers: int = 0
 
 
 @dataclass
