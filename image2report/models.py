@@ -2,8 +2,9 @@
 3-layer Transformer encoder-decoder, word-level output.
 
 The visual extractor is the shared backbone's CNN image tower architecture (``cxr_resnet_*``,
-registered in timm), so a trained RadCLIP folder or a findings classifier trained with
-``radloop train classifier`` on the same tower can initialise it (``init_visual_from``).
+registered in timm), so a trained RadCLIP folder or a tower pre-trainer trained with
+``radloop train tower`` on the same tower can initialise it (``init_visual_from``); the judge
+classifier (``radloop train classifier``) never does.
 """
 
 from __future__ import annotations

@@ -167,3 +167,14 @@ def test_evaluate_images_bad_input(tmp_path, capsys):
     assert "image not found" in capsys.readouterr().err
     assert main(["evaluate", "images", "--generated", str(tmp_path / "gen.jsonl"), "--classifier",
                  str(tmp_path)]) == 2
+
+
+def test_judge_and_tower_pretrainer_folders_are_told_apart(tmp_path):
+    from shared.backbone.classifier import TowerPretrainer, build_tower_pretrainer
+
+    build_classifier("classifier_tiny").save_pretrained(tmp_path / "judge")
+    build_tower_pretrainer("tower_pretrainer_tiny").save_pretrained(tmp_path / "tower")
+    with pytest.raises(ValueError, match="holds a checkpoint of CXRClassifier, not of TowerPretrainer"):
+        TowerPretrainer.from_pretrained(tmp_path / "judge")
+    with pytest.raises(ValueError, match="holds a checkpoint of TowerPretrainer, not of CXRClassifier"):
+        CXRClassifier.from_pretrained(tmp_path / "tower")

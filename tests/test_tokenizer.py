@@ -79,3 +79,15 @@ def test_cleaning_is_idempotent_and_decodes_back(text):
     assert clean_report(cleaned) == cleaned
     tok = ReportTokenizer.fit([text or "x"], min_freq=1, max_length=1000)
     assert tok.decode(tok.encode(text)) == cleaned
+
+
+def test_a_tokenizer_file_of_another_format_version_is_refused(tmp_path):
+    import json
+
+    tok = ReportTokenizer.fit(["no acute findings ."], min_freq=1)
+    path = tok.save_pretrained(tmp_path)
+    data = json.loads(path.read_text())
+    data["version"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="tokenizer format version 2; this RadLoop reads version 1"):
+        ReportTokenizer.from_pretrained(tmp_path)

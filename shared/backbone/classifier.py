@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..labels import CHEXPERT_LABELS
-from ..modeling import load_state_dict_file
+from ..modeling import RadLoopModel, load_state_dict_file
 from ..registry import Registry
 from . import towers  # noqa: F401  (registers the cxr_resnet_* towers in timm)
 
@@ -41,7 +40,7 @@ class ClassifierOutput(BaseOutput):
     features: torch.Tensor
 
 
-class FindingsClassifier(ModelMixin, ConfigMixin):
+class FindingsClassifier(RadLoopModel):
     """Multilabel findings classifier over grayscale CXRs: a timm tower and a linear head.
 
     The base of two roles that never mix: :class:`TowerPretrainer` (here) pre-trains an image tower

@@ -167,6 +167,8 @@ class ReportTokenizer:
         data = read_json(path)
         if not isinstance(data, dict) or data.get("type") != "radloop-word-level" or "vocab" not in data:
             raise ValueError(f"{path} is not a RadLoop word-level tokenizer file")
+        if data.get("version", 1) != 1:
+            raise ValueError(f"{path} is tokenizer format version {data.get('version')}; this RadLoop reads version 1")
         return cls(data["vocab"], dataset=data.get("dataset", "iu_xray"), max_length=data.get("max_length", 100))
 
     def to_transformers(self):
