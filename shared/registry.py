@@ -105,6 +105,8 @@ class Registry:
             raise ValueError(f"registry '{self.family}' has no builder for JSON configs")
         if path not in self._config_paths:
             self._config_paths.append(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no {self.family} model config folder or file at {path}")
         files = sorted(path.glob("*.json")) if path.is_dir() else [path]
         for file in files:
             cfg = self.read_config(file)

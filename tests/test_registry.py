@@ -59,6 +59,8 @@ def test_json_configs_are_discovered_and_added(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json lacks 'size'"):
         reg.read_config(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="no test_family_c model config folder or file at .*nowhere"):
+        reg.add_model_config(tmp_path / "nowhere")
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json is not valid JSON"):
         reg.read_config(tmp_path / "broken.json")
