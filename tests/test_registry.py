@@ -13,6 +13,17 @@ from shared.backbone import classifier, lsu, radcare, towers  # noqa: F401
 from shared.registry import Registry, UnknownNameError, get_registry, list_models
 
 
+@pytest.fixture(autouse=True)
+def _forget_test_families():
+    """The families these tests create leave the process-wide table afterwards."""
+    import shared.registry as registry
+
+    before = set(registry._FAMILIES)
+    yield
+    for family in set(registry._FAMILIES) - before:
+        del registry._FAMILIES[family]
+
+
 def _model(depth: int, width: int = 4) -> tuple[int, int]:
     return depth, width
 
