@@ -40,7 +40,7 @@ def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance
     return pipe.generate_batched(reports, batch, seed, steps, guidance, latents=latents, output_type="pt")
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", required=True)
     parser.add_argument("--data", default="runs/bench/synthcxr64")
@@ -52,101 +52,119 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    data = Path(args.data)
-    pipe = ReportToCXRPipeline.from_pretrained(args.pipeline)
-    pipe.set_progress_bar_config(disable=True)
-    size = pipe.image_size
-    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
-                    "conditioner": {k: pipe.conditioner.config[k]
-                                    for k in ("use_refiner", "use_attributes", "use_identity")}}
+    return parser.parse_args()
 
-    # 1. generation from test reports, scored by the classifier and FID
-    real = load_image_set(data / "annotation.json", "test", size, "file")
-    n = min(args.n, len(real["reports"]))
+
+def score_generation(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge, backbone: str, guidance: float,
+                     seed: int) -> dict:
+    """Generation from the first ``n`` test reports: speed, the judge's mAUC, FID; DDIM speed on a subset."""
     reports, labels = real["reports"][:n], real["labels"][:n]
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     start = time.perf_counter()
-    fake = generate(pipe, reports, 20, args.guidance, args.seed)
-    result["dpm20_images_per_s"] = round(n / (time.perf_counter() - start), 2)
-    classify = Judge.from_pretrained(args.classifier)
-
-    gen_auc = multilabel_auroc(classify(fake).numpy(), labels, CHEXPERT_LABELS)
-    real_auc = multilabel_auroc(classify(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
-    result.update(n_generated=n, mauc_generated=gen_auc["mauc"], mauc_real_ceiling=real_auc["mauc"],
-                  auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items()
-                                   if k.startswith("auroc/")})
-    extractor = build_feature_extractor(f"backbone:{args.backbone}")
+    fake = generate(pipe, reports, 20, guidance, seed)
+    out: dict = {"dpm20_images_per_s": round(n / (time.perf_counter() - start), 2)}
+    gen_auc = multilabel_auroc(judge(fake).numpy(), labels, CHEXPERT_LABELS)
+    real_auc = multilabel_auroc(judge(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
+    out.update(n_generated=n, mauc_generated=gen_auc["mauc"], mauc_real_ceiling=real_auc["mauc"],
+               auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items()
+                                if k.startswith("auroc/")})
+    extractor = build_feature_extractor(f"backbone:{backbone}")
     fid = fid_report(extract_features(extractor, real["images"]), extract_features(extractor, fake))
-    result.update({f"backbone_{k}": v for k, v in fid.items()})
-
-    # 2. samplers: 20-step DPM-Solver++ above; 50-step DDIM on a subset
+    out.update({f"backbone_{k}": v for k, v in fid.items()})
+    # samplers: 20-step DPM-Solver++ above; 50-step DDIM on a subset
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     m = min(50, n)
     start = time.perf_counter()
-    generate(pipe, reports[:m], 50, args.guidance, args.seed)
-    result["ddim50_images_per_s"] = round(m / (time.perf_counter() - start), 2)
+    generate(pipe, reports[:m], 50, guidance, seed)
+    out["ddim50_images_per_s"] = round(m / (time.perf_counter() - start), 2)
+    return out
 
-    # 3. counterfactuals against the true counterfactual
-    edits = counterfactual_edits(data, "test", args.edits, args.seed)
+
+def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, judge: Judge, seed: int) -> dict:
+    """Edits at two strengths against the true counterfactual, and leaving the source unchanged."""
+    edits = counterfactual_edits(data, "test", edits_n, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
+    added, removed = [e.added for e in edits], [e.removed for e in edits]
+    out = {}
     for strength in (0.5, 0.7):
         edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
                                      strength=strength, num_inference_steps=50, guidance_scale=2.0,
                                      output_type="pt").images
-        cf = counterfactual_metrics(source, edited, truth, classify, [e.added for e in edits],
-                                    [e.removed for e in edits])
-        result[f"counterfactual_strength_{strength}"] = {k: v for k, v in cf.items() if k != "per_edit"}
-    source_cf = counterfactual_metrics(source, source, truth, classify, [e.added for e in edits],
-                                       [e.removed for e in edits])
-    result["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
+        cf = counterfactual_metrics(source, edited, truth, judge, added, removed)
+        out[f"counterfactual_strength_{strength}"] = {k: v for k, v in cf.items() if k != "per_edit"}
+    source_cf = counterfactual_metrics(source, source, truth, judge, added, removed)
+    out["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
+    return out
 
-    # 4. long-tail initial-noise optimisation on the rarest training findings
+
+def score_noise_optimisation(pipe: ReportToCXRPipeline, data: Path, real: dict, judge: Judge, guidance: float,
+                             seed: int) -> dict:
+    """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without."""
+    train_counts = {name: 0 for name in CHEXPERT_LABELS}
+    for rec in read_attributes(data):
+        if rec["split"] == "train":
+            for name, v in rec["image_labels"].items():
+                train_counts[name] += int(v == 1)
+    rare = [k for k, v in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding" and v > 0][:3]
+    idx = [CHEXPERT_LABELS.index(r) for r in rare]
+    # every test report with a rare finding, plus as many without
+    pos = [i for i in range(len(real["reports"])) if (real["labels"][i, idx] == 1).any()]
+    neg = [i for i in range(len(real["reports"])) if i not in set(pos)][: max(len(pos), 16)]
+    sel = pos + neg
+    sub_reports = [real["reports"][i] for i in sel]
+    sub_labels = real["labels"][sel]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    plain = generate(pipe, sub_reports, 20, guidance, seed + 7)
+    start = time.perf_counter()
+    z = torch.cat([pipe.optimize_initial_noise(sub_reports[k:k + 25], steps=5, lr=0.05, short_steps=4,
+                                               guidance_scale=guidance,
+                                               generator=torch.Generator().manual_seed(seed + 7 + k))
+                   for k in range(0, len(sub_reports), 25)])
+    opt_seconds = time.perf_counter() - start
+    optimised = generate(pipe, sub_reports, 20, guidance, seed + 7, batch=25, latents=z)
+    auc_plain = multilabel_auroc(judge(plain).numpy(), sub_labels, CHEXPERT_LABELS)
+    auc_opt = multilabel_auroc(judge(optimised).numpy(), sub_labels, CHEXPERT_LABELS)
+    per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
+                  "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
+                  "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
+    return {"rare_findings": per, "n_images": len(sel), "seconds_per_image": round(opt_seconds / len(sel), 2),
+            "score": "backbone image-report cosine (not the judging classifier)"}
+
+
+def score_noise_filter(run_dir: Path, data: Path) -> dict:
+    """Flagged training studies against SynthCXR's degraded / wrong-report truth."""
+    flagged = set(json.loads((run_dir / "noise_filter.json").read_text())["flagged"])
+    noisy = {r["id"] for r in read_attributes(data)
+             if r["split"] == "train" and (r.get("degradation") or r.get("wrong_report"))}
+    hit = len(flagged & noisy)
+    n_train = sum(r["split"] == "train" for r in read_attributes(data))
+    return {"flagged": len(flagged), "noisy_in_train": len(noisy), "train": n_train,
+            "precision": round(hit / len(flagged), 3) if flagged else None,
+            "recall": round(hit / len(noisy), 3) if noisy else None,
+            "base_rate": round(len(noisy) / n_train, 3)}
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.manual_seed(args.seed)
+    data = Path(args.data)
+    pipe = ReportToCXRPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
+                    "conditioner": {k: pipe.conditioner.config[k]
+                                    for k in ("use_refiner", "use_attributes", "use_identity")}}
+    real = load_image_set(data / "annotation.json", "test", pipe.image_size, "file")
+    judge = Judge.from_pretrained(args.classifier)
+    # 1. generation from test reports (judge, FID, sampler speed); 2. counterfactuals
+    result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,
+                                   args.guidance, args.seed))
+    result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed))
+    # 3. long-tail initial-noise optimisation; 4. the noise filter's flags
     if not args.skip_noise_opt:
-        train_counts = {name: 0 for name in CHEXPERT_LABELS}
-        for rec in read_attributes(data):
-            if rec["split"] == "train":
-                for name, v in rec["image_labels"].items():
-                    train_counts[name] += int(v == 1)
-        rare = [k for k, v in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding" and v > 0][:3]
-        idx = [CHEXPERT_LABELS.index(r) for r in rare]
-        # every test report with a rare finding, plus as many without
-        pos = [i for i in range(len(real["reports"])) if (real["labels"][i, idx] == 1).any()]
-        neg = [i for i in range(len(real["reports"])) if i not in set(pos)][: max(len(pos), 16)]
-        sel = pos + neg
-        sub_reports = [real["reports"][i] for i in sel]
-        sub_labels = real["labels"][sel]
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-        plain = generate(pipe, sub_reports, 20, args.guidance, args.seed + 7)
-        start = time.perf_counter()
-        z = torch.cat([pipe.optimize_initial_noise(sub_reports[k:k + 25], steps=5, lr=0.05, short_steps=4,
-                                                   guidance_scale=args.guidance,
-                                                   generator=torch.Generator().manual_seed(args.seed + 7 + k))
-                       for k in range(0, len(sub_reports), 25)])
-        opt_seconds = time.perf_counter() - start
-        optimised = generate(pipe, sub_reports, 20, args.guidance, args.seed + 7, batch=25, latents=z)
-        auc_plain = multilabel_auroc(classify(plain).numpy(), sub_labels, CHEXPERT_LABELS)
-        auc_opt = multilabel_auroc(classify(optimised).numpy(), sub_labels, CHEXPERT_LABELS)
-        per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
-                      "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
-                      "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
-        result["noise_optimisation"] = {"rare_findings": per, "n_images": len(sel),
-                                        "seconds_per_image": round(opt_seconds / len(sel), 2),
-                                        "score": "backbone image-report cosine (not the judging classifier)"}
-
-    # 5. noise filtering: flagged studies vs the degraded / wrong-report truth
+        result["noise_optimisation"] = score_noise_optimisation(pipe, data, real, judge, args.guidance, args.seed)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
-        flagged = set(json.loads((Path(args.run_dir) / "noise_filter.json").read_text())["flagged"])
-        noisy = {r["id"] for r in read_attributes(data)
-                 if r["split"] == "train" and (r.get("degradation") or r.get("wrong_report"))}
-        hit = len(flagged & noisy)
-        n_train = sum(r["split"] == "train" for r in read_attributes(data))
-        result["noise_filter"] = {"flagged": len(flagged), "noisy_in_train": len(noisy), "train": n_train,
-                                  "precision": round(hit / len(flagged), 3) if flagged else None,
-                                  "recall": round(hit / len(noisy), 3) if noisy else None,
-                                  "base_rate": round(len(noisy) / n_train, 3)}
+        result["noise_filter"] = score_noise_filter(Path(args.run_dir), data)
     print(json.dumps(result, indent=1, default=float))
 
 
