@@ -24,8 +24,8 @@ from . import __version__
 
 logger = logging.getLogger("radloop")
 
-#: Stages of the full loop that later work adds; `radloop demo` names those still missing.
 def _echo(text: str = "") -> None:
+    """The CLI's answer on stdout (library code logs instead)."""
     sys.stdout.write(text + "\n")
 
 
