@@ -35,6 +35,7 @@ from torch import nn
 from shared.backbone.radcare import RADCARES, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
+from .kv_cache import transformer_decoder_init, transformer_decoder_next
 from .models import REPORT_DECODERS, ReportDecoderMixin, ReportModelOutput, _sinusoid, teacher_forced_ce
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
@@ -234,6 +235,21 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), 1)
         h = self.decoder(x + self.pos[:t], memory, tgt_mask=causal, tgt_key_padding_mask=tokens == 0)
         return self.head(h)
+
+    def init_cache(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        cache: dict[str, torch.Tensor] = {}
+        if self.config.use_ldm:
+            k = self.config.num_local
+            memory, cache["mediator"], cache["samples"] = memory[:, : -2 * k], memory[:, -2 * k: -k], memory[:, -k:]
+        return {**cache, **transformer_decoder_init(self.decoder, memory)}
+
+    def decode_next(self, tokens: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (N, V) of the token after ``tokens`` (N, t); only the last token is new to ``cache``."""
+        t = tokens.shape[1]
+        x = self.token_embed(tokens[:, -1:])
+        if self.config.use_ldm:  # the front door reads each word on its own: the new one alone
+            x = self.linguistic_do.intervene(x, cache["mediator"], cache["samples"])
+        return self.head(transformer_decoder_next(self.decoder, x + self.pos[t - 1:t], cache))[:, -1]
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T) and the cross-entropy (VLCI fine-tunes with CE)."""

@@ -54,8 +54,8 @@ class ReportGenerator:
         out: list[str] = []
         for chunk in images.split(batch_size):
             memory = self.model.encode(chunk.to(device))
-            ids = decode(self.model.next_token_log_probs, memory, self.tokenizer.bos_token_id,
-                         self.tokenizer.eos_token_id, cfg)
+            # the model itself decodes with its key/value cache (one new token per step)
+            ids = decode(self.model, memory, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, cfg)
             out.extend(self.tokenizer.decode(row.tolist()) for row in ids)
         return out
 

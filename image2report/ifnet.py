@@ -27,6 +27,7 @@ from torch import nn
 from shared.labels import CHEXPERT_LABELS
 from shared.modeling import RadLoopModel
 
+from .kv_cache import attend, project
 from .models import (
     REPORT_DECODERS,
     GridVisualMixin,
@@ -102,6 +103,20 @@ class LinearAttention(nn.Module):
             k_sum = k_sum + kc.sum(2)[..., None]
         return torch.cat(nums, 2), torch.cat(dens, 2)
 
+    def context_state(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum phi(K)^T V (B, H, d, e), sum phi(K) (B, H, d)) of ``context`` (B, S, dim): all that
+        a query needs to read it, so a decoder computes it once per study (or grows it per token)."""
+        k = nn.functional.elu(self._split(self.k(context))) + 1
+        v = self._split(self.v(context))
+        return torch.einsum("bhsd,bhse->bhde", k, v), k.sum(2)
+
+    def read(self, x: torch.Tensor, kv: torch.Tensor, k_sum: torch.Tensor) -> torch.Tensor:
+        """Queries of ``x`` (B, T, dim) read a :meth:`context_state`: the non-causal attention output."""
+        q = nn.functional.elu(self._split(self.q(x))) + 1
+        num = torch.einsum("bhtd,bhde->bhte", q, kv)
+        den = torch.einsum("bhtd,bhd->bht", q, k_sum)
+        return self.dropout(self.out((num / den.clamp_min(1e-6)[..., None]).transpose(1, 2).flatten(2)))
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -144,6 +159,35 @@ class _DecoderLayer(nn.Module):
             x = x + self.self_attn(h, h, h, attn_mask=causal, need_weights=False)[0]
             h = self.norms[1](x)
             x = x + self.cross_attn(h, memory, memory, need_weights=False)[0]
+        return x + self.ff(self.norms[2](x))
+
+    def init_cache(self, memory: torch.Tensor, i: int) -> dict[str, torch.Tensor]:
+        """Layer ``i``'s cache of an empty prefix: the memory read once (linear: its running sums;
+        softmax: its keys and values), and an empty self-attention state."""
+        n = memory.shape[0]
+        if self.linear:
+            mkv, mks = self.cross_attn.context_state(memory)
+            return {f"{i}.mkv": mkv, f"{i}.mks": mks, f"{i}.skv": torch.zeros_like(mkv),
+                    f"{i}.sks": torch.zeros_like(mks)}
+        heads, d = self.self_attn.num_heads, self.self_attn.embed_dim
+        empty = memory.new_zeros(n, heads, 0, d // heads)
+        return {f"{i}.sk": empty, f"{i}.sv": empty, f"{i}.mk": project(self.cross_attn, memory, 1),
+                f"{i}.mv": project(self.cross_attn, memory, 2)}
+
+    def next(self, x: torch.Tensor, cache: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        """The layer's output (N, 1, d) for one new position ``x``; ``cache`` takes it in."""
+        h = self.norms[0](x)
+        if self.linear:
+            # causal linear attention: the running sums grow by this position, then it reads them
+            kv, ks = self.self_attn.context_state(h)
+            cache[f"{i}.skv"], cache[f"{i}.sks"] = cache[f"{i}.skv"] + kv, cache[f"{i}.sks"] + ks
+            x = x + self.self_attn.read(h, cache[f"{i}.skv"], cache[f"{i}.sks"])
+            x = x + self.cross_attn.read(self.norms[1](x), cache[f"{i}.mkv"], cache[f"{i}.mks"])
+        else:
+            cache[f"{i}.sk"] = torch.cat([cache[f"{i}.sk"], project(self.self_attn, h, 1)], 2)
+            cache[f"{i}.sv"] = torch.cat([cache[f"{i}.sv"], project(self.self_attn, h, 2)], 2)
+            x = x + attend(self.self_attn, h, cache[f"{i}.sk"], cache[f"{i}.sv"])
+            x = x + attend(self.cross_attn, self.norms[1](x), cache[f"{i}.mk"], cache[f"{i}.mv"])
         return x + self.ff(self.norms[2](x))
 
 
@@ -228,6 +272,17 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         for layer in self.layers:
             x = layer(x, memory)
         return self.head(self.final_norm(x))
+
+    def init_cache(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v for i, layer in enumerate(self.layers) for k, v in layer.init_cache(memory, i).items()}
+
+    def decode_next(self, tokens: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (N, V) of the token after ``tokens`` (N, t); only the last token is new to ``cache``."""
+        t = tokens.shape[1]
+        x = self.token_embed(tokens[:, -1:]) + self.pos[t - 1:t]
+        for i, layer in enumerate(self.layers):
+            x = layer.next(x, cache, i)
+        return self.head(self.final_norm(x))[:, -1]
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None = None
                 ) -> ReportModelOutput:

@@ -23,6 +23,8 @@ from shared.config import read_json
 from shared.modeling import RadLoopModel
 from shared.registry import Registry
 
+from .kv_cache import CachedSession, transformer_decoder_init, transformer_decoder_next
+
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_DECODERS", "build_report_model",
            "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce", "image_tower_state"]
 
@@ -54,8 +56,10 @@ def teacher_forced_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Te
 class ReportDecoderMixin:
     """What every report decoder shares: the view-count check and the decoding step.
 
-    The host defines ``decode_step(memory, tokens) -> logits (N, T, V)`` and has ``max_views`` in
-    its config.
+    The host defines ``decode_step(memory, tokens) -> logits (N, T, V)`` (every position: training
+    and the uncached reference), and for cached decoding ``init_cache(memory) -> cache`` and
+    ``decode_next(tokens, cache) -> logits (N, V)`` (see :mod:`image2report.kv_cache`); it has
+    ``max_views`` in its config.
     """
 
     def check_views(self, images: torch.Tensor) -> None:
@@ -64,8 +68,13 @@ class ReportDecoderMixin:
             raise ValueError(f"got {images.shape[1]} views, the model takes at most {self.config.max_views}")
 
     def next_token_log_probs(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (N, V) of the token after ``tokens`` (N, t): the step function of decoding."""
+        """Log-probabilities (N, V) of the token after ``tokens`` (N, t), recomputed over the whole
+        prefix: the uncached reference of :meth:`decoding_session`."""
         return torch.log_softmax(self.decode_step(memory, tokens)[:, -1].float(), dim=-1)
+
+    def decoding_session(self, memory: torch.Tensor) -> CachedSession:
+        """A cached decoding session over ``memory`` (N, S, d) (evaluation mode: no dropout)."""
+        return CachedSession(self, memory)
 
 
 class GridVisualMixin(ReportDecoderMixin):
@@ -191,6 +200,15 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), 1)
         h = self.transformer.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == 0)
         return self.head(h)
+
+    def init_cache(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        return transformer_decoder_init(self.transformer.decoder, memory)
+
+    def decode_next(self, tokens: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (N, V) of the token after ``tokens`` (N, t); only the last token is new to ``cache``."""
+        t = tokens.shape[1]
+        x = self.token_embed(tokens[:, -1:]) + self.pos[t - 1:t]
+        return self.head(transformer_decoder_next(self.transformer.decoder, x, cache))[:, -1]
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T) (``<bos> ... <eos>``, right-padded) and the CE loss."""

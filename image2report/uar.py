@@ -26,6 +26,7 @@ from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
 from shared.backbone.lsu import LSUS, LatentSpaceUnifier
 from shared.modeling import RadLoopModel
 
+from .kv_cache import transformer_decoder_init, transformer_decoder_next
 from .models import (
     REPORT_DECODERS,
     ReportDecoderMixin,
@@ -132,6 +133,18 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         h = self.transformer.decoder(x, memory, tgt_mask=causal, memory_mask=memory_mask,
                                      tgt_key_padding_mask=padding)
         return self.head(h)
+
+    def init_cache(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        return transformer_decoder_init(self.transformer.decoder, memory)
+
+    def decode_next(self, tokens: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (N, V) of the token after ``tokens`` (N, t); only the last token is new to ``cache``."""
+        t = tokens.shape[1]
+        x = self._word_embeds(tokens[:, -1:]) + self.pos[t - 1:t]
+        memory_mask = None
+        if self.mask_active:  # this position's row of TIR's mask
+            memory_mask = self.config.mask_k * torch.sigmoid(self.tir_mask[t - 1:t, : cache["0.mk"].shape[2]])
+        return self.head(transformer_decoder_next(self.transformer.decoder, x, cache, memory_mask))[:, -1]
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T) and the eq. 13 loss."""

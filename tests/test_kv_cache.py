@@ -1,0 +1,50 @@
+"""Cached decoding (key/value cache, IFNet's running sums) writes exactly what uncached decoding writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import image2report  # noqa: F401  (registers every decoder)
+from image2report.decoding import DecodingConfig, decode
+from image2report.models import build_report_model
+
+CASES = [
+    ("baseline_tiny", {}),
+    ("uar_tiny", {"two_stage": False}),  # TIR's mask on the cross-attention from the first step
+    ("uar_tiny", {"use_tir": False}),
+    ("cmcrl_tiny", {}),
+    ("cmcrl_tiny", {"use_ldm": False}),
+    ("ifnet_tiny", {}),  # linear attention: running sums
+    ("ifnet_tiny", {"linear_attention": False}),
+]
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("beams", [1, 3])
+def test_cached_decoding_is_token_identical(name, options, beams):
+    torch.manual_seed(0)
+    model = build_report_model(name, vocab_size=30, max_length=24, **options).eval()
+    images = torch.rand(3, 1, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        memory = model.encode(images)
+        cfg = DecodingConfig(num_beams=beams, max_length=24, no_repeat_ngram_size=3, min_length=2)
+        cached = decode(model, memory, 1, 2, cfg)
+        reference = decode(model.next_token_log_probs, memory, 1, 2, cfg)
+    assert cached.shape[1] > 5
+    assert torch.equal(cached, reference)
+
+
+@pytest.mark.parametrize("name,options", CASES[:1] + CASES[3:4] + CASES[5:], ids=lambda c: str(c))
+def test_cached_logits_match_the_full_forward_at_every_position(name, options):
+    torch.manual_seed(1)
+    model = build_report_model(name, vocab_size=30, max_length=24, **options).eval()
+    with torch.no_grad():
+        memory = model.encode(torch.rand(2, 1, 1, 32, 32) * 2 - 1)
+        tokens = torch.randint(3, 30, (2, 9))
+        tokens[:, 0] = 1
+        full = model.decode_step(memory, tokens)
+        session = model.decoding_session(memory)
+        for t in range(1, tokens.shape[1] + 1):
+            step = session(tokens[:, :t])
+            torch.testing.assert_close(step, torch.log_softmax(full[:, t - 1].float(), -1), atol=1e-5, rtol=1e-5)
