@@ -36,7 +36,7 @@ from shared.backbone.radcare import RADCARES, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
 from .kv_cache import transformer_decoder_init, transformer_decoder_next
-from .models import REPORT_DECODERS, ReportDecoderMixin, ReportModelOutput, _sinusoid, teacher_forced_ce
+from .models import REPORT_DECODERS, ReportDecoderMixin, ReportModelOutput, _sinusoid, pool_grid, teacher_forced_ce
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
 
@@ -123,17 +123,19 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         radcare: a ``RADCARES`` registry name: the encoder's architecture (weights come from
             :meth:`init_radcare_from`); ``image_size`` overrides its input side.
         num_local: local tokens VDM keeps (the paper's k).
+        grid_size: each view's patch grid pooled to at most this many tokens per side (None: as is).
     """
 
     @register_to_config
     def __init__(self, vocab_size: int, radcare: str = "radcare_small", image_size: int = 64, max_views: int = 1,
                  num_layers: int = 3, num_heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
-                 max_length: int = 100, num_local: int = 6, use_vdm: bool = True, use_ldm: bool = True) -> None:
+                 max_length: int = 100, num_local: int = 6, use_vdm: bool = True, use_ldm: bool = True,
+                 grid_size: int | None = None) -> None:
         super().__init__()
         arch = {**RADCARES.config(radcare), "image_size": image_size}
         self.encoder = RadCAREImageEncoder(**arch)
         d = arch["dim"]
-        grid = self.encoder.grid
+        grid = self.token_grid
         if use_vdm or use_ldm:
             if num_local > grid * grid * max_views:
                 raise ValueError(f"num_local={num_local} is more than the {grid * grid * max_views} patch tokens")
@@ -174,7 +176,7 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
     def global_features(self, tokens: torch.Tensor, views: int) -> torch.Tensor:
         """(B, V * g * g, d) -> (B, V * ceil(g/2)^2, d): each view's grid pooled 2x2."""
         b, _, d = tokens.shape
-        g = self.encoder.grid
+        g = self.token_grid
         grid = tokens.reshape(b * views, g, g, d).permute(0, 3, 1, 2)
         pooled = nn.functional.avg_pool2d(grid, 2, ceil_mode=True).flatten(2).transpose(1, 2)
         return self.global_proj(pooled.reshape(b, -1, d))
@@ -187,6 +189,12 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         return m + self.fuse_ff(m)
 
     # -- LDM pieces ------------------------------------------------------------------------
+    @property
+    def token_grid(self) -> int:
+        """Patch tokens per side of a view in the memory (the encoder's grid, pooled to ``grid_size``)."""
+        g = self.encoder.grid
+        return g if self.config.grid_size is None else min(g, self.config.grid_size)
+
     def dictionary(self, batch: int) -> torch.Tensor:
         """The word-embedding dictionary (B, V - 4, d) without the special tokens, detached (as in VLCI)."""
         words = self.dictionary_norm(self.token_embed.weight[4:].detach())
@@ -203,6 +211,10 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         b, v = images.shape[:2]
         # 1. RadCARE's vision path on every view, plus which view each token comes from
         tokens = self.encoder(images.flatten(0, 1))
+        if self.token_grid < self.encoder.grid:  # at most grid_size x grid_size tokens per view
+            g = self.encoder.grid
+            grid = pool_grid(tokens.transpose(1, 2).reshape(len(tokens), -1, g, g), self.config.grid_size)
+            tokens = grid.flatten(2).transpose(1, 2)
         n = tokens.shape[1]
         views = self.view_embed(torch.arange(v, device=images.device).repeat(b))[:, None]
         tokens = (tokens + views).reshape(b, v * n, -1)

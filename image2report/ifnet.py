@@ -199,6 +199,7 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         visual: timm image tower (``cxr_resnet_*``); ``init_visual_from`` loads a RadCLIP or classifier tower.
         num_labels: label tokens (the labeler's 14 labels); label_weight: weight of the head's BCE;
         label_threshold: probability above which the head's label counts as present at inference.
+        grid_size: the tower's grid pooled to at most this many cells per side (None: as it comes).
     """
 
     #: the training loop passes the labeler's labels of the reports (``forward(..., labels=)``)
@@ -209,7 +210,7 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
                  d_model: int = 256, num_layers: int = 3, num_heads: int = 8, ff_dim: int = 512, dropout: float = 0.1,
                  max_length: int = 100, num_labels: int = len(CHEXPERT_LABELS), label_weight: float = 1.0,
                  label_threshold: float = 0.5, use_enhancement: bool = True, use_label_fusion: bool = True,
-                 linear_attention: bool = True) -> None:
+                 linear_attention: bool = True, grid_size: int | None = None) -> None:
         super().__init__()
         if use_enhancement:
             self.enhancer = ImageEnhancer()

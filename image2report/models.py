@@ -26,7 +26,7 @@ from shared.registry import Registry
 from .kv_cache import CachedSession, transformer_decoder_init, transformer_decoder_next
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_DECODERS", "build_report_model",
-           "GridVisualMixin", "ReportDecoderMixin", "teacher_forced_ce", "image_tower_state"]
+           "GridVisualMixin", "ReportDecoderMixin", "pool_grid", "teacher_forced_ce", "image_tower_state"]
 
 
 @dataclass
@@ -77,11 +77,25 @@ class ReportDecoderMixin:
         return CachedSession(self, memory)
 
 
+def pool_grid(features: torch.Tensor, grid_size: int | None) -> torch.Tensor:
+    """A feature map (N, C, h, w) average-pooled to at most ``grid_size`` x ``grid_size`` (None: as is).
+
+    The decoders' memory then holds ``grid_size ** 2`` tokens per view at any input size, as
+    R2Gen's 7 x 7 ResNet grid does: a 512 px film through a stride-8 tower would otherwise hand the
+    decoder 4,096 tokens per view.
+    """
+    h, w = features.shape[-2:]
+    if grid_size is None or (h <= grid_size and w <= grid_size):
+        return features
+    return nn.functional.adaptive_avg_pool2d(features, (min(h, grid_size), min(w, grid_size)))
+
+
 class GridVisualMixin(ReportDecoderMixin):
     """CNN grid features of every view, for decoders built on a timm image tower.
 
     The host creates ``image_encoder`` (timm, ``num_classes=0``), ``visual_proj``, ``view_embed`` and
-    the sinusoid buffer ``pos``; its config has ``visual`` and ``max_views``.
+    the sinusoid buffer ``pos``; its config has ``visual``, ``max_views`` and ``grid_size`` (the
+    most grid cells per side handed to the decoder; None keeps the tower's grid).
     """
 
     image_encoder: nn.Module
@@ -101,8 +115,9 @@ class GridVisualMixin(ReportDecoderMixin):
             x = transform(x)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        # 1. grid features of every view: (B*V, C, h, w) -> (B*V, h*w, d)
-        grid = self.visual_proj(self.image_encoder.forward_features(x).flatten(2).transpose(1, 2))
+        # 1. grid features of every view, at most grid_size x grid_size: (B*V, C, h, w) -> (B*V, h*w, d)
+        grid = pool_grid(self.image_encoder.forward_features(x), self.config.grid_size)
+        grid = self.visual_proj(grid.flatten(2).transpose(1, 2))
         n = grid.shape[1]
         # 2. positions within the grid and which view each token comes from
         grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
@@ -172,12 +187,13 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
         vocab_size: report tokenizer size (pad 0, bos 1, eos 2).
         visual: timm name of the image tower (``cxr_resnet_small``, ``cxr_resnet_tiny``, ``resnet18``...).
         image_size: input side; max_views: views per study (IU X-ray 2, MIMIC-CXR 1).
+        grid_size: the tower's grid pooled to at most this many cells per side (None: as it comes).
     """
 
     @register_to_config
     def __init__(self, vocab_size: int, visual: str = "cxr_resnet_small", image_size: int = 64, max_views: int = 1,
                  d_model: int = 256, num_layers: int = 3, num_heads: int = 8, ff_dim: int = 512,
-                 dropout: float = 0.1, max_length: int = 100) -> None:
+                 dropout: float = 0.1, max_length: int = 100, grid_size: int | None = None) -> None:
         super().__init__()
         self.image_encoder = build_image_tower(visual)
         self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)

@@ -33,6 +33,7 @@ from .models import (
     ReportModelOutput,
     _sinusoid,
     build_image_tower,
+    pool_grid,
     teacher_forced_ce,
 )
 
@@ -48,6 +49,8 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
             :meth:`init_lsu_from`); image_size must match it.
         visual: timm CNN used instead of LSU when ``use_lsu`` is off.
         mask_k: k of eq. 11; stage_one_steps: steps before TIR's mask joins (two-stage training).
+        grid_size: the visual tokens of a view (LSU codes or CNN grid) pooled to at most this many
+            per side (None: as they come).
     """
 
     @register_to_config
@@ -55,20 +58,22 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
                  max_views: int = 1, d_model: int = 256, num_layers: int = 3, num_heads: int = 8, ff_dim: int = 512,
                  dropout: float = 0.1, max_length: int = 100, num_basis: int = 2048, triplet_margin: float = 0.2,
                  mask_k: float = 1.0, use_lsu: bool = True, use_basis: bool = True, use_gates: bool = True,
-                 use_tir: bool = True, two_stage: bool = True, stage_one_steps: int = 500) -> None:
+                 use_tir: bool = True, two_stage: bool = True, stage_one_steps: int = 500,
+                 grid_size: int | None = None) -> None:
         super().__init__()
         if use_lsu:
             lsu_cfg = {k: v for k, v in LSUS.config(lsu).items() if k != "image_size"}
             self.unifier = LatentSpaceUnifier(vocab_size=vocab_size, dim=d_model, image_size=image_size, **lsu_cfg)
             self.unifier.vq.requires_grad_(False)  # a trained tokenizer, frozen (its look-ups W_I, W_R train)
-            num_visual = self.unifier.tokens_per_image
+            side = int(round(self.unifier.tokens_per_image ** 0.5))
         else:
             self.image_encoder = build_image_tower(visual)
             self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)
             self.word_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
             with torch.no_grad():
-                h = self.image_encoder.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
-            num_visual = h * h
+                side = self.image_encoder.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+        side = side if grid_size is None else min(side, grid_size)
+        num_visual = side * side
         self.aligner = CrossModalAligner(d_model, num_basis, num_heads, dropout, use_basis=use_basis,
                                          use_gates=use_gates)
         self.triplet = TripletContrastiveLoss(triplet_margin)
@@ -88,9 +93,12 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         b, v = images.shape[:2]
         x = images.flatten(0, 1)
         if self.config.use_lsu:
-            emb = self.unifier.image_embed(self.unifier.tokenize(x))
+            emb = self.unifier.image_embed(self.unifier.tokenize(x))  # (B*V, L, d), a square grid of codes
+            side = int(round(emb.shape[1] ** 0.5))
+            grid = pool_grid(emb.transpose(1, 2).reshape(len(emb), -1, side, side), self.config.grid_size)
+            emb = grid.flatten(2).transpose(1, 2)
         else:
-            grid = self.image_encoder.forward_features(x.expand(-1, 3, -1, -1))
+            grid = pool_grid(self.image_encoder.forward_features(x.expand(-1, 3, -1, -1)), self.config.grid_size)
             emb = self.visual_proj(grid.flatten(2).transpose(1, 2))
         n = emb.shape[1]
         emb = emb + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]

@@ -48,3 +48,34 @@ def test_cached_logits_match_the_full_forward_at_every_position(name, options):
         for t in range(1, tokens.shape[1] + 1):
             step = session(tokens[:, :t])
             torch.testing.assert_close(step, torch.log_softmax(full[:, t - 1].float(), -1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,options", [("baseline_tiny", {}), ("ifnet_tiny", {"use_label_fusion": False}),
+                                          ("uar_tiny", {}), ("uar_tiny", {"use_lsu": False}),
+                                          ("cmcrl_tiny", {"use_vdm": False, "use_ldm": False})])
+def test_grid_size_bounds_the_visual_tokens_at_any_input_size(name, options):
+    torch.manual_seed(0)
+    sizes = {}
+    for side in (32, 64):
+        model = build_report_model(name, vocab_size=30, image_size=side, max_views=2, grid_size=2, **options).eval()
+        with torch.no_grad():
+            memory = model.encode(torch.rand(1, 2, 1, side, side) * 2 - 1)
+            sizes[side] = memory.shape[1]
+            cfg = DecodingConfig(num_beams=2, max_length=8, no_repeat_ngram_size=0, min_length=0)
+            assert torch.equal(decode(model, memory, 1, 2, cfg), decode(model.next_token_log_probs, memory, 1, 2, cfg))
+    assert sizes[32] == sizes[64] == 2 * 2 * 2  # two views of a 2 x 2 grid, whatever the side
+    unpooled = build_report_model(name, vocab_size=30, image_size=64, max_views=2, **options).eval()
+    with torch.no_grad():
+        assert unpooled.encode(torch.rand(1, 2, 1, 64, 64) * 2 - 1).shape[1] > sizes[64]
+
+
+def test_cmcrl_with_vdm_and_ldm_on_a_pooled_grid():
+    torch.manual_seed(0)
+    model = build_report_model("cmcrl_tiny", vocab_size=30, image_size=64, grid_size=4, num_local=3).eval()
+    assert model.token_grid == 4 and model.encoder.grid == 8
+    with torch.no_grad():
+        memory = model.encode(torch.rand(2, 1, 1, 64, 64) * 2 - 1)
+        cfg = DecodingConfig(num_beams=2, max_length=8, no_repeat_ngram_size=0, min_length=0)
+        assert torch.equal(decode(model, memory, 1, 2, cfg), decode(model.next_token_log_probs, memory, 1, 2, cfg))
+    out = model(torch.rand(2, 1, 1, 64, 64) * 2 - 1, torch.randint(3, 30, (2, 6)))
+    assert torch.isfinite(out.loss)
