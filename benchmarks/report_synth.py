@@ -84,8 +84,8 @@ def pretrain(kind: str, data: Path, out_dir: Path, seed: int, extra: list[str]) 
 
 def run_one(model: str, seed: int, data: Path, out_dir: Path, pretrained: tuple[Path, float] | None,
             test: list[dict[str, Any]], refs: dict[str, str], truth: np.ndarray, labeler: ReportLabeler,
-            extra: list[str]) -> dict[str, Any]:
-    run = out_dir / f"{model}_s{seed}"
+            extra: list[str], tag: str = "") -> dict[str, Any]:
+    run = out_dir / f"{model}{tag}_s{seed}"
     if (run / "scores.json").is_file():
         return read_json(run / "scores.json")
     overrides = [f"data.annotation={data / 'annotation.json'}", f"train.output_dir={run}", f"train.seed={seed}",
@@ -135,6 +135,10 @@ def main() -> None:
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--steps", type=int, help="override every recipe's max_steps (smoke runs)")
     p.add_argument("--limit-test", dest="limit_test", type=int, help="score the first N test studies only (smoke runs)")
+    p.add_argument("--override", nargs="*", default=[], metavar="key=value",
+                   help="config overrides of the decoder runs (not the pre-training), e.g. model.options.grid_size=4")
+    p.add_argument("--tag", default="", help="suffix of the run folders, so variants share one --out-dir and "
+                                              "its pre-trained towers")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, out_dir = Path(args.data), Path(args.out_dir)
@@ -156,15 +160,17 @@ def main() -> None:
     for model in args.models:
         shared_pretraining = pretrain(model, data, out_dir, args.seeds[0], extra) if model in PRETRAINING else None
         runs = [run_one(model, seed, data, out_dir, shared_pretraining, test, refs, truth, labeler,
-                        extra) for seed in args.seeds]
+                        [*extra, *args.override], args.tag) for seed in args.seeds]
         per_run.extend(runs)
-        table[model] = summarise(runs)
+        table[model + args.tag] = summarise(runs)
     result = {
         "benchmark": "report_generation_synthcxr",
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "data": f"{data} ({len(ann['train'])} train / {len(ann['val'])} val / {len(ids)} test studies)",
         "command": "python benchmarks/report_synth.py --data " + str(data) + " --models " + " ".join(args.models)
-                   + " --seeds " + " ".join(map(str, args.seeds)),
+                   + " --seeds " + " ".join(map(str, args.seeds))
+                   + (" --override " + " ".join(args.override) if args.override else "")
+                   + (f" --tag {args.tag}" if args.tag else ""),
         "target": "truth_ce_micro_f1 >= 0.8 (labeler on the generated text vs the generator's image labels)",
         "floor_most_common_training_report": {"report": most_common, **{k: floor[k] for k in KEYS if k in floor}},
         "models": table,

@@ -62,6 +62,13 @@ class ReportDecoderMixin:
     ``max_views`` in its config.
     """
 
+    def positions(self, n: int) -> torch.Tensor:
+        """The first ``n`` rows of the sinusoid position table ``pos`` (n, d), extended when a
+        memory is longer than the table (a full-resolution grid without ``grid_size``)."""
+        if n <= len(self.pos):
+            return self.pos[:n]
+        return _sinusoid(n, self.pos.shape[1]).to(self.pos)
+
     def check_views(self, images: torch.Tensor) -> None:
         """images (B, V, ...): refuse more views than the model was built for."""
         if images.shape[1] > self.config.max_views:
@@ -120,7 +127,7 @@ class GridVisualMixin(ReportDecoderMixin):
         grid = self.visual_proj(grid.flatten(2).transpose(1, 2))
         n = grid.shape[1]
         # 2. positions within the grid and which view each token comes from
-        grid = grid + self.pos[:n] + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
+        grid = grid + self.positions(n) + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
         return grid.reshape(b, v * n, -1)
 
     def init_visual_from(self, source_dir: str) -> int:

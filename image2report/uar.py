@@ -125,7 +125,7 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         aligned = self.aligner(visual)
         n = aligned.features.shape[1]
         # 3. the Transformer encoder
-        return self.transformer.encoder(aligned.features + self.pos[:n]), aligned.pooled
+        return self.transformer.encoder(aligned.features + self.positions(n)), aligned.pooled
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) at every position of ``tokens`` (N, T); TIR's mask on the cross-attention."""

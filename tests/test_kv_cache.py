@@ -79,3 +79,25 @@ def test_cmcrl_with_vdm_and_ldm_on_a_pooled_grid():
         assert torch.equal(decode(model, memory, 1, 2, cfg), decode(model.next_token_log_probs, memory, 1, 2, cfg))
     out = model(torch.rand(2, 1, 1, 64, 64) * 2 - 1, torch.randint(3, 30, (2, 6)))
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("variant", ["after", "before"])
+def test_decoding_speed_benchmark_measures_both_variants(load_benchmark, monkeypatch, variant):
+    bench = load_benchmark("decoding_speed")
+    monkeypatch.setattr(bench, "BATCH", 2)
+    monkeypatch.setattr(bench, "TOKENS", 6)
+    monkeypatch.setattr(bench, "MODELS", {"baseline": {"visual": "cxr_resnet_tiny", "d_model": 32, "num_layers": 1,
+                                                       "num_heads": 2, "ff_dim": 64}})
+    decoded = bench.measure("baseline", 32, variant, "decode")
+    assert {"reports_per_s_greedy", "reports_per_s_beam3", "ms_per_token_greedy", "ms_per_token_beam3",
+            "memory_tokens", "peak_rss_mb"} <= set(decoded)
+    assert decoded["memory_tokens"] == 2 * 16  # two views of the tiny tower's 4 x 4 grid (under 7 x 7)
+    trained = bench.measure("baseline", 32, variant, "train")
+    assert trained["train_step_s"] > 0 and "memory_tokens" not in trained
+
+
+def test_a_memory_longer_than_the_position_table_still_encodes():
+    model = build_report_model("baseline_tiny", vocab_size=30, image_size=32, max_views=1).eval()
+    long = model.positions(len(model.pos) + 5)
+    assert long.shape == (len(model.pos) + 5, model.pos.shape[1])
+    torch.testing.assert_close(long[: len(model.pos)], model.pos)
