@@ -157,3 +157,18 @@ def test_iu_xray_mesh_agreement(load_benchmark):
         pred = np.array([lab[name] == 1.0 for lab in labels])
         f1s.append(bench.prf(pred, gold)["f1"])
     assert np.mean(f1s) >= 0.85
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("No tube.", 0.0),
+    ("Tube removed.", 0.0),
+    ("No lines or tubes.", 0.0),
+    ("Tubes and lines removed.", 0.0),
+    ("The endotracheal tube has been removed.", 0.0),
+    ("Right chest tube in place.", 1.0),
+    ("Chest tube in place, ET tube removed.", 1.0),  # one device stays
+    ("Septal lines are present.", None),  # lines without tubes are not devices
+])
+def test_tubes_and_their_removal_read_as_support_devices(text, expected):
+    value = ReportLabeler().label(text).labels["Support Devices"]
+    assert (math.isnan(value) if expected is None else value == expected), (text, value)

@@ -106,6 +106,9 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
         r"\bleads?\b", r"\bport-?a-?cath\b", r"\b(?:support|medical|monitoring) devices?\b",
         r"\bswan-?ganz\b", r"\bmonitor(?:ing)? (?:leads|wires|device)\b", r"\bstimulator\b",
         r"\bprosthetic (?:\w+ )?valve\b", r"\bvalve (?:replacement|prosthesis)\b",
+        # a bare "tube(s)" is a device in a chest film report ("no tube", "tube removed"), and so are
+        # "lines" when they stand with tubes ("no lines or tubes", "tubes and lines removed")
+        r"\btubes?\b", r"\blines? (?:and|or|and/or) tubes?\b", r"\btubes? (?:and|or|and/or) lines?\b",
         # IU X-ray anonymisation often hides the device word: "left chest XXXX with tip in the SVC".
         r"\btips? (?:project\w*|in|at|overl\w*|terminat\w*|is|are|near|within|in the)\b",
     ),
@@ -147,6 +150,8 @@ _NEG_POST = _rx(
     r"^[\w ,]*?\b(?:is|are|was|were|has been|have been)? ?(?:not (?:seen|identified|present|visualized|demonstrated|appreciated|evident|detected|noted)|absent|resolved|no longer (?:seen|present|visualized))\b",  # noqa: E501  (a regex reads best whole)
     r"^[\w ,]*?\bhas resolved\b", r"^[\w ,]*?\bhave resolved\b",
     r"^[\w ,]*?\b(?:has|have) been removed\b", r"^[\w ,]*?\b(?:is|are|was|were) removed\b",
+    # "tube removed", "tubes and lines removed": the mention, at most "and/or <word>", then removed
+    r"^\s*(?:(?:and|or) \w+ )?(?:removed|withdrawn)\b",
 )
 _UNC_PRE = _rx(
     r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bpossibl[ey]\b", r"\bprobabl[ey]\b", r"\blikely\b",
