@@ -78,9 +78,15 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     records = [r for r in load_records(args.annotation) if r.get("split", "train") == "train"]
     if not records:
         raise DataError(f"{args.annotation} has no training studies to fit a tokenizer on")
-    tok = ReportTokenizer.fit((r["report"] for r in records), min_freq=args.min_freq, dataset=args.dataset)
+    reports = [r["report"] for r in records]
+    if args.iu_reports:
+        from shared.data.iu_xray import read_iu_reports, split_iu_reports
+
+        # the training split of the IU X-ray reports only: their test split stays out of every training
+        reports += [r.text for r in split_iu_reports(read_iu_reports(args.archive))["train"]]
+    tok = ReportTokenizer.fit(reports, min_freq=args.min_freq, dataset=args.dataset)
     path = tok.save_pretrained(args.out)
-    _echo(f"wrote {path} ({len(tok)} tokens from {len(records)} training reports)")
+    _echo(f"wrote {path} ({len(tok)} tokens from {len(reports)} training reports)")
     return 0
 
 
@@ -271,6 +277,10 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for report_tokenizer.json")
     p.add_argument("--min-freq", dest="min_freq", type=int, default=3, help="R2Gen: 3 (IU X-ray), 10 (MIMIC-CXR)")
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
+    p.add_argument("--iu-reports", dest="iu_reports", action="store_true",
+                   help="also fit on the training split of the IU X-ray reports (real wording; CC BY-NC-ND 4.0)")
+    p.add_argument("--archive",
+                   help="NLMCXR_reports.tgz for --iu-reports (default: found in the torchxrayvision wheel)")
     p.set_defaults(func=cmd_tokenizer)
 
 

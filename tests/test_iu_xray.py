@@ -74,3 +74,44 @@ def test_the_real_iu_xray_reports():
     assert sum(r.is_normal for r in reports) > 1000
     assert sum(bool(r.findings) for r in reports) > 3000
     assert all(r.mesh_major for r in reports)
+
+
+def test_iu_split_is_by_report_id_alone():
+    from shared.data.iu_xray import IUReport, iu_split, split_iu_reports
+
+    reports = [IUReport(uid=f"CXR{i}", findings="Heart size normal.", impression="") for i in range(2000)]
+    splits = split_iu_reports(reports)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sum(sizes.values()) == 2000 and 0.65 < sizes["train"] / 2000 < 0.75 and 0.15 < sizes["test"] / 2000 < 0.25
+    again = split_iu_reports(list(reversed(reports[:500])))  # another subset, another order: the same splits
+    assert all(iu_split(r.uid) == name for name, part in again.items() for r in part)
+    assert {r.uid for r in again["test"]} <= {r.uid for r in splits["test"]}
+    empty = IUReport(uid="CXR9999", findings="", impression="")
+    assert all(empty not in part for part in split_iu_reports([empty]).values())
+
+
+def test_tokenizer_fits_on_the_iu_training_split(tmp_path, tiny_synth):
+    from radloop.cli import main
+    from shared.data.iu_xray import iu_split
+    from shared.text.tokenizer import ReportTokenizer
+
+    n = next(i for i in range(100) if iu_split(f"CXR{i}") == "train")
+    t = next(i for i in range(100) if iu_split(f"CXR{i}") == "test")
+    words = "granuloma granuloma granuloma"
+    path = _archive(tmp_path, [(f"{n}.xml", XML.format(n=n, impression=words, major="normal")),
+                               (f"{t}.xml", XML.format(n=t, impression="hyperinflated " * 3, major="normal"))])
+    ann = tiny_synth[0] / "annotation.json"
+    assert main(["data", "tokenizer", "--annotation", str(ann), "--out", str(tmp_path / "tok"), "--iu-reports",
+                 "--archive", str(path), "--min-freq", "1"]) == 0
+    vocab = set(ReportTokenizer.from_pretrained(tmp_path / "tok").itos)
+    assert "granuloma" in vocab and "hyperinflated" not in vocab  # the test split stays out
+
+
+def test_text_coverage_counts_unknown_words_by_hand(load_benchmark):
+    from shared.text.tokenizer import ReportTokenizer
+
+    bench = load_benchmark("text_coverage")
+    tok = ReportTokenizer.fit(["no effusion .", "no effusion ."], min_freq=1)
+    got = bench.coverage(tok, ["no granuloma.", "no effusion."])
+    # running words: no, granuloma, ., no, effusion, . -> 1 of 6 unknown; types: no granuloma . effusion -> 1 of 4
+    assert got["unk_share_running_words"] == round(1 / 6, 4) and got["unk_share_word_types"] == 0.25

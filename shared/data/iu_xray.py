@@ -9,6 +9,7 @@ Licence of the reports: CC BY-NC-ND 4.0.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -17,7 +18,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["IUReport", "find_iu_reports_archive", "read_iu_reports", "write_iu_reports"]
+__all__ = ["IUReport", "find_iu_reports_archive", "read_iu_reports", "write_iu_reports", "iu_split",
+           "split_iu_reports"]
+
+#: the IU report splits (by report id; the test part is kept out of every training)
+IU_SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 ARCHIVE_NAME = "NLMCXR_reports.tgz"
 
@@ -113,6 +118,27 @@ def read_iu_reports(archive: str | os.PathLike[str] | None = None) -> list[IURep
         return (int(digits) if digits else 0, r.uid)
 
     return sorted(reports, key=key)
+
+
+def iu_split(uid: str) -> str:
+    """The split of an IU report, from a hash of its id alone: the same report lands in the same
+    split whatever else is read, in any order, on any machine."""
+    u = int.from_bytes(hashlib.sha256(f"radloop-iu-split:{uid}".encode()).digest()[:8], "big") / 2 ** 64
+    edge = 0.0
+    for name, fraction in IU_SPLIT_FRACTIONS.items():
+        edge += fraction
+        if u < edge:
+            return name
+    return "test"
+
+
+def split_iu_reports(reports: list[IUReport]) -> dict[str, list[IUReport]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` by :func:`iu_split`; reports without text are left out."""
+    out: dict[str, list[IUReport]] = {name: [] for name in IU_SPLIT_FRACTIONS}
+    for report in reports:
+        if report.text.strip():
+            out[iu_split(report.uid)].append(report)
+    return out
 
 
 def write_iu_reports(out: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> int:
