@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "NonFiniteLossError", "seed_everything", "save_folder_atomically",
@@ -318,7 +320,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+            atomic_write_text(self.out / "train_config.json", json.dumps(asdict(cfg), indent=2, default=str) + "\n")
         if cfg.report_to:
             acc.init_trackers("radloop", config={k: v for k, v in asdict(cfg).items()
                                                  if isinstance(v, (int, float, str, bool))})
@@ -405,6 +407,6 @@ class Trainer:
         bar.close()
         self._save_model("final")
         if acc.is_main_process:
-            (self.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+            atomic_write_text(self.out / "history.json", json.dumps(history, indent=1) + "\n")
         acc.end_training()
         return TrainResult(self.state.step, self.state.best, self.state.best_step, history, str(self.out))
