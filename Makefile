@@ -6,7 +6,14 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.radloop-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-wheels
+
+# The packages the GPU machine (Python 3.12, torch 2.11) lacks, as wheels for its platform, into the
+# ignored .whl/ that a device call carries (benchmarks/gpu/check.sh installs them there). pycocoevalcap
+# is carried without its Java programs and METEOR data (no Java there; 104 MB -> under 1 MB).
+GPU_WHEELS := diffusers==0.42.1 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 omegaconf==2.4.0 \
+	pycocoevalcap==1.2 importlib_metadata==10.2.0
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +41,10 @@ bench: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+gpu-wheels: install
+	rm -rf .whl
+	$(BIN)/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(BIN)/python benchmarks/gpu/slim_wheel.py .whl/pycocoevalcap-1.2-py3-none-any.whl '*.jar' '*.gz'
+	du -sh .whl
