@@ -24,6 +24,21 @@ from torch import nn
 __all__ = ["LatentNoiseFilter"]
 
 
+def _gather_batches(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Each tensor (B_rank, ...) concatenated over the ranks in rank order (batch sizes may differ:
+    the conditioned samples of each batch); as given when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    local = [None if t is None else t.detach().cpu() for t in tensors]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local)
+    device = next(t.device for t in tensors if t is not None)
+    return tuple(None if tensors[i] is None else torch.cat([r[i] for r in everyone]).to(device)
+                 for i in range(len(tensors)))
+
+
 class LatentNoiseFilter(nn.Module):
     """Per-sample anomaly scores over ``num_samples`` training pairs (indices 0..N-1).
 
@@ -61,7 +76,13 @@ class LatentNoiseFilter(nn.Module):
     def update(self, indices: torch.Tensor, timesteps: torch.Tensor, losses: torch.Tensor,
                cosines: torch.Tensor | None = None) -> None:
         """Record per-sample losses (B,) at timesteps (B,) -- and report-image cosines (B,) when the
-        alignment signal is on -- for training indices (B,)."""
+        alignment signal is on -- for training indices (B,).
+
+        Under several processes (``torch.distributed`` initialised) every rank's batch is gathered
+        first, in rank order, so all ranks keep the same statistics, those one process would keep
+        seeing the ranks' batches one after another.
+        """
+        indices, timesteps, losses, cosines = _gather_batches(indices, timesteps, losses, cosines)
         idx, bucket, losses = indices.long(), self._bucket(timesteps), losses.detach().float()
         for b in bucket.unique():
             sel = bucket == b

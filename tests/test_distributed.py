@@ -24,3 +24,28 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path, tiny_synth):
     for k in r0["state"]:
         torch.testing.assert_close(r0["state"][k], r1["state"][k], rtol=0, atol=0)
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_noise_filter_statistics_are_gathered_from_every_rank(tmp_path):
+    from report2image.noise_filter import LatentNoiseFilter
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29518", str(ROOT / "tests" / "dist_noise_filter_run.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "filter0.pt"), torch.load(tmp_path / "filter1.pt")
+    # one process seeing rank 0's then rank 1's share of every batch
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from dist_noise_filter_run import batches
+    finally:
+        sys.path.pop(0)
+    single = LatentNoiseFilter(40, signal="both", warmup_steps=0)
+    for parts in zip(batches(0, 2), batches(1, 2), strict=True):
+        single.update(*(torch.cat([a, b]) for a, b in zip(*parts, strict=True)))
+    assert r0["seen"].sum() == single.seen.sum() > 0
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(r0[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(r1[k], v, rtol=0, atol=0)
