@@ -108,8 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .registries import load_registries
 
     load_registries()
+    from shared.training.lock import RunLock
+
     entry = TRAINERS.get(args.train_verb)
     cfg = load_config(entry.meta["experiment"](), args.config, args.overrides)
+    RunLock(cfg.train.output_dir).check()  # before this run's config replaces the running one's
     save_run_config(cfg, cfg.train.output_dir, argv=sys.argv)
     result = entry.builder(OmegaConf.to_object(cfg))
     _echo(f"{args.train_verb} trained for {result.steps} steps; best validation {entry.meta['metric']} "

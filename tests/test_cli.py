@@ -116,3 +116,26 @@ def non_finite(obj: Any, path: str = "") -> list[str]:
     if isinstance(obj, float) and not math.isfinite(obj):
         return [path]
     return []
+
+
+def test_train_refuses_a_folder_another_run_holds_and_keeps_its_config(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from shared.training.lock import LOCK_NAME
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("the running run's config\n")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        assert main(["train", "backbone", f"train.output_dir={out}", "model.name=radclip_tiny"]) == 2
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert f"in use by another run (pid {sleeper.pid}" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "the running run's config\n"
+    assert os.path.exists(out / LOCK_NAME)  # the other run's lock is left alone

@@ -167,3 +167,45 @@ def test_channels_last_trains_saves_and_resumes_like_the_standard_layout(tmp_pat
     got = TinyConvNet.from_pretrained(tmp_path / "nhwc" / "final").state_dict()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_one_run_per_output_folder_and_stale_locks(tmp_path, caplog):
+    import json
+    import logging
+    import subprocess
+    import sys
+
+    from shared.training.lock import LOCK_NAME, RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # a live owner: another process holds the folder
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname()}))
+        with pytest.raises(FileExistsError, match=rf"in use by another run \(pid {sleeper.pid}.*{LOCK_NAME}"):
+            RunLock(out).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its process is gone: the lock is stale and taken over, with a warning
+    with caplog.at_level(logging.WARNING, logger="shared.training.lock"), RunLock(out) as lock:
+        assert lock.owned and json.loads((out / LOCK_NAME).read_text())["pid"] == __import__("os").getpid()
+        with pytest.raises(FileExistsError, match="already held by this process"):
+            RunLock(out).acquire()
+    assert "stale lock" in caplog.text and not (out / LOCK_NAME).exists()
+    (out / LOCK_NAME).write_text("{not json")  # cut short while being written: stale too
+    with RunLock(out):
+        pass
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_trainer_holds_its_folder_and_refuses_a_second_run(tmp_path):
+    from shared.training.lock import LOCK_NAME, RunLock
+
+    with RunLock(tmp_path):  # another run (here: this process) holds the folder
+        with pytest.raises(FileExistsError, match="already held"):
+            _trainer(tmp_path, 2).train()
+    assert not (tmp_path / "final").exists()  # nothing was trained or written
+    _trainer(tmp_path, 2).train()
+    assert (tmp_path / "final" / "config.json").is_file() and not (tmp_path / LOCK_NAME).exists()

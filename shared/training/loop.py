@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..config import atomic_write_text
+from .lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +370,28 @@ class Trainer:
         return flushed
 
     def train(self) -> TrainResult:
+        """Train to ``max_steps`` (resuming from the latest checkpoint); the output folder is held by a
+        lock for the run (the main process takes it; a second run on the folder is refused)."""
+        acc = self.accelerator
+        lock, refused = (RunLock(self.out), None) if acc.is_main_process else (None, None)
+        if lock is not None:
+            try:
+                lock.acquire()
+            except FileExistsError as err:
+                refused = err
+        # every rank learns the main process's answer, so none waits in a collective for a run that stopped
+        held = acc.gather(torch.tensor([0.0 if refused else 1.0], device=acc.device))
+        if refused is not None:
+            raise refused
+        if float(held.min()) == 0.0:
+            raise FileExistsError(f"{self.out} is in use by another run (the main process says which)")
+        try:
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         acc, cfg = self.accelerator, self.cfg
