@@ -169,9 +169,8 @@ def test_channels_last_trains_saves_and_resumes_like_the_standard_layout(tmp_pat
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
-def test_one_run_per_output_folder_and_stale_locks(tmp_path, caplog):
+def test_one_run_per_output_folder_and_stale_locks(tmp_path):
     import json
-    import logging
     import subprocess
     import sys
 
@@ -188,15 +187,16 @@ def test_one_run_per_output_folder_and_stale_locks(tmp_path, caplog):
     finally:
         sleeper.kill()
         sleeper.wait()
-    # its process is gone: the lock is stale and taken over, with a warning
-    with caplog.at_level(logging.WARNING, logger="shared.training.lock"), RunLock(out) as lock:
-        assert lock.owned and json.loads((out / LOCK_NAME).read_text())["pid"] == __import__("os").getpid()
+    # its process is gone: the lock is stale and taken over (with a warning in the log)
+    with RunLock(out) as lock:
+        assert lock.owned and lock.took_over == {"pid": sleeper.pid, "host": __import__("socket").gethostname()}
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == __import__("os").getpid()
         with pytest.raises(FileExistsError, match="already held by this process"):
             RunLock(out).acquire()
-    assert "stale lock" in caplog.text and not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_NAME).exists()
     (out / LOCK_NAME).write_text("{not json")  # cut short while being written: stale too
-    with RunLock(out):
-        pass
+    with RunLock(out) as lock:
+        assert lock.took_over is None
     assert not (out / LOCK_NAME).exists()
 
 

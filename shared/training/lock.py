@@ -37,6 +37,8 @@ class RunLock:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder) / LOCK_NAME
         self.owned = False
+        #: the stale owner this lock replaced, if any (``{"pid", "host"}``, or None for an unreadable file)
+        self.took_over: dict[str, Any] | None | bool = False
 
     def _holder(self) -> dict[str, Any] | None:
         try:
@@ -71,6 +73,7 @@ class RunLock:
                         f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder.get('host')}; "
                         f"lock file {self.path}); wait for it, or delete the lock if that run is gone") from None
                 logger.warning("taking over the stale lock %s (owner %s is gone)", self.path, holder)
+                self.took_over = holder
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
