@@ -103,35 +103,38 @@ class LinearAttention(nn.Module):
             k_sum = k_sum + kc.sum(2)[..., None]
         return torch.cat(nums, 2), torch.cat(dens, 2)
 
-    def context_state(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.elu(self._split(self.q(x))) + 1
+
+    def _keys_values(self, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = nn.functional.elu(self._split(self.k(context))) + 1
+        if key_padding_mask is not None:
+            k = k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        return k, self._split(self.v(context))
+
+    def _output(self, num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out((num / den.clamp_min(1e-6)[..., None]).transpose(1, 2).flatten(2)))
+
+    def context_state(self, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum phi(K)^T V (B, H, d, e), sum phi(K) (B, H, d)) of ``context`` (B, S, dim): all that
         a query needs to read it, so a decoder computes it once per study (or grows it per token)."""
-        k = nn.functional.elu(self._split(self.k(context))) + 1
-        v = self._split(self.v(context))
+        k, v = self._keys_values(context, key_padding_mask)
         return torch.einsum("bhsd,bhse->bhde", k, v), k.sum(2)
 
     def read(self, x: torch.Tensor, kv: torch.Tensor, k_sum: torch.Tensor) -> torch.Tensor:
         """Queries of ``x`` (B, T, dim) read a :meth:`context_state`: the non-causal attention output."""
-        q = nn.functional.elu(self._split(self.q(x))) + 1
-        num = torch.einsum("bhtd,bhde->bhte", q, kv)
-        den = torch.einsum("bhtd,bhd->bht", q, k_sum)
-        return self.dropout(self.out((num / den.clamp_min(1e-6)[..., None]).transpose(1, 2).flatten(2)))
+        q = self._queries(x)
+        return self._output(torch.einsum("bhtd,bhde->bhte", q, kv), torch.einsum("bhtd,bhd->bht", q, k_sum))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        q = nn.functional.elu(self._split(self.q(x))) + 1
-        k = nn.functional.elu(self._split(self.k(context))) + 1
-        v = self._split(self.v(context))
-        if key_padding_mask is not None:
-            k = k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
-        if causal:
-            num, den = self._causal(q, k, v)
-        else:
-            num = torch.einsum("bhtd,bhde->bhte", q, torch.einsum("bhsd,bhse->bhde", k, v))
-            den = torch.einsum("bhtd,bhd->bht", q, k.sum(2))
-        h = (num / den.clamp_min(1e-6)[..., None]).transpose(1, 2).flatten(2)
-        return self.dropout(self.out(h))
+        if not causal:
+            return self.read(x, *self.context_state(context, key_padding_mask))
+        k, v = self._keys_values(context, key_padding_mask)
+        return self._output(*self._causal(self._queries(x), k, v))
 
 
 class _DecoderLayer(nn.Module):
