@@ -47,15 +47,22 @@ class RunLock:
             return None  # unreadable: a lock cut short while being written, so stale
         return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
 
+    @staticmethod
+    def _holds(holder: dict[str, Any] | None) -> bool:
+        """Whether ``holder`` still holds the lock: alive on this host, or on another (unknowable)."""
+        return holder is not None and (holder.get("host") != socket.gethostname() or _alive(holder["pid"]))
+
+    def _in_use(self, holder: dict[str, Any]) -> FileExistsError:
+        return FileExistsError(
+            f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder.get('host')}; "
+            f"lock file {self.path}); wait for it, or delete the lock if that run is gone")
+
     def check(self) -> None:
         """Raise like :meth:`acquire` would while another live run holds the folder; take nothing
         (the CLI checks before it writes the run's config into the folder)."""
         holder = self._holder() if self.path.is_file() else None
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        if holder is not None and holder != me and (holder.get("host") != me["host"] or _alive(holder["pid"])):
-            raise FileExistsError(
-                f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder.get('host')}; "
-                f"lock file {self.path}); wait for it, or delete the lock if that run is gone")
+        if self._holds(holder) and holder != {"pid": os.getpid(), "host": socket.gethostname()}:
+            raise self._in_use(holder)
 
     def acquire(self) -> RunLock:
         """Take the lock; raise ``FileExistsError`` naming the lock while another live run holds it."""
@@ -66,12 +73,10 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and (holder.get("host") != me["host"] or _alive(holder["pid"])):
-                    if holder == me:
-                        raise FileExistsError(f"{self.path.parent} is already held by this process") from None
-                    raise FileExistsError(
-                        f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder.get('host')}; "
-                        f"lock file {self.path}); wait for it, or delete the lock if that run is gone") from None
+                if holder == me:
+                    raise FileExistsError(f"{self.path.parent} is already held by this process") from None
+                if self._holds(holder):
+                    raise self._in_use(holder) from None
                 logger.warning("taking over the stale lock %s (owner %s is gone)", self.path, holder)
                 self.took_over = holder
                 self.path.unlink(missing_ok=True)
