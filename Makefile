@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.radloop-installed
 
-.PHONY: install demo test lint bench clean gpu-wheels
+.PHONY: install demo test lint bench clean gpu-wheels zoo
 
 # The packages the GPU machine (Python 3.12, torch 2.11) lacks, as wheels for its platform, into the
 # ignored .whl/ that a device call carries (benchmarks/gpu/check.sh installs them there). pycocoevalcap
@@ -35,6 +35,14 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest -q
+
+# Re-train every zoo entry from its recipe (configs/zoo/index.yaml), backbone first, then score them all
+# and refresh the model cards: about an hour per entry on a 2-core CPU.
+ZOO_ENTRIES := radclip_small baseline ifnet uar cmcrl
+zoo: install
+	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
+	$(BIN)/python benchmarks/zoo_synth.py --json benchmarks/results/zoo_synthcxr64_cpu2.json
+	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
 bench: install
 	$(BIN)/python benchmarks/synthcxr_speed.py

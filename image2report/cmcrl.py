@@ -23,7 +23,10 @@ Unlike the reference code, LDM samples ``x`` from the dictionary and not from th
 tokens, so teacher forcing cannot see future words; and ``M_l`` depends on the image only, so it
 is computed once per image and packed behind the encoder memory for decoding.
 
-Switches: ``use_vdm``, ``use_ldm`` (both off: RadCARE encoder + Transformer decoder).
+Switches: ``use_vdm``, ``use_ldm`` (both off: RadCARE encoder + Transformer decoder). With
+``visual`` set to a timm CNN tower (``cxr_resnet_small``), its grid (projected to the model width)
+replaces the RadCARE encoder: the shared backbone's image tower, e.g. the zoo's frozen
+``radclip_small`` (``init_visual_from``, ``freeze_visual``), under the same VDM / LDM.
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ from shared.backbone.radcare import RADCARES, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
 from .kv_cache import transformer_decoder_init, transformer_decoder_next
-from .models import REPORT_DECODERS, ReportDecoderMixin, ReportModelOutput, _sinusoid, pool_grid, teacher_forced_ce
+from .models import (
+    REPORT_DECODERS,
+    GridVisualMixin,
+    ReportModelOutput,
+    _sinusoid,
+    build_image_tower,
+    pool_grid,
+    teacher_forced_ce,
+)
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
 
@@ -115,7 +126,7 @@ class _CrossBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
-class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
+class CMCRLReportModel(GridVisualMixin, RadLoopModel):
     """RadCARE image encoder -> VDM -> Transformer decoder with LDM on its word embeddings.
 
     Args:
@@ -124,17 +135,26 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
             :meth:`init_radcare_from`); ``image_size`` overrides its input side.
         num_local: local tokens VDM keeps (the paper's k).
         grid_size: each view's patch grid pooled to at most this many tokens per side (None: as is).
+        visual: a timm CNN tower used instead of the RadCARE encoder (None: RadCARE); the width stays
+            RadCARE's ``dim``.
     """
 
     @register_to_config
     def __init__(self, vocab_size: int, radcare: str = "radcare_small", image_size: int = 64, max_views: int = 1,
                  num_layers: int = 3, num_heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
                  max_length: int = 100, num_local: int = 6, use_vdm: bool = True, use_ldm: bool = True,
-                 grid_size: int | None = None) -> None:
+                 grid_size: int | None = None, visual: str | None = None) -> None:
         super().__init__()
         arch = {**RADCARES.config(radcare), "image_size": image_size}
-        self.encoder = RadCAREImageEncoder(**arch)
         d = arch["dim"]
+        if visual is None:
+            self.encoder = RadCAREImageEncoder(**arch)
+        else:
+            self.image_encoder = build_image_tower(visual)
+            self.visual_proj = nn.Linear(self.image_encoder.num_features, d)
+            with torch.no_grad():
+                self._tower_side = int(self.image_encoder.forward_features(
+                    torch.zeros(1, 3, image_size, image_size)).shape[-1])
         grid = self.token_grid
         if use_vdm or use_ldm:
             if num_local > grid * grid * max_views:
@@ -192,7 +212,7 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
     @property
     def token_grid(self) -> int:
         """Patch tokens per side of a view in the memory (the encoder's grid, pooled to ``grid_size``)."""
-        g = self.encoder.grid
+        g = self.encoder.grid if self.config.visual is None else self._tower_side
         return g if self.config.grid_size is None else min(g, self.config.grid_size)
 
     def dictionary(self, batch: int) -> torch.Tensor:
@@ -201,22 +221,30 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
         return words[None].expand(batch, -1, -1)
 
     # -- model -----------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 1, H, W) in [-1, 1] -> memory (B, V * L [+ 2k], d).
+    def encode(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] -> memory (B, V * L [+ 2k], d); ``features`` (B, V, C, h, w):
+        a CNN tower's precomputed grids in place of ``images`` (``visual`` set).
 
         With LDM, ``M_l`` and the front door's samples from the dictionary ride behind the visual
         memory (2 * ``num_local`` tokens), so beam search expands them with it.
         """
-        self.check_views(images)
-        b, v = images.shape[:2]
-        # 1. RadCARE's vision path on every view, plus which view each token comes from
-        tokens = self.encoder(images.flatten(0, 1))
-        if self.token_grid < self.encoder.grid:  # at most grid_size x grid_size tokens per view
-            g = self.encoder.grid
-            grid = pool_grid(tokens.transpose(1, 2).reshape(len(tokens), -1, g, g), self.config.grid_size)
-            tokens = grid.flatten(2).transpose(1, 2)
+        self.check_views(images if features is None else features)
+        b, v = (images if features is None else features).shape[:2]
+        # 1. every view's patch tokens: RadCARE's vision path, or the CNN tower's grid with grid positions
+        if self.config.visual is not None:
+            grid = self.tower_grid(images.flatten(0, 1)) if features is None else features.flatten(0, 1)
+            tokens = self.visual_proj(grid.flatten(2).transpose(1, 2))
+            tokens = tokens + self.positions(tokens.shape[1])
+        elif features is not None:
+            raise ValueError("precomputed tower features need a CNN tower (model.options.visual=cxr_resnet_small)")
+        else:
+            tokens = self.encoder(images.flatten(0, 1))
+            if self.token_grid < self.encoder.grid:  # at most grid_size x grid_size tokens per view
+                g = self.encoder.grid
+                grid = pool_grid(tokens.transpose(1, 2).reshape(len(tokens), -1, g, g), self.config.grid_size)
+                tokens = grid.flatten(2).transpose(1, 2)
         n = tokens.shape[1]
-        views = self.view_embed(torch.arange(v, device=images.device).repeat(b))[:, None]
+        views = self.view_embed(torch.arange(v, device=tokens.device).repeat(b))[:, None]
         tokens = (tokens + views).reshape(b, v * n, -1)
         if not (self.config.use_vdm or self.config.use_ldm):
             return tokens
@@ -263,13 +291,18 @@ class CMCRLReportModel(ReportDecoderMixin, RadLoopModel):
             x = self.linguistic_do.intervene(x, cache["mediator"], cache["samples"])
         return self.head(transformer_decoder_next(self.decoder, x + self.pos[t - 1:t], cache))[:, -1]
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
-        """Teacher-forced logits for ``input_ids`` (B, T) and the cross-entropy (VLCI fine-tunes with CE)."""
-        logits = self.decode_step(self.encode(images), input_ids[:, :-1])
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor,
+                features: torch.Tensor | None = None) -> ReportModelOutput:
+        """Teacher-forced logits for ``input_ids`` (B, T) and the cross-entropy (VLCI fine-tunes with CE);
+        ``features``: a CNN tower's precomputed grids in place of ``images``."""
+        logits = self.decode_step(self.encode(images, features), input_ids[:, :-1])
         return ReportModelOutput(logits=logits, loss=teacher_forced_ce(logits, input_ids))
 
     def init_radcare_from(self, radcare_dir: str) -> int:
         """Take over the vision path of a RadCARE-pretrained folder; returns the tensors copied."""
+        if self.config.visual is not None:
+            raise ValueError(f"this CMCRL model reads the CNN tower '{self.config.visual}', not RadCARE's encoder; "
+                             "initialise it with model.init_visual_from")
         trained = RadCARE.from_pretrained(radcare_dir)
         own = self.encoder.state_dict()
         vision = {k: v for k, v in trained.state_dict().items() if k.startswith(_RADCARE_VISION)}

@@ -15,6 +15,7 @@ import torch
 from shared.config import read_json
 from shared.modeling import RadLoopModel
 from shared.text.tokenizer import ReportTokenizer
+from shared.zoo import resolve_zoo
 
 from .decoding import DecodingConfig, decode
 from .models import REPORT_DECODERS
@@ -30,8 +31,9 @@ class ReportGenerator:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], decoding: DecodingConfig | None = None) -> ReportGenerator:
-        """Load any registered report model class from its folder (config.json names the class)."""
-        path = Path(path)
+        """Load any registered report model class from its folder or a ``zoo:NAME`` entry (config.json
+        names the class)."""
+        path = Path(resolve_zoo(path))
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no saved report model in {path} (config.json missing)")
         name = read_json(path / "config.json").get("_class_name")

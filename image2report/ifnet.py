@@ -234,8 +234,8 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         self.final_norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
-    def _image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.grid_tokens(images, self.enhancer if self.config.use_enhancement else None)
+    def _image_tokens(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.grid_tokens(images, self.enhancer if self.config.use_enhancement else None, features)
 
     def label_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The auxiliary head: images (B, V, 1, H, W) -> label logits (B, num_labels)."""
@@ -251,9 +251,10 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         fused_labels = labels + self.labels_read_image(labels, tokens, tokens, need_weights=False)[0]
         return self.fusion_norm(torch.cat([fused_image, fused_labels], 1))
 
-    def _encode(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # 1. enhancement, then the grid features of every view
-        tokens = self._image_tokens(images)
+    def _encode(self, images: torch.Tensor | None, labels: torch.Tensor | None, features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # 1. enhancement, then the grid features of every view (or the tower's precomputed grids)
+        tokens = self._image_tokens(images, features)
         if not self.config.use_label_fusion:
             return tokens, None
         # 2. the auxiliary label head on the pooled image
@@ -262,13 +263,15 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
         present = labels if labels is not None else (torch.sigmoid(logits) > self.config.label_threshold).float()
         return self._fuse(tokens, present.to(tokens.dtype)), logits
 
-    def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor | None, labels: torch.Tensor | None = None,
+               features: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, V, 1, H, W) in [-1, 1] -> memory (B, V * L [+ num_labels], d).
 
         The label tokens come from ``labels`` (B, num_labels) in [0, 1] when given (e.g. to read the
-        decoder's ceiling with known labels), else from the head's thresholded predictions.
+        decoder's ceiling with known labels), else from the head's thresholded predictions. ``features``
+        (B, V, C, h, w): the tower's precomputed grids in place of ``images``.
         """
-        return self._encode(images, labels)[0]
+        return self._encode(images, labels, features)[0]
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) at every position of ``tokens`` (N, T)."""
@@ -288,14 +291,14 @@ class IFNetReportModel(GridVisualMixin, RadLoopModel):
             x = layer.next(x, cache, i)
         return self.head(self.final_norm(x))[:, -1]
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None = None
-                ) -> ReportModelOutput:
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> ReportModelOutput:
         """Teacher-forced logits for ``input_ids`` (B, T); loss = CE + label_weight * BCE(head, labels).
 
         ``labels`` (B, num_labels) in {0, 1}: the labeler's positives of the reports. Without them
         (or without label fusion) the loss is the CE alone and the head's decisions build the memory.
         """
-        memory, label_logits = self._encode(images, labels)
+        memory, label_logits = self._encode(images, labels, features)
         logits = self.decode_step(memory, input_ids[:, :-1])
         ce = teacher_forced_ce(logits, input_ids)
         if label_logits is None or labels is None:

@@ -22,6 +22,7 @@ from torch import nn
 from shared.config import read_json
 from shared.modeling import RadLoopModel
 from shared.registry import Registry
+from shared.zoo import resolve_zoo
 
 from .kv_cache import CachedSession, transformer_decoder_init, transformer_decoder_next
 
@@ -69,6 +70,34 @@ class ReportDecoderMixin:
             return self.pos[:n]
         return _sinusoid(n, self.pos.shape[1]).to(self.pos)
 
+    def freeze_visual(self) -> None:
+        """Freeze the image tower (``image_encoder``): no gradients, BatchNorm statistics kept (it stays in
+        evaluation mode when the model trains), so its grid features can be computed once and cached."""
+        encoder = getattr(self, "image_encoder", None)
+        if encoder is None:
+            raise ValueError(f"{type(self).__name__} with these options reads no timm image tower to freeze "
+                             "(UAR: model.options.use_lsu=false; CMCRL fine-tunes its RadCARE encoder)")
+        encoder.requires_grad_(False)
+        encoder.eval()
+        self._visual_frozen = True
+
+    @property
+    def visual_frozen(self) -> bool:
+        return bool(getattr(self, "_visual_frozen", False))
+
+    def train(self, mode: bool = True):  # noqa: D102  (nn.Module.train, keeping a frozen tower in eval mode)
+        super().train(mode)  # type: ignore[misc]
+        if self.visual_frozen:
+            self.image_encoder.eval()
+        return self
+
+    def tower_grid(self, views: torch.Tensor) -> torch.Tensor:
+        """views (N, 1 or 3, H, W) in [-1, 1] -> the image tower's grid (N, C, h, w), pooled to at most
+        ``grid_size`` per side: what :class:`image2report.feature_cache.GridFeatureCache` stores."""
+        if views.shape[1] == 1:
+            views = views.expand(-1, 3, -1, -1)
+        return pool_grid(self.image_encoder.forward_features(views), self.config.grid_size)
+
     def check_views(self, images: torch.Tensor) -> None:
         """images (B, V, ...): refuse more views than the model was built for."""
         if images.shape[1] > self.config.max_views:
@@ -110,24 +139,33 @@ class GridVisualMixin(ReportDecoderMixin):
     view_embed: nn.Embedding
     pos: torch.Tensor
 
-    def grid_tokens(self, images: torch.Tensor, transform=None) -> torch.Tensor:
+    def grid_tokens(self, images: torch.Tensor | None, transform=None,
+                    features: torch.Tensor | None = None) -> torch.Tensor:
         """images (B, V, 1, H, W) in [-1, 1] -> grid tokens (B, V * L, d) with grid position and view added.
 
-        ``transform`` (optional) maps the (B * V, 1, H, W) views before the image tower.
+        ``transform`` (optional) maps the (B * V, 1, H, W) views before the image tower. ``features``
+        (B, V, C, h, w): the tower's grids computed beforehand (:meth:`tower_grid`, a frozen tower's
+        cache) in place of ``images``.
         """
-        self.check_views(images)
-        b, v = images.shape[:2]
-        x = images.flatten(0, 1)
-        if transform is not None:
-            x = transform(x)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        # 1. grid features of every view, at most grid_size x grid_size: (B*V, C, h, w) -> (B*V, h*w, d)
-        grid = pool_grid(self.image_encoder.forward_features(x), self.config.grid_size)
+        if features is None:
+            self.check_views(images)
+            b, v = images.shape[:2]
+            x = images.flatten(0, 1)
+            if transform is not None:
+                x = transform(x)
+            # 1. grid features of every view, at most grid_size x grid_size: (B*V, C, h, w) -> (B*V, h*w, d)
+            grid = self.tower_grid(x)
+        else:
+            if transform is not None:
+                raise ValueError("precomputed tower features skip the transform before the tower; "
+                                 "train without it (IFNet: model.options.use_enhancement=false)")
+            self.check_views(features)
+            b, v = features.shape[:2]
+            grid = features.flatten(0, 1)
         grid = self.visual_proj(grid.flatten(2).transpose(1, 2))
         n = grid.shape[1]
         # 2. positions within the grid and which view each token comes from
-        grid = grid + self.positions(n) + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
+        grid = grid + self.positions(n) + self.view_embed(torch.arange(v, device=grid.device).repeat(b))[:, None]
         return grid.reshape(b, v * n, -1)
 
     def init_visual_from(self, source_dir: str) -> int:
@@ -164,6 +202,7 @@ def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
     from shared.backbone import RadCLIP
     from shared.backbone.classifier import TowerPretrainer
 
+    source_dir = resolve_zoo(source_dir)
     config_file = Path(source_dir) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or TowerPretrainer folder")
@@ -211,10 +250,11 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
                                           batch_first=True)
         self.head = nn.Linear(d_model, vocab_size)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 1, H, W) in [-1, 1] -> encoder memory (B, V * L, d)."""
+    def encode(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] (or the tower's grids ``features`` (B, V, C, h, w))
+        -> encoder memory (B, V * L, d)."""
         # 1-2. grid features of all views (with grid position and view), 3. the Transformer encoder
-        return self.transformer.encoder(self.grid_tokens(images))
+        return self.transformer.encoder(self.grid_tokens(images, features=features))
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of the next token at every position of ``tokens`` (N, T)."""
@@ -233,9 +273,11 @@ class BaselineReportModel(GridVisualMixin, RadLoopModel):
         x = self.token_embed(tokens[:, -1:]) + self.pos[t - 1:t]
         return self.head(transformer_decoder_next(self.transformer.decoder, x, cache))[:, -1]
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
-        """Teacher-forced logits for ``input_ids`` (B, T) (``<bos> ... <eos>``, right-padded) and the CE loss."""
-        memory = self.encode(images)
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor,
+                features: torch.Tensor | None = None) -> ReportModelOutput:
+        """Teacher-forced logits for ``input_ids`` (B, T) (``<bos> ... <eos>``, right-padded) and the CE loss;
+        ``features``: precomputed tower grids in place of ``images`` (see :meth:`grid_tokens`)."""
+        memory = self.encode(images, features)
         logits = self.decode_step(memory, input_ids[:, :-1])
         return ReportModelOutput(logits=logits, loss=teacher_forced_ce(logits, input_ids))
 

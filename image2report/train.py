@@ -25,6 +25,7 @@ from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 
 from .decoding import DecodingConfig
+from .feature_cache import CachedFeatureDataset, GridFeatureCache, collate_cached
 from .generator import ReportGenerator
 from .models import build_report_model
 
@@ -42,13 +43,20 @@ class ReportDataConfig(TextDataConfig):
     max_views: int = 1
     #: validation studies decoded at each evaluation
     val_samples: int = 200
+    #: folder where a frozen tower's grid features are kept between runs (None: computed once per run,
+    #: in memory); see :mod:`image2report.feature_cache`
+    feature_cache: str | None = None
 
 
 @dataclass
 class ReportModelConfig:
     name: str = "baseline"
-    #: a RadCLIP folder whose CNN image tower initialises the visual extractor (baseline)
+    #: a RadCLIP / tower pre-trainer folder or zoo entry (``zoo:radclip_small``) whose CNN image tower
+    #: initialises the visual extractor
     init_visual_from: str | None = None
+    #: keep that image tower frozen (no gradients, BatchNorm statistics kept): its grid features are
+    #: computed once for the training set and decoder steps no longer run the CNN
+    freeze_visual: bool = False
     #: a trained LSU folder (``radloop train lsu``) whose VQ tokenizer UAR uses
     init_lsu_from: str | None = None
     #: a RadCARE-pretrained folder (``radloop train radcare``) whose vision path CMCRL fine-tunes
@@ -92,7 +100,15 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
             if not hasattr(model, option):
                 raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
             getattr(model, option)(source)
-    loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    if mcfg.freeze_visual:
+        model.freeze_visual()
+        # one grid per study through the frozen tower, without augmentation, then no image is read again
+        plain = _dataset(data, "train", False)
+        cache = GridFeatureCache.build(model, plain, data.image_size, data.resize, data.feature_cache)
+        loader = training_loader(CachedFeatureDataset(plain, cache), data.batch_size, tcfg.seed, collate_cached,
+                                 data.num_workers)
+    else:
+        loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
     # decoders that fuse label features (IFNet) learn from the labeler's positives of each report
@@ -102,12 +118,14 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
                              strict=True))
 
     def loss_fn(m: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        device = batch["images"].device
+        device = next(m.parameters()).device
         ids, _ = tokenizer.batch_encode(batch["report"])
         extra = {}
         if positives:
             extra["labels"] = torch.from_numpy(np.stack([positives[r] for r in batch["report"]])).to(device)
-        out = m(batch["images"], ids.to(device), **extra)
+        if "features" in batch:  # a frozen tower's cached grids stand in for the images
+            extra["features"] = batch["features"]
+        out = m(batch.get("images"), ids.to(device), **extra)
         return {"loss": out.loss, **(out.aux or {})}
 
     def eval_val(m: torch.nn.Module) -> dict[str, float]:

@@ -29,7 +29,7 @@ from shared.modeling import RadLoopModel
 from .kv_cache import transformer_decoder_init, transformer_decoder_next
 from .models import (
     REPORT_DECODERS,
-    ReportDecoderMixin,
+    GridVisualMixin,
     ReportModelOutput,
     _sinusoid,
     build_image_tower,
@@ -40,7 +40,7 @@ from .models import (
 __all__ = ["UARReportModel"]
 
 
-class UARReportModel(ReportDecoderMixin, RadLoopModel):
+class UARReportModel(GridVisualMixin, RadLoopModel):
     """LSU tokens -> CRA -> Transformer encoder; decoder with TIR; CE + triplet + mask losses.
 
     Args:
@@ -87,21 +87,26 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
     # -- pieces --------------------------------------------------------------------------
-    def _visual_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 1, H, W) in [-1, 1] -> visual token embeddings (B, V * L, d)."""
-        self.check_views(images)
-        b, v = images.shape[:2]
-        x = images.flatten(0, 1)
-        if self.config.use_lsu:
+    def _visual_embeds(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, V, 1, H, W) in [-1, 1] (or, CNN path, the tower's grids ``features`` (B, V, C, h, w))
+        -> visual token embeddings (B, V * L, d)."""
+        self.check_views(images if features is None else features)
+        b, v = (images if features is None else features).shape[:2]
+        if features is not None:
+            if self.config.use_lsu:
+                raise ValueError("precomputed tower features need UAR's CNN path (model.options.use_lsu=false)")
+            grid = features.flatten(0, 1)
+            emb = self.visual_proj(grid.flatten(2).transpose(1, 2))
+        elif self.config.use_lsu:
+            x = images.flatten(0, 1)
             emb = self.unifier.image_embed(self.unifier.tokenize(x))  # (B*V, L, d), a square grid of codes
             side = int(round(emb.shape[1] ** 0.5))
             grid = pool_grid(emb.transpose(1, 2).reshape(len(emb), -1, side, side), self.config.grid_size)
             emb = grid.flatten(2).transpose(1, 2)
         else:
-            grid = pool_grid(self.image_encoder.forward_features(x.expand(-1, 3, -1, -1)), self.config.grid_size)
-            emb = self.visual_proj(grid.flatten(2).transpose(1, 2))
+            emb = self.visual_proj(self.tower_grid(images.flatten(0, 1)).flatten(2).transpose(1, 2))
         n = emb.shape[1]
-        emb = emb + self.view_embed(torch.arange(v, device=x.device).repeat(b))[:, None]
+        emb = emb + self.view_embed(torch.arange(v, device=emb.device).repeat(b))[:, None]
         return emb.reshape(b, v * n, -1)
 
     def _word_embeds(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -114,13 +119,14 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
             return False
         return not self.config.two_stage or int(self.steps_seen) >= self.config.stage_one_steps
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, V, 1, H, W) -> encoder memory (B, V * L, d)."""
-        return self._encode(images)[0]
+    def encode(self, images: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, V, 1, H, W) (or the tower's grids ``features``) -> encoder memory (B, V * L, d)."""
+        return self._encode(images, features)[0]
 
-    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, images: torch.Tensor | None, features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         # 1. LSU: discrete visual tokens and their embeddings (or CNN grid features)
-        visual = self._visual_embeds(images)
+        visual = self._visual_embeds(images, features)
         # 2. CRA on the visual embeddings (basis attention + dual gate)
         aligned = self.aligner(visual)
         n = aligned.features.shape[1]
@@ -154,12 +160,14 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
             memory_mask = self.config.mask_k * torch.sigmoid(self.tir_mask[t - 1:t, : cache["0.mk"].shape[2]])
         return self.head(transformer_decoder_next(self.transformer.decoder, x, cache, memory_mask))[:, -1]
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ReportModelOutput:
-        """Teacher-forced logits for ``input_ids`` (B, T) and the eq. 13 loss."""
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor,
+                features: torch.Tensor | None = None) -> ReportModelOutput:
+        """Teacher-forced logits for ``input_ids`` (B, T) and the eq. 13 loss; ``features``: the CNN
+        tower's precomputed grids in place of ``images`` (CNN path only)."""
         if self.training:
             self.steps_seen += 1
         # 1-3. visual tokens -> CRA -> encoder; pooled visual feature for the global alignment
-        memory, visual_pooled = self._encode(images)
+        memory, visual_pooled = self._encode(images, features)
         # 4. the report through the same CRA: pooled textual feature
         text = self.aligner(self._word_embeds(input_ids), padding_mask=input_ids == 0)
         # 5. decoder (TIR in stage two) and the three losses
@@ -177,6 +185,14 @@ class UARReportModel(ReportDecoderMixin, RadLoopModel):
         if mask_loss is not None:
             aux["mask"] = mask_loss.detach()
         return ReportModelOutput(logits=logits, loss=loss, aux=aux)
+
+    def init_visual_from(self, source_dir: str) -> int:
+        """CNN path only: copy a trained RadCLIP / tower pre-trainer image tower (see
+        :meth:`GridVisualMixin.init_visual_from`)."""
+        if self.config.use_lsu:
+            raise ValueError("this UAR model reads LSU tokens (use_lsu=true): there is no CNN tower to initialise; "
+                             "set model.options.use_lsu=false")
+        return super().init_visual_from(source_dir)
 
     def init_lsu_from(self, lsu_dir: str) -> None:
         """Load a trained tokenizer (``radloop train lsu``): its VQ weights (the look-ups stay ours)."""

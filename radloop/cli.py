@@ -234,6 +234,24 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.zoo_verb == "list":
+        for row in zoo.list_entries():
+            state = f"{row['mb']:.1f} MB" if row["present"] else "not trained"
+            _echo(f"{row['name']:<16} {row['trainer']:<9} {state:<12} {row['recipe']:<28} {row['summary']}")
+        return 0
+    if args.zoo_verb == "train":
+        target = zoo.train_entry(args.name, overrides=args.overrides)
+    elif args.zoo_verb == "export":
+        target = zoo.export_entry(args.name, args.run)
+    else:
+        target = zoo.refresh_card(args.name)
+    _echo(f"zoo:{args.name} -> {target}")
+    return 0
+
+
 def _trainers(load: bool) -> list[tuple[str, str]]:
     """(name, help) of every trainer; without ``load`` none (importing them costs seconds)."""
     if not load:
@@ -336,6 +354,24 @@ def _add_train_and_models(verbs: argparse._SubParsersAction, with_trainers: bool
     p.set_defaults(func=cmd_models)
 
 
+def _add_zoo(verbs: argparse._SubParsersAction) -> None:
+    """`radloop zoo`: the model zoo's entries (configs/zoo/index.yaml)."""
+    zoo = verbs.add_parser("zoo", help="list, train and export the model zoo (load entries as zoo:NAME)"
+                           ).add_subparsers(dest="zoo_verb", metavar="<what>", required=True)
+    zoo.add_parser("list", help="every entry, whether it is trained, its size and recipe").set_defaults(func=cmd_zoo)
+    p = zoo.add_parser("train", help="train an entry from its recipe and export it into the zoo")
+    p.add_argument("name")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of the recipe")
+    p.set_defaults(func=cmd_zoo)
+    p = zoo.add_parser("export", help="write a finished run's best weights into the zoo (fp16, model card)")
+    p.add_argument("name")
+    p.add_argument("--run", help="the run folder (default runs/zoo/NAME)")
+    p.set_defaults(func=cmd_zoo)
+    p = zoo.add_parser("card", help="re-write an entry's model card with the zoo benchmark's results")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_zoo)
+
+
 def _add_generate(verbs: argparse._SubParsersAction) -> None:
     """`radloop generate report|image`."""
     generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
@@ -410,6 +446,7 @@ def build_parser(with_trainers: bool = True) -> argparse.ArgumentParser:
     _add_evaluate(verbs)
     _add_train_and_models(verbs, with_trainers)
     _add_generate(verbs)
+    _add_zoo(verbs)
     _add_workflows(verbs)
     return parser
 

@@ -17,6 +17,7 @@ from diffusers import ConfigMixin, ModelMixin
 
 from .config import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
+from .zoo import resolve_zoo
 
 __all__ = ["RadLoopModel", "check_model_folder", "load_state_dict_file"]
 
@@ -70,6 +71,12 @@ class RadLoopModel(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *args: Any, **kwargs: Any):
+        """A saved folder, a ``zoo:NAME`` entry (:mod:`shared.zoo`) or a hub id you pass.
+
+        Weights stored in half precision (zoo entries) load into a float32 model unless
+        ``torch_dtype`` says otherwise: the CPU computes in float32.
+        """
+        pretrained_model_name_or_path = resolve_zoo(pretrained_model_name_or_path)
         path = Path(pretrained_model_name_or_path)
         if path.exists() or _looks_local(str(pretrained_model_name_or_path)):
             # A local folder never falls through to a hub download attempt.

@@ -302,6 +302,9 @@ class Trainer:
         if backup is not None:
             model.load_state_dict(backup)
         metrics["step"] = self.state.step
+        if self.accelerator.is_main_process:
+            logger.info("step %d validation %s", self.state.step,
+                        " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"))
         history.append({f"val/{k}" if k != "step" else k: v for k, v in metrics.items()})
         self.accelerator.log({f"val/{k}": v for k, v in metrics.items() if k != "step"}, step=self.state.step)
         if self.select_metric is None:
@@ -362,6 +365,10 @@ class Trainer:
             acc.log(logs, step=self.state.step)
             history.append({"step": self.state.step, **logs})
             bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}")
+            if not cfg.progress and acc.is_main_process:
+                # without a progress bar (background runs) the log is where a user follows the run
+                logger.info("step %d/%d %s", self.state.step, cfg.max_steps,
+                            " ".join(f"{k.removeprefix('train/')}={v:.4g}" for k, v in logs.items()))
             flushed = True
         if self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps:
             self._evaluate(history)

@@ -1,0 +1,156 @@
+"""Score the model zoo's entries on a fresh SynthCXR test set (a seed no zoo training saw). Prints JSON.
+
+    python benchmarks/zoo_synth.py [--entries radclip_small ifnet ...] \
+        [--json benchmarks/results/zoo_synthcxr64_cpu2.json]
+
+The test data is ``configs/zoo/test_data.yaml`` (seed 1001; its "test" split, 810 studies), generated
+when missing. Labels for scoring are SynthCXR's ground truth of each image (``labels.csv``); no zoo
+model saw them in training.
+
+* backbone entries (RadCLIP): image -> report label-matched precision@5 (a retrieved report counts
+  when its finding set equals the image's) over the test split, zero-shot finding AUROC from text
+  prompts (:mod:`shared.backbone.zero_shot`, macro over the observations with both outcomes), and the
+  AUROC of the backbone's own findings head for comparison (supervised by the labeler in training);
+* report decoders: the generated test reports, greedy and beam 3, with reports/s on this machine;
+  BLEU/METEOR/ROUGE-L/CIDEr and clinical efficacy against the reference reports, CE micro/macro-F1
+  of the labeler's reading of the generated text against the image's true findings, and the share
+  of distinct reports; the same for the most common training report (the floor) once.
+
+With ``--json`` the results file also feeds the zoo's model cards (``radloop zoo card NAME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from report_synth import score, truth_labels
+
+from radloop.zoo import load_index
+from shared.backbone import RadCLIP
+from shared.backbone.train import embed_dataset
+from shared.backbone.zero_shot import zero_shot_probabilities
+from shared.config import read_json
+from shared.data.dataset import ReportImageDataset
+from shared.labels import CHEXPERT_LABELS
+from shared.metrics.auroc import multilabel_auroc
+from shared.metrics.retrieval import retrieval_metrics
+from shared.text.labeler import ReportLabeler
+from shared.zoo import ENTRY_FILE, resolve_zoo
+
+DECODER_KEYS = ["bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "truth_ce_micro_f1",
+                "truth_ce_macro_f1", "unique_report_rate"]
+
+
+def score_backbone(name: str, test_ds: ReportImageDataset, truth: np.ndarray) -> dict[str, Any]:
+    model = RadCLIP.from_pretrained(f"zoo:{name}").eval()
+    t0 = time.perf_counter()
+    img, txt = embed_dataset(model, test_ds)
+    embed_s = time.perf_counter() - t0
+    retrieval = retrieval_metrics(img, txt, truth)
+    zero_shot = multilabel_auroc(zero_shot_probabilities(model, img).numpy(), truth, CHEXPERT_LABELS)
+    out: dict[str, Any] = {
+        "i2t_label_precision@5": round(retrieval["i2t_label_precision@5"], 4),
+        "label_chance": round(retrieval["label_chance"], 4),
+        "t2i_label_precision@5": round(retrieval["t2i_label_precision@5"], 4),
+        "zero_shot_macro_auroc": round(zero_shot["mauc"], 4),
+        "zero_shot_auroc": {k.removeprefix("auroc/"): round(v, 4) for k, v in zero_shot.items()
+                            if k.startswith("auroc/")},
+        "images_per_s": round(len(test_ds) / embed_s, 1),
+    }
+    if model.label_head is not None:
+        with torch.no_grad():
+            head = torch.sigmoid(model.label_logits(img)).numpy()
+        out["findings_head_macro_auroc"] = round(multilabel_auroc(head, truth, CHEXPERT_LABELS)["mauc"], 4)
+    return out
+
+
+def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.ndarray,
+                  labeler: ReportLabeler, out_dir: Path) -> dict[str, Any]:
+    from image2report.generator import ReportGenerator
+
+    gen = ReportGenerator.from_pretrained(f"zoo:{name}")
+    images = torch.stack([s["images"] for s in test])
+    ids = [s["study_id"] for s in test]
+    out: dict[str, Any] = {}
+    for mode, beams in (("greedy", 1), ("beam3", 3)):
+        t0 = time.perf_counter()
+        texts = gen.generate(images, num_beams=beams)
+        out[f"{mode}_reports_per_s"] = round(len(texts) / (time.perf_counter() - t0), 2)
+        preds = dict(zip(ids, texts, strict=True))
+        (out_dir / f"{name}_test_{mode}.json").write_text(json.dumps(preds, indent=1))
+        scores = score(preds, refs, truth, labeler)
+        for k in DECODER_KEYS:
+            if k in scores:
+                out[f"{k}_{mode}"] = round(float(scores[k]), 4)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--entries", nargs="+", help="zoo entries (default: every trained entry of the index)")
+    p.add_argument("--json", help="also write the result here (the model cards read it)")
+    p.add_argument("--out-dir", default="runs/zoo/bench", help="generated test reports land here")
+    p.add_argument("--limit-test", dest="limit_test", type=int, help="score the first N test studies (smoke runs)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from radloop.zoo import ensure_data
+
+    index = load_index()
+    data, train_data = ensure_data(index, test=True), ensure_data(index)
+    names = args.entries or [n for n in index.entries if (index.folder(n) / ENTRY_FILE).is_file()]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test_ds = ReportImageDataset(data / "annotation.json", "test", image_size=64)
+    if args.limit_test:
+        test_ds.records = test_ds.records[: args.limit_test]
+    test = [test_ds[i] for i in range(len(test_ds))]
+    ids = [s["study_id"] for s in test]
+    refs = {s["study_id"]: s["report"] for s in test}
+    truth = truth_labels(data, ids)
+    labeler = ReportLabeler()
+    command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
+    entries: dict[str, Any] = {}
+    for name in names:
+        kind = read_json(Path(resolve_zoo(f"zoo:{name}")) / "config.json").get("_class_name")
+        t0 = time.perf_counter()
+        if kind == "RadCLIP":
+            entries[name] = score_backbone(name, test_ds, truth)
+        else:
+            entries[name] = score_decoder(name, test, refs, truth, labeler, out_dir)
+        entries[name]["command"] = command
+        logging.warning("%s scored in %.0f s", name, time.perf_counter() - t0)
+    most_common = Counter(e["report"] for e in read_json(train_data / "annotation.json")["train"]).most_common(1)[0][0]
+    floor = score({i: most_common for i in ids}, refs, truth, labeler)
+    result = {
+        "benchmark": "zoo_synthcxr64",
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "test_data": f"{data} (seed 1001, {len(ids)} test studies, never trained on)",
+        "command": command,
+        "targets": {"i2t_label_precision@5": 0.85, "zero_shot_macro_auroc": 0.90,
+                    "truth_ce_micro_f1_beam3": "0.85 best decoder, 0.75 every decoder",
+                    "truth_ce_macro_f1_beam3": 0.60, "unique_report_rate": 0.30},
+        "floor_most_common_training_report": {"report": most_common,
+                                              **{k: round(float(floor[k]), 4) for k in DECODER_KEYS if k in floor}},
+        "entries": entries,
+    }
+    text = json.dumps(result, indent=1)
+    if args.json:
+        previous = read_json(args.json) if Path(args.json).is_file() else {}
+        # scoring some entries keeps the others' earlier results
+        result["entries"] = {**previous.get("entries", {}), **entries}
+        text = json.dumps(result, indent=1)
+        Path(args.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

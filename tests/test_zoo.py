@@ -1,0 +1,101 @@
+"""The model zoo: names, export to fp16 with a model card, loading, and the shipped entries."""
+
+import json
+
+import pytest
+import torch
+
+from image2report.generator import ReportGenerator
+from image2report.models import BaselineReportModel, build_report_model
+from radloop.cli import main
+from radloop.zoo import export_entry, list_entries, load_index, refresh_card
+from shared.text.tokenizer import ReportTokenizer
+from shared.zoo import ENTRY_FILE, ZOO_ENV, resolve_zoo, zoo_entries
+
+TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."] * 3)
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """An index with one entry and a finished run of it; the zoo folder moved to tmp_path/zoo."""
+    (tmp_path / "data.yaml").write_text("synth: {patients: 2, studies_per_patient: 1, size: 32, seed: 5}\n")
+    (tmp_path / "rec.yaml").write_text("model: {name: baseline_tiny}\n")
+    (tmp_path / "index.yaml").write_text(
+        "dataset: tinyset\ndata: data.yaml\ndata_dir: d\ntest_data: data.yaml\ntest_data_dir: t\n"
+        "entries:\n  tiny: {trainer: report, recipe: rec.yaml, summary: a tiny decoder}\n"
+        "  later: {trainer: report, recipe: rec.yaml, needs: [tiny]}\n")
+    torch.manual_seed(0)
+    model = build_report_model("baseline_tiny", len(TOK)).eval()
+    model.tokenizer = TOK
+    run = tmp_path / "run"
+    model.save_pretrained(run / "best")
+    (run / "history.json").write_text(json.dumps([{"step": 2, "train/loss": 3.0}, {"step": 2, "val/ce_micro_f1": 0.5}]))
+    (run / "zoo_train.json").write_text(json.dumps({"train_seconds": 90.0, "steps": 2, "best_step": 2}))
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "zoo"))
+    return load_index(tmp_path / "index.yaml"), run, model
+
+
+def test_export_halves_the_weights_and_loads_back_by_name(tiny_zoo, tmp_path):
+    index, run, model = tiny_zoo
+    target = export_entry("tiny", run, index)
+    assert target == tmp_path / "zoo" / "tinyset" / "tiny"
+    from safetensors.torch import load_file
+
+    stored = load_file(str(target / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    meta = json.loads((target / ENTRY_FILE).read_text())
+    assert meta["command"] == "radloop zoo train tiny" and meta["train_seconds"] == 90.0
+    assert meta["parameters"] == sum(p.numel() for p in model.state_dict().values())
+    card = (target / "README.md").read_text()
+    assert "radloop zoo train tiny" in card and "1.5 min" in card and "Intended use" in card
+    assert "| 2 | 0.5 |" in card  # the validation curve
+    # zoo:NAME, zoo:DATASET/NAME and the plain path load the same float32 model
+    for name in ("zoo:tiny", "zoo:tinyset/tiny", str(target)):
+        loaded = BaselineReportModel.from_pretrained(name).eval()
+        assert next(loaded.parameters()).dtype == torch.float32
+        x, ids = torch.randn(1, 1, 1, 32, 32), TOK.batch_encode(["no pleural effusion."])[0]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, ids).logits, model(x, ids).logits, rtol=0.02, atol=0.02)
+    assert len(ReportGenerator.from_pretrained("zoo:tiny").tokenizer) == len(TOK)
+    assert refresh_card("tiny", index).read_text() == card
+
+
+def test_zoo_names_that_do_not_resolve(tiny_zoo, tmp_path):
+    index, run, _ = tiny_zoo
+    assert resolve_zoo("runs/x") == "runs/x"
+    with pytest.raises(FileNotFoundError, match="no zoo entry 'tiny'.*known: none"):
+        resolve_zoo("zoo:tiny")
+    export_entry("tiny", run, index)
+    export_entry("tiny", run, index, root=tmp_path / "zoo2")
+    (tmp_path / "zoo" / "other").mkdir()
+    import shutil
+
+    shutil.copytree(tmp_path / "zoo" / "tinyset" / "tiny", tmp_path / "zoo" / "other" / "tiny")
+    assert list(zoo_entries()) == ["other/tiny", "tinyset/tiny"]
+    with pytest.raises(ValueError, match="ambiguous: zoo:other/tiny, zoo:tinyset/tiny"):
+        resolve_zoo("zoo:tiny")
+    assert resolve_zoo("zoo:other/tiny").endswith("other/tiny")
+
+
+def test_export_and_train_refuse_what_is_missing(tiny_zoo, tmp_path):
+    from radloop.zoo import train_entry
+
+    index, _, _ = tiny_zoo
+    with pytest.raises(FileNotFoundError, match="no saved model to export"):
+        export_entry("tiny", tmp_path / "none", index)
+    with pytest.raises(FileNotFoundError, match=r"needs \['tiny'\] in the zoo first: radloop zoo train tiny"):
+        train_entry("later", index)
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no zoo recipe 'nope'"):
+        index.get("nope")
+    (tmp_path / "bad.yaml").write_text("dataset: x\nentries: {a: {recipe: r.yaml}}\n")
+    with pytest.raises(ConfigError, match="malformed zoo index"):
+        load_index(tmp_path / "bad.yaml")
+
+
+def test_zoo_list_names_every_recipe(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    for row in list_entries():
+        assert row["name"] in out and row["recipe"] in out
