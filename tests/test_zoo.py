@@ -9,6 +9,7 @@ from image2report.generator import ReportGenerator
 from image2report.models import BaselineReportModel, build_report_model
 from radloop.cli import main
 from radloop.zoo import export_entry, list_entries, load_index, refresh_card
+from shared.data.dataset import ReportImageDataset
 from shared.text.tokenizer import ReportTokenizer
 from shared.zoo import ENTRY_FILE, ZOO_ENV, resolve_zoo, zoo_entries
 
@@ -99,3 +100,42 @@ def test_zoo_list_names_every_recipe(capsys):
     out = capsys.readouterr().out
     for row in list_entries():
         assert row["name"] in out and row["recipe"] in out
+
+
+def test_zoo_benchmark_scores_a_backbone_and_a_decoder(tiny_zoo, tmp_path, tiny_synth, load_benchmark):
+    from shared.backbone import build_backbone
+    from shared.backbone.train import dataset_labels
+    from shared.text.labeler import ReportLabeler
+
+    bench = load_benchmark("zoo_synth")
+    index, run, _ = tiny_zoo
+    export_entry("tiny", run, index)
+    torch.manual_seed(0)
+    clip_run = tmp_path / "cliprun"
+    build_backbone("radclip_tiny", TOK, num_labels=14).save_pretrained(clip_run / "best")
+    (tmp_path / "index.yaml").write_text((tmp_path / "index.yaml").read_text() + "  clip: {trainer: backbone, "
+                                         "recipe: rec.yaml}\n")
+    index = load_index(tmp_path / "index.yaml")
+    export_entry("clip", clip_run, index)
+    synth, _ = tiny_synth
+    ds = ReportImageDataset(synth / "annotation.json", "test", image_size=32)
+    truth = dataset_labels(ds)
+    backbone = bench.score_backbone("clip", ds, truth)
+    assert 0 <= backbone["i2t_label_precision@5"] <= 1 and 0 <= backbone["zero_shot_macro_auroc"] <= 1
+    assert "findings_head_macro_auroc" in backbone and backbone["images_per_s"] > 0
+    test = [ds[i] for i in range(len(ds))]
+    decoder = bench.score_decoder("tiny", test, {s["study_id"]: s["report"] for s in test}, truth, ReportLabeler(),
+                                  tmp_path)
+    for mode in ("greedy", "beam3"):
+        assert 0 <= decoder[f"truth_ce_micro_f1_{mode}"] <= 1 and decoder[f"{mode}_reports_per_s"] > 0
+        assert (tmp_path / f"tiny_test_{mode}.json").is_file()
+
+
+def test_decoder_step_speed_times_the_three_ways(load_benchmark):
+    bench = load_benchmark("decoder_step_speed")
+    model = build_report_model("baseline_tiny", 50)
+    ids = torch.randint(4, 50, (2, 6))
+    assert bench.time_steps(model, torch.randn(2, 1, 1, 32, 32), None, ids, None, 1) > 0
+    model.freeze_visual()
+    grid = model.tower_grid(torch.randn(2, 1, 32, 32)).detach()
+    assert bench.time_steps(model, None, grid[:, None], ids, None, 1) > 0
