@@ -155,10 +155,16 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     from report2image import ReportToCXRPipeline
 
     reports = list(args.report or [])
+    empty = next((i for i, r in enumerate(reports) if not r.strip()), None)
+    if empty is not None:
+        # an empty condition is the unconditional branch of classifier-free guidance: say so, never guess
+        raise ValueError(f"--report number {empty + 1} is empty, which would draw an unconditional image; "
+                         "pass --unconditional N to ask for N unconditional samples")
     if args.reports_file:
         reports += [line.strip() for line in Path(args.reports_file).read_text().splitlines() if line.strip()]
+    reports += [""] * args.unconditional
     if not reports:
-        raise ValueError("give --report TEXT (repeatable) or --reports-file FILE")
+        raise ValueError("give --report TEXT (repeatable), --reports-file FILE or --unconditional N")
     if not (Path(args.checkpoint) / "model_index.json").is_file():
         raise FileNotFoundError(f"no saved ReportToCXRPipeline in {args.checkpoint} (model_index.json missing)")
     pipe = ReportToCXRPipeline.from_pretrained(args.checkpoint)
@@ -392,6 +398,8 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a pipeline folder (e.g. runs/diffusion/best)")
     p.add_argument("--report", action="append", help="report text (repeatable)")
     p.add_argument("--reports-file", dest="reports_file", help="a text file, one report a line")
+    p.add_argument("--unconditional", type=int, default=0, metavar="N",
+                   help="also draw N samples without a report (an empty --report is refused)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="dpmsolver++")

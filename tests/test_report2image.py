@@ -171,10 +171,11 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     assert any("val/denoising_loss" in h for h in history)
     out = tmp_path / "gen"
     assert main(["generate", "image", "--checkpoint", str(run / "final"), "--report", "Large left pleural effusion.",
-                 "--report", "No acute cardiopulmonary abnormality.", "--steps", "2", "--out", str(out)]) == 0
+                 "--report", "No acute cardiopulmonary abnormality.", "--unconditional", "1", "--steps", "2",
+                 "--out", str(out)]) == 0
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["synthetic"] is True
-    assert (out / "generated_0001.png").is_file()
+    assert len(lines) == 3 and json.loads(lines[0])["synthetic"] is True and json.loads(lines[2])["report"] == ""
+    assert (out / "generated_0002.png").is_file()
 
 
 @pytest.mark.parametrize("switch", ["model.use_identity=false", "model.use_refiner=false"])
@@ -197,6 +198,16 @@ def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out",
                  str(tmp_path / "o")]) == 2
     assert "no saved ReportToCXRPipeline" in capsys.readouterr().err
+
+
+def test_generate_image_refuses_an_empty_report(tmp_path, capsys):
+    from radloop.cli import main
+
+    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--report", " ",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--report number 2 is empty" in err and "--unconditional N" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_noise_filter_alignment_signal_flags_pairs_the_refiner_keeps_apart():
