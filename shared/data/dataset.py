@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -96,19 +97,50 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         records = _records_from_jsonl(path)
     else:
         raise DataError(f"{path}: unknown annotation format '{suffix}'; use .json (R2Gen), .csv or .jsonl")
+    seen: dict[str, str] = {}
     for n, rec in enumerate(records):
         for key in ("id", "image_path", "report"):
             if key not in rec:
                 raise DataError(f"{path}: study {n} has no '{key}' field")
+        if not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool) or str(rec["id"]) == "":
+            raise DataError(f"{path}: study {n} has id {rec['id']!r}; ids must be non-empty strings or integers")
+        rec["id"] = str(rec["id"])
         paths = rec["image_path"]
         if isinstance(paths, str):
-            rec["image_path"] = [paths]
-        elif not isinstance(paths, list) or not paths:
+            rec["image_path"] = paths = [paths]
+        if not isinstance(paths, list) or not paths:
             raise DataError(f"{path}: study '{rec['id']}' has no image paths")
-        rec["id"] = str(rec["id"])
+        if not all(isinstance(p, str) and p for p in paths):
+            raise DataError(f"{path}: study '{rec['id']}' has image_path {paths!r}; expected a list of file names")
+        if rec["report"] is not None and not isinstance(rec["report"], str):
+            raise DataError(f"{path}: study '{rec['id']}' has a report of type {type(rec['report']).__name__}, "
+                            "not text")
+        split = str(rec.get("split", ""))
+        if rec["id"] in seen:
+            where = f"in '{seen[rec['id']]}' and '{split}'" if seen[rec["id"]] != split else f"twice in '{split}'"
+            raise DataError(f"{path}: study id '{rec['id']}' appears {where}; ids must be unique")
+        seen[rec["id"]] = split
         rec["patient_id"] = str(rec.get("patient_id", rec.get("subject_id", "")) or "")
-        rec["report"] = "" if rec["report"] is None else str(rec["report"])
+        rec["report"] = "" if rec["report"] is None else rec["report"]
+    _warn_patients_across_splits(records, path)
     return records
+
+
+def _warn_patients_across_splits(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """A patient whose studies sit in two splits leaks between training and evaluation: say so once.
+
+    Not an error: some published splits are study-level. Patient-disjoint splits are the norm
+    (MIMIC-CXR's official split, SynthCXR).
+    """
+    splits: dict[str, set[str]] = {}
+    for rec in records:
+        if rec["patient_id"] and rec.get("split"):
+            splits.setdefault(rec["patient_id"], set()).add(str(rec["split"]))
+    leaking = sorted(p for p, s in splits.items() if len(s) > 1)
+    if leaking:
+        logger.warning("%s: %d patient(s) have studies in more than one split (e.g. '%s' in %s): "
+                       "evaluation on those splits is not patient-disjoint", path, len(leaking), leaking[0],
+                       sorted(splits[leaking[0]]))
 
 
 def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
@@ -130,16 +162,47 @@ def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, list[float]]:
     return out
 
 
+#: what PIL raises for an unreadable, truncated or absurdly large image file
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _check_image(path: Path) -> str | None:
     """Why this file is unusable, or None."""
     if not path.is_file():
         return "missing"
+    if _is_dicom(path):
+        return "DICOM (convert to PNG/JPEG first)"
     try:
         with Image.open(path) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except _IMAGE_ERRORS as err:
         return f"corrupt ({type(err).__name__})"
     return None
+
+
+def to_grey(im: Image.Image) -> Image.Image:
+    """An 8-bit grey ("L") image of any PIL mode.
+
+    16-bit and 32-bit grey images ("I;16", "I", "F") are scaled by their bit depth, not clipped at 255
+    as PIL's own conversion does: by 65535 when any value exceeds 4095, else by 4095 (12-bit
+    detectors stored in 16-bit PNGs). Colour and alpha are dropped as PIL's "L" conversion does.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 4095 else 4095.0
+        return Image.fromarray((np.clip(arr / top, 0, 1) * 255).round().astype(np.uint8), mode="L")
+    return im.convert("L")
 
 
 def resolve_image_root(annotation: Path, records: Sequence[Mapping[str, Any]],
@@ -259,10 +322,12 @@ class ReportImageDataset(Dataset):
         try:
             with Image.open(path) as im:
                 im.load()
-                return self.transform(im.convert("L"))
+                return self.transform(to_grey(im))
         except FileNotFoundError:
             raise DataError(f"image not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except _IMAGE_ERRORS as err:
+            if _is_dicom(path):
+                raise DataError(f"cannot read image {path}: a DICOM file; convert it to PNG/JPEG first") from None
             raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
