@@ -90,6 +90,18 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from shared.data.prepare import prepare_dataset
+
+    start = time.perf_counter()
+    summary = prepare_dataset(args.annotation, args.out, args.size, args.workers, args.image_root,
+                              args.on_bad_image, progress=not args.quiet)
+    _echo(f"prepared {summary['studies']} studies in {args.out} at {args.size} px in "
+          f"{time.perf_counter() - start:.1f} s ({summary['written']} images written, "
+          f"{summary['skipped_existing']} already there, {summary['bad_images']} unreadable)")
+    return 0
+
+
 def cmd_evaluate_reports(args: argparse.Namespace) -> int:
     from evaluation.reports import evaluate_reports, load_report_map, markdown_table
 
@@ -290,7 +302,7 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_data(verbs: argparse._SubParsersAction) -> None:
-    """`radloop data ...`: the IU X-ray report export and the tokenizer."""
+    """`radloop data ...`: preparing a data set, the IU X-ray report export and the tokenizer."""
     data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>",
                                                                           required=True)
     p = data.add_parser("iu-reports", help="export the IU X-ray reports shipped in the torchxrayvision wheel",
@@ -309,6 +321,17 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--archive",
                    help="NLMCXR_reports.tgz for --iu-reports (default: found in the torchxrayvision wheel)")
     p.set_defaults(func=cmd_tokenizer)
+    p = data.add_parser("prepare", help="decode and resize every image once (grey PNG) for training",
+                        description="Writes OUT/images/ (shorter side SIZE, aspect kept), OUT/annotation.json "
+                                    "(written last) and labels.csv; a rerun skips finished images.")
+    p.add_argument("--annotation", required=True, help="annotation.json / .csv / .jsonl")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=256, help="shorter side in pixels (images never grow)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
+    p.add_argument("--image-root", dest="image_root", help="folder the image paths are relative to")
+    p.add_argument("--on-bad-image", dest="on_bad_image", choices=("raise", "skip"), default="raise")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
 
 
 def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
