@@ -209,3 +209,45 @@ def test_trainer_holds_its_folder_and_refuses_a_second_run(tmp_path):
     assert not (tmp_path / "final").exists()  # nothing was trained or written
     _trainer(tmp_path, 2).train()
     assert (tmp_path / "final" / "config.json").is_file() and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_checkpoint_killed_while_written_is_never_resumed_from(tmp_path, caplog):
+    import logging
+    import shutil
+
+    _trainer(tmp_path / "full", 9).train()
+    run = tmp_path / "part"
+    killed = _trainer(run, 9)  # killed during step 7: checkpoints 3 and 6
+    calls = {"n": 0}
+
+    def dies_at_seven(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return _loss(model, batch)
+
+    killed.loss_fn = dies_at_seven
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    ckpts = run / "checkpoints"
+    # the run was killed in save_state of step 9: a partial folder under the temporary name
+    shutil.copytree(ckpts / "checkpoint_6", ckpts / ".partial_checkpoint_9")
+    (ckpts / ".partial_checkpoint_9" / "model.safetensors").write_bytes(b"trunc")
+    # and the newest complete-looking one is damaged on disk (an older, non-atomic writer)
+    shutil.copytree(ckpts / "checkpoint_6", ckpts / "checkpoint_8")
+    (ckpts / "checkpoint_8" / "model.safetensors").write_bytes(b"trunc")
+    with caplog.at_level(logging.WARNING):
+        result = _trainer(run, 9).train()
+    assert result.steps == 9 and not (ckpts / ".partial_checkpoint_9").exists()
+    assert "removing the incomplete checkpoint" in caplog.text and "cannot resume from" in caplog.text
+    full, part = _params(tmp_path / "full" / "final"), _params(run / "final")
+    for k in full:
+        torch.testing.assert_close(full[k], part[k], rtol=0, atol=1e-6)
+
+
+def test_checkpoints_appear_only_under_their_final_name(tmp_path):
+    trainer = _trainer(tmp_path, 6)
+    trainer.train()
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["checkpoint_3", "checkpoint_6"]
+    assert [p.name for p in trainer.checkpoints()] == names

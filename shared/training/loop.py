@@ -103,6 +103,30 @@ def training_loader(dataset: torch.utils.data.Dataset, batch_size: int, seed: in
                                        drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to disk, where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk before it is renamed into place (a rename can
+    otherwise reach the disk before the data it names)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
 def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
     """Call ``save(tmp_dir)`` then replace ``target`` by it, so a crash never leaves half a folder."""
     target = Path(target)
@@ -110,6 +134,7 @@ def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save(tmp)
+        _fsync_tree(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -240,29 +265,59 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoints"
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a folder is named ``checkpoint_<step>`` only once written)."""
         if not self.checkpoint_dir.is_dir():
-            return None
-        found = [p for p in self.checkpoint_dir.iterdir() if p.name.startswith("checkpoint_") and p.is_dir()]
-        return max(found, key=lambda p: int(p.name.split("_")[-1])) if found else None
+            return []
+        found = [p for p in self.checkpoint_dir.iterdir()
+                 if p.is_dir() and p.name.startswith("checkpoint_") and p.name.split("_")[-1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
 
     def _resume(self) -> None:
-        latest = self.latest_checkpoint()
-        if latest is None or not self.cfg.resume:
+        if self.accelerator.is_main_process and self.checkpoint_dir.is_dir():
+            for partial in self.checkpoint_dir.glob(".partial_checkpoint_*"):
+                # a save_state a killed run never finished: never a candidate, removed
+                logger.warning("removing the incomplete checkpoint %s (the run was stopped while writing it)", partial)
+                shutil.rmtree(partial, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        if not self.cfg.resume:
             return
-        self.accelerator.load_state(str(latest))
-        logger.info("resumed from %s at step %d", latest, self.state.step)
+        for candidate in reversed(self.checkpoints()):
+            try:
+                self.accelerator.load_state(str(candidate))
+            except Exception as err:  # torch/safetensors raise many types for a damaged file
+                logger.warning("cannot resume from %s (%s: %s); trying the one before", candidate,
+                               type(err).__name__, err)
+                continue
+            logger.info("resumed from %s at step %d", candidate, self.state.step)
+            return
 
     def _checkpoint(self) -> None:
-        """``save_state`` into ``checkpoints/checkpoint_<step>``; keep the newest ``checkpoints_total_limit``."""
+        """``save_state`` into ``checkpoints/checkpoint_<step>``; keep the newest ``checkpoints_total_limit``.
+
+        Every process writes into ``.partial_checkpoint_<step>``; the main process flushes the files to
+        disk and renames the folder once all are done, so a checkpoint under its final name is always
+        complete, whenever the run is killed.
+        """
         acc = self.accelerator
         acc.wait_for_everyone()
-        acc.save_state(str(self.checkpoint_dir / f"checkpoint_{self.state.step}"))
+        partial = self.checkpoint_dir / f".partial_checkpoint_{self.state.step}"
+        acc.save_state(str(partial))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _fsync_tree(partial)
+            final = self.checkpoint_dir / f"checkpoint_{self.state.step}"
+            if final.exists():  # the same step saved again (a resumed run): the new one wins
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            _fsync_dir(self.checkpoint_dir)
         acc.wait_for_everyone()
         if acc.is_main_process and self.cfg.checkpoints_total_limit:
-            found = sorted((p for p in self.checkpoint_dir.iterdir() if p.name.startswith("checkpoint_")),
-                           key=lambda p: int(p.name.split("_")[-1]))
-            for old in found[: -self.cfg.checkpoints_total_limit]:
+            for old in self.checkpoints()[: -self.cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
