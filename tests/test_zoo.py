@@ -139,3 +139,35 @@ def test_decoder_step_speed_times_the_three_ways(load_benchmark):
     model.freeze_visual()
     grid = model.tower_grid(torch.randn(2, 1, 32, 32)).detach()
     assert bench.time_steps(model, None, grid[:, None], ids, None, 1) > 0
+
+
+def test_zoo_train_makes_the_data_then_a_backbone_then_a_decoder_on_it(tmp_path, monkeypatch):
+    from radloop.zoo import train_entry
+
+    monkeypatch.setenv(ZOO_ENV, str(tmp_path / "zoo"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.yaml").write_text("synth: {patients: 12, studies_per_patient: 2, size: 32, seed: 3, "
+                                        "val_fraction: 0.2, test_fraction: 0.2}\n")
+    common = ("data: {annotation: d/annotation.json, batch_size: 8, min_freq: 1}\n"
+              "train: {max_steps: 2, eval_every: 2, checkpoint_every: 2, progress: false, output_dir: runs/%s}\n")
+    (tmp_path / "clip.yaml").write_text("model: {name: radclip_tiny, findings_weight: 1.0}\n" + common % "clip")
+    (tmp_path / "dec.yaml").write_text(
+        "model: {name: ifnet_tiny, init_visual_from: 'zoo:clip', freeze_visual: true,\n"
+        "        options: {use_enhancement: false}}\n"
+        "data: {annotation: d/annotation.json, image_size: 32, batch_size: 8, min_freq: 1, max_length: 40,\n"
+        "       val_samples: 4, feature_cache: runs/cache}\n"
+        "train: {max_steps: 2, eval_every: 2, checkpoint_every: 2, progress: false, output_dir: runs/dec}\n")
+    (tmp_path / "index.yaml").write_text(
+        "dataset: tinyset\ndata: data.yaml\ndata_dir: d\ntest_data: data.yaml\ntest_data_dir: t\nentries:\n"
+        "  clip: {trainer: backbone, recipe: clip.yaml}\n  dec: {trainer: report, recipe: dec.yaml, needs: [clip]}\n")
+    index = load_index(tmp_path / "index.yaml")
+    with pytest.raises(FileNotFoundError, match="radloop zoo train clip"):
+        train_entry("dec", index)
+    assert train_entry("clip", index) == tmp_path / "zoo" / "tinyset" / "clip"
+    assert (tmp_path / "d" / "annotation.json").is_file()  # the zoo's data, made from data.yaml
+    target = train_entry("dec", index)
+    meta = json.loads((target / ENTRY_FILE).read_text())
+    assert meta["needs"] == ["clip"] and meta["steps"] == 2 and meta["train_seconds"] > 0
+    assert list((tmp_path / "runs" / "cache").glob("grid_*.safetensors"))
+    texts = ReportGenerator.from_pretrained("zoo:dec").generate(torch.zeros(2, 1, 1, 32, 32))
+    assert len(texts) == 2
