@@ -251,3 +251,23 @@ def test_checkpoints_appear_only_under_their_final_name(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["checkpoint_3", "checkpoint_6"]
     assert [p.name for p in trainer.checkpoints()] == names
+
+
+def test_batchnorm_becomes_syncbatchnorm_only_for_several_gpu_processes():
+    from shared.training.loop import sync_batchnorm
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+
+    def kinds(m):
+        return {type(x).__name__ for x in m.modules()}
+
+    assert "SyncBatchNorm" in kinds(sync_batchnorm(model(), 2, "cuda", None))
+    synced = sync_batchnorm(model(), 2, "cuda", None)
+    assert set(synced.state_dict()) == set(model().state_dict())  # saved folders load into the plain model
+    for args in ((1, "cuda", None), (2, "cuda", False), (2, "cpu", None)):
+        assert "SyncBatchNorm" not in kinds(sync_batchnorm(model(), *args))
+    with pytest.raises(ValueError, match="needs GPU processes"):
+        sync_batchnorm(model(), 2, "cpu", True)
+    plain = torch.nn.Linear(2, 2)
+    assert sync_batchnorm(plain, 2, "cpu", True) is plain  # nothing to synchronise

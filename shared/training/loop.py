@@ -76,6 +76,10 @@ class TrainConfig:
     # NHWC weights: oneDNN's CPU convolutions of the CNN towers run faster in this layout, diffusers'
     # GroupNorm autoencoder slower, hence opt-in (measured by benchmarks/backbone_speed.py --channels-last).
     channels_last: bool = False
+    #: BatchNorm layers become SyncBatchNorm when several GPU processes train, so the statistics are
+    #: those of the global batch (None: exactly then; false: never; true: and refuse CPU ranks, where
+    #: PyTorch has no SyncBatchNorm)
+    sync_batchnorm: bool | None = None
 
 
 @dataclass
@@ -125,6 +129,22 @@ def _fsync_tree(folder: Path) -> None:
             with path.open("rb") as fh:
                 os.fsync(fh.fileno())
     _fsync_dir(folder)
+
+
+def sync_batchnorm(model: nn.Module, num_processes: int, device_type: str, setting: bool | None) -> nn.Module:
+    """``model`` with SyncBatchNorm in place of BatchNorm when ``num_processes`` GPU processes train
+    (``setting``: see :attr:`TrainConfig.sync_batchnorm`). State dict keys are unchanged, so saved
+    folders load into the plain model."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if num_processes < 2 or not has_bn or setting is False:
+        return model
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if setting:
+        raise ValueError("train.sync_batchnorm=true needs GPU processes: PyTorch has no SyncBatchNorm on the CPU")
+    logger.info("BatchNorm statistics stay per process on %d CPU processes (SyncBatchNorm needs GPUs)",
+                num_processes)
+    return model
 
 
 def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
@@ -240,6 +260,8 @@ class Trainer:
         self.loss_fn, self.eval_fn = loss_fn, eval_fn
         self.select_metric, self.select_mode = select_metric, select_mode
         self.save_extra = save_extra
+        model = sync_batchnorm(model, self.accelerator.num_processes, self.accelerator.device.type,
+                               cfg.sync_batchnorm)
         if cfg.channels_last:
             # In place (param.data is swapped); save_pretrained and save_state write contiguous copies.
             model.to(memory_format=torch.channels_last)
