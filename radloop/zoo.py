@@ -171,6 +171,9 @@ def _half_weights(src: Path, dst: Path) -> int:
 def _run_facts(run: Path) -> dict[str, Any]:
     """Training time, steps and the validation curve of a finished run folder."""
     facts: dict[str, Any] = {}
+    if (run / "train_result.json").is_file():  # written by the trainer at the end of every run
+        result = read_json(run / "train_result.json")
+        facts.update({k: result[k] for k in ("steps", "best_step", "best_metric") if k in result})
     if (run / "zoo_train.json").is_file():
         facts.update(read_json(run / "zoo_train.json"))
     elif (run / "train_config.json").is_file() and (run / "final").is_dir():
@@ -266,10 +269,12 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         lines += ["Not benchmarked yet: `python benchmarks/zoo_synth.py` (then `radloop zoo card NAME`)."]
     curve = meta.get("validation_curve")
     if curve:
-        lines += ["", "Validation curve (the trainer's selection metric and friends):", "",
-                  "| step | " + " | ".join(k.removeprefix("val/") for k in curve[0] if k != "step") + " |",
-                  "|---" * len(curve[0]) + "|"]
-        lines += ["| " + " | ".join(str(row.get(k, "")) for k in curve[0]) + " |" for row in curve]
+        keys = [k for k in curve[0] if k.startswith("val/") and k.removeprefix("val/") not in _CURVE_SKIP
+                and "recall" not in k and not k.endswith(("@1", "@10"))]
+        lines += ["", "Validation curve:", "",
+                  "| step | " + " | ".join(k.removeprefix("val/") for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        lines += ["| " + " | ".join(str(row.get(k, "")) for k in ["step", *keys]) + " |" for row in curve]
     lines += ["", "## Intended use and limits", "",
               "A starting point for the suite's workflows on SynthCXR (the demo, augmentation, counterfactuals) "
               "and for fine-tuning. Trained on synthetic 64 px radiographs only: it has never seen a real "
@@ -290,6 +295,10 @@ def refresh_card(name: str, index: ZooIndex | None = None, root: Path | None = N
     card = folder / "README.md"
     atomic_write_text(card, render_card(read_json(folder / ENTRY_FILE), results))
     return card
+
+
+#: validation keys the card's curve leaves out (constants of the validation set)
+_CURVE_SKIP = {"n", "label_chance"}
 
 
 def list_entries(index: ZooIndex | None = None) -> list[dict[str, Any]]:

@@ -7,16 +7,20 @@ finding is the softmax of its scaled similarities to the two: no label is used.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..labels import CHEXPERT_LABELS
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ZERO_SHOT_PROMPTS", "zero_shot_probabilities", "prompt_embeddings"]
 
 #: (present, absent) sentences per observation, written as radiologists phrase them
 ZERO_SHOT_PROMPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "No Finding": (("no acute cardiopulmonary abnormality.", "the lungs are clear. the heart size is normal."),
-                   ("there is an acute abnormality.", "abnormal chest radiograph.")),
+                   ("there is an acute abnormality.", "there is an acute cardiopulmonary process.")),
     "Enlarged Cardiomediastinum": (("the mediastinum is widened.", "enlarged cardiomediastinal silhouette."),
                                    ("mediastinal contours are normal.", "normal cardiomediastinal silhouette.")),
     "Cardiomegaly": (("the heart is enlarged.", "cardiomegaly."), ("heart size is normal.", "no cardiomegaly.")),
@@ -29,24 +33,35 @@ ZERO_SHOT_PROMPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                       ("no focal consolidation.", "no consolidation.")),
     "Pneumonia": (("findings consistent with pneumonia.", "pneumonia."),
                   ("no evidence of pneumonia.", "no pneumonia.")),
-    "Atelectasis": (("there is atelectasis.", "basilar atelectasis."), ("no atelectasis.", "no collapse.")),
+    "Atelectasis": (("there is atelectasis.", "basilar atelectasis."), ("no atelectasis.", "there is no atelectasis.")),
     "Pneumothorax": (("there is a pneumothorax.", "pneumothorax."), ("no pneumothorax.", "there is no pneumothorax.")),
     "Pleural Effusion": (("there is a pleural effusion.", "pleural effusion."),
                          ("no pleural effusion.", "there is no pleural effusion.")),
     "Pleural Other": (("there is pleural thickening.", "pleural thickening."),
                       ("no pleural thickening.", "no pleural abnormality.")),
     "Fracture": (("there is a rib fracture.", "fracture."), ("no fracture.", "no acute osseous abnormality.")),
-    "Support Devices": (("a support device is in place.", "lines and tubes are in place."),
-                        ("no support devices.", "no lines or tubes.")),
+    # reports name the device, rarely the category
+    "Support Devices": (("an endotracheal tube is in place.", "a central venous catheter is in place.",
+                         "a pacemaker is present."),
+                        ("no endotracheal tube.", "no central venous catheter.", "no pacemaker.")),
 }
 
 
 @torch.no_grad()
 def prompt_embeddings(model, labels: tuple[str, ...] = CHEXPERT_LABELS) -> torch.Tensor:
-    """Unit-norm (L, 2, E) embeddings: per observation, its averaged present and absent prompts."""
+    """Unit-norm (L, 2, E) embeddings: per observation, its averaged present and absent prompts.
+
+    Prompt words the backbone's tokenizer does not know become ``<unk>``; they are logged once per
+    call, since such a prompt says less than it reads.
+    """
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the backbone has no tokenizer attached")
+    unknown = sorted({w for name in labels for side in ZERO_SHOT_PROMPTS.get(name, ()) for s in side
+                      for w in tok.tokenize(s) if w not in tok.stoi})
+    if unknown:
+        logger.warning("zero-shot prompt words outside the tokenizer's vocabulary (read as <unk>): %s",
+                       ", ".join(unknown))
     device = next(model.parameters()).device
     out = []
     for name in labels:

@@ -515,5 +515,8 @@ class Trainer:
         self._save_model("final")
         if acc.is_main_process:
             atomic_write_text(self.out / "history.json", json.dumps(history, indent=1) + "\n")
+            atomic_write_text(self.out / "train_result.json", json.dumps(
+                {"steps": self.state.step, "best_metric": self.state.best, "best_step": self.state.best_step,
+                 "select_metric": self.select_metric}, indent=1) + "\n")
         acc.end_training()
         return TrainResult(self.state.step, self.state.best, self.state.best_step, history, str(self.out))
