@@ -271,3 +271,22 @@ def test_batchnorm_becomes_syncbatchnorm_only_for_several_gpu_processes():
         sync_batchnorm(model(), 2, "cpu", True)
     plain = torch.nn.Linear(2, 2)
     assert sync_batchnorm(plain, 2, "cpu", True) is plain  # nothing to synchronise
+
+
+def test_kill_benchmark_inspects_what_a_killed_run_left(tmp_path, load_benchmark):
+    from safetensors.torch import save_file
+
+    bench = load_benchmark("reliability_kill")
+    run = tmp_path / "run"
+    good, broken, partial = (run / "checkpoints" / n for n in ("checkpoint_2", "checkpoint_4", ".partial_checkpoint_6"))
+    for folder in (good, broken, partial):
+        folder.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, str(good / "model.safetensors"))
+    (broken / "model.safetensors").write_bytes(b"trunc")
+    (run / "best").mkdir()
+    (run / "best" / "config.json").write_text("{}")
+    (run / "best" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert bench.inspect(run) == {"checkpoints": 1, "broken_checkpoints": 1, "partial_checkpoints": 1,
+                                  "broken_model_folders": 1}
+    cmd = bench.train_command(tmp_path, run, 4, 2)
+    assert "--num_processes" in cmd and cmd[cmd.index("-m", 3) + 1] == "radloop" and "train.max_steps=4" in cmd
