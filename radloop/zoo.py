@@ -240,6 +240,24 @@ def entry_metrics(name: str, results: Path = RESULTS_FILE) -> dict[str, Any] | N
     return read_json(results).get("entries", {}).get(name)
 
 
+def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+    """Decoder metrics (``<name>_greedy`` / ``<name>_beam3``) as a table beside the most-common-report
+    floor; every other measurement as a list item."""
+    suffixes = ("_greedy", "_beam3")
+    names = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in metrics if k.endswith(suffixes)))
+    lines: list[str] = []
+    if names:
+        lines += ["| metric | greedy | beam 3 | most common training report |", "|---|---|---|---|"]
+        lines += [f"| {k} | {metrics.get(k + '_greedy', '')} | {metrics.get(k + '_beam3', '')} | {floor.get(k, '')} |"
+                  for k in names]
+        lines.append("")
+    for k, v in metrics.items():
+        if k == "command" or k.endswith(suffixes):
+            continue
+        lines.append(f"- {k}: " + (", ".join(f"{n} {x}" for n, x in v.items()) if isinstance(v, dict) else f"{v}"))
+    return lines
+
+
 def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     """The model card (Markdown) of a zoo entry from its ``zoo_entry.json`` facts and measured metrics."""
     minutes = meta.get("train_seconds")
@@ -264,7 +282,7 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     if metrics:
         lines += [f"On the fresh SynthCXR test set (`configs/zoo/test_data.yaml`, seed 1001, never trained on), "
                   f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
-        lines += [f"- {k}: {v}" for k, v in metrics.items() if k != "command" and not isinstance(v, (dict, list))]
+        lines += _metric_lines(metrics, read_json(results).get("floor_most_common_training_report", {}))
     else:
         lines += ["Not benchmarked yet: `python benchmarks/zoo_synth.py` (then `radloop zoo card NAME`)."]
     curve = meta.get("validation_curve")
