@@ -47,6 +47,7 @@ from .models import (
     build_image_tower,
     pool_grid,
     teacher_forced_ce,
+    tower_grid_side,
 )
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
@@ -152,9 +153,7 @@ class CMCRLReportModel(GridVisualMixin, RadLoopModel):
         else:
             self.image_encoder = build_image_tower(visual)
             self.visual_proj = nn.Linear(self.image_encoder.num_features, d)
-            with torch.no_grad():
-                self._tower_side = int(self.image_encoder.forward_features(
-                    torch.zeros(1, 3, image_size, image_size)).shape[-1])
+            self._tower_side = tower_grid_side(self.image_encoder, image_size)
         grid = self.token_grid
         if use_vdm or use_ldm:
             if num_local > grid * grid * max_views:

@@ -27,7 +27,8 @@ from shared.zoo import resolve_zoo
 from .kv_cache import CachedSession, transformer_decoder_init, transformer_decoder_next
 
 __all__ = ["BaselineReportModel", "ReportModelOutput", "REPORT_DECODERS", "build_report_model",
-           "GridVisualMixin", "ReportDecoderMixin", "pool_grid", "teacher_forced_ce", "image_tower_state"]
+           "GridVisualMixin", "ReportDecoderMixin", "pool_grid", "teacher_forced_ce", "image_tower_state",
+           "tower_grid_side"]
 
 
 @dataclass
@@ -215,6 +216,12 @@ def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{source_dir} holds the judge classifier, which never initialises a generator; "
                          "pre-train the tower with `radloop train tower`")
     raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or TowerPretrainer image tower")
+
+
+def tower_grid_side(encoder: nn.Module, image_size: int) -> int:
+    """Cells per side of a timm tower's feature map for ``image_size`` inputs, from its output stride
+    (no forward pass: ``from_pretrained`` builds models on the meta device, where none can run)."""
+    return math.ceil(image_size / int(encoder.feature_info[-1]["reduction"]))
 
 
 def build_image_tower(visual: str) -> nn.Module:

@@ -35,6 +35,7 @@ from .models import (
     build_image_tower,
     pool_grid,
     teacher_forced_ce,
+    tower_grid_side,
 )
 
 __all__ = ["UARReportModel"]
@@ -70,8 +71,7 @@ class UARReportModel(GridVisualMixin, RadLoopModel):
             self.image_encoder = build_image_tower(visual)
             self.visual_proj = nn.Linear(self.image_encoder.num_features, d_model)
             self.word_embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
-            with torch.no_grad():
-                side = self.image_encoder.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+            side = tower_grid_side(self.image_encoder, image_size)
         side = side if grid_size is None else min(side, grid_size)
         num_visual = side * side
         self.aligner = CrossModalAligner(d_model, num_basis, num_heads, dropout, use_basis=use_basis,

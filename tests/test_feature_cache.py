@@ -127,3 +127,19 @@ def test_zero_shot_probabilities_by_hand():
     scale = model.clip.logit_scale.exp().detach()
     expected = torch.softmax(scale * torch.stack([image @ present, image @ absent], -1), -1)[:, 0]
     torch.testing.assert_close(probs[:, CHEXPERT_LABELS.index("Pneumothorax")], expected)
+
+
+@pytest.mark.parametrize("name,options", [("uar_tiny", {"use_lsu": False}),
+                                          ("cmcrl_tiny", {"visual": "cxr_resnet_tiny"})])
+def test_cnn_tower_variants_save_and_load_with_the_same_output(tmp_path, name, options):
+    """from_pretrained builds on the meta device: the grid size must not need a forward pass."""
+    from image2report.generator import ReportGenerator
+
+    torch.manual_seed(0)
+    m = build_report_model(name, len(TOK), **options).eval()
+    m.tokenizer = TOK
+    m.save_pretrained(tmp_path)
+    again = ReportGenerator.from_pretrained(tmp_path).model
+    images = torch.randn(2, 1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode(images), m.encode(images))
