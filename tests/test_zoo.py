@@ -172,7 +172,7 @@ def test_zoo_train_makes_the_data_then_a_backbone_then_a_decoder_on_it(tmp_path,
     texts = ReportGenerator.from_pretrained("zoo:dec").generate(torch.zeros(2, 1, 1, 32, 32))
     assert len(texts) == 2
 # -- the entries shipped in the repository ------------------------------------------------------
-SHIPPED = ["radclip_small", "ifnet"]
+SHIPPED = ["radclip_small", "baseline", "uar", "ifnet"]
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,8 @@ def test_zoo_backbone_ranks_same_finding_reports_first(monkeypatch, fresh_synth)
     assert metrics["i2t_label_precision@5"] > 0.6
 
 
-CE_FLOOR = 0.8  # zoo:ifnet measured 0.897 on these 66 studies (greedy); the most common report scores ~0.41
+#: zoo:ifnet measured 0.897 on these 66 studies (greedy); the most common report scores ~0.41
+CE_FLOOR = 0.8
 
 
 def _decoder_ce(gen: ReportGenerator, ds: ReportImageDataset) -> tuple[float, float]:
@@ -226,10 +227,11 @@ def _decoder_ce(gen: ReportGenerator, ds: ReportImageDataset) -> tuple[float, fl
     return ce, len(set(texts)) / len(texts)
 
 
-def test_zoo_decoder_reads_the_findings(monkeypatch, fresh_synth):
+@pytest.mark.parametrize("name", ["baseline", "uar", "ifnet"])
+def test_zoo_decoder_reads_the_findings(monkeypatch, fresh_synth, name):
     monkeypatch.delenv(ZOO_ENV, raising=False)
     ds = ReportImageDataset(fresh_synth / "annotation.json", "test", image_size=64)
-    ce, distinct = _decoder_ce(ReportGenerator.from_pretrained("zoo:ifnet"), ds)
+    ce, distinct = _decoder_ce(ReportGenerator.from_pretrained(f"zoo:{name}"), ds)
     assert ce > CE_FLOOR and distinct >= 0.3
 
 
