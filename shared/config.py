@@ -92,11 +92,11 @@ def _merge(base: DictConfig, other: DictConfig, source: str, key: str | None = N
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = key or getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
-        raise ConfigError(f"unknown config key '{key}' in {source}") from None
+        raise ConfigError(f"unknown config key {str(key)!r} in {source}") from None
     except OmegaConfBaseException as err:
         key = key or getattr(err, "full_key", None)
         first = str(err).splitlines()[0]
-        where = f"key '{key}' " if key else ""
+        where = f"key {str(key)!r} " if key else ""
         raise ConfigError(f"bad value for {where}in {source}: {first}") from None
 
 
@@ -127,13 +127,14 @@ def load_config(
             cfg = _merge(cfg, file_cfg, str(path))
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            # repr: a value with a newline or control characters still gives a one-line error
+            raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         try:
             dot = OmegaConf.create()
             OmegaConf.update(dot, key, _load_yaml(raw) if raw else "", merge=True)
         except (OmegaConfBaseException, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot parse override '{item}': {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"cannot parse override {item!r}: {(str(err).splitlines() or [''])[0]}") from None
         cfg = _merge(cfg, dot, "a command-line override", key)
     try:
         OmegaConf.resolve(cfg)

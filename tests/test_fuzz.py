@@ -21,7 +21,9 @@ LABELER = ReportLabeler()
 TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pneumothorax.", "the heart is enlarged."], min_freq=1)
 # any unicode, control characters and surrogate-free planes included
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: CI sees the same inputs every run, so a failure reproduces
+FAST = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _valid_labels(row: np.ndarray) -> bool:
@@ -55,7 +57,7 @@ def test_tokenizer_encodes_any_text_within_its_vocabulary(text):
     assert isinstance(TOK.decode(ids), str)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(preds=st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), TEXT, min_size=1),
        refs=st.dictionaries(st.sampled_from(["a", "b", "c"]), TEXT, min_size=1))
 def test_evaluate_reports_on_any_texts_and_id_sets(tmp_path_factory, capsys, preds, refs):
