@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,6 @@ def ensure_data(index: ZooIndex, test: bool = False) -> Path:
     config, out = (index.test_data, index.test_data_dir) if test else (index.data, index.data_dir)
     if (out / "annotation.json").is_file():
         return out
-    from dataclasses import asdict
-
     cfg = load_config({"synth": asdict(SynthConfig())}, config, [])
     logger.info("generating the zoo's %s data in %s from %s", "test" if test else "training", out, config)
     generate_dataset(out, SynthConfig(**OmegaConf.to_container(cfg.synth, resolve=True)), progress=False)

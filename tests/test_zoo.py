@@ -172,7 +172,7 @@ def test_zoo_train_makes_the_data_then_a_backbone_then_a_decoder_on_it(tmp_path,
     texts = ReportGenerator.from_pretrained("zoo:dec").generate(torch.zeros(2, 1, 1, 32, 32))
     assert len(texts) == 2
 # -- the entries shipped in the repository ------------------------------------------------------
-SHIPPED = ["radclip_small", "baseline", "uar", "ifnet"]
+SHIPPED = ["radclip_small", "baseline", "uar", "ifnet", "cmcrl"]
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def _decoder_ce(gen: ReportGenerator, ds: ReportImageDataset) -> tuple[float, fl
     return ce, len(set(texts)) / len(texts)
 
 
-@pytest.mark.parametrize("name", ["baseline", "uar", "ifnet"])
+@pytest.mark.parametrize("name", ["baseline", "uar", "ifnet", "cmcrl"])
 def test_zoo_decoder_reads_the_findings(monkeypatch, fresh_synth, name):
     monkeypatch.delenv(ZOO_ENV, raising=False)
     ds = ReportImageDataset(fresh_synth / "annotation.json", "test", image_size=64)
