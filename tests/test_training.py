@@ -66,10 +66,9 @@ def test_training_reduces_the_loss(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    _trainer(tmp_path / "full", 9).train()
-    # The same run killed during step 7 (checkpoints at 3 and 6), then started again.
-    killed = _trainer(tmp_path / "part", 9)
+def _run_killed_at_step_seven(folder, steps):
+    """Start a run into ``folder`` that dies during its 7th micro-step."""
+    killed = _trainer(folder, steps)
     calls = {"n": 0}
 
     def dies_at_seven(model, batch):
@@ -81,6 +80,12 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     killed.loss_fn = dies_at_seven
     with pytest.raises(KeyboardInterrupt):
         killed.train()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    _trainer(tmp_path / "full", 9).train()
+    # The same run killed during step 7 (checkpoints at 3 and 6), then started again.
+    _run_killed_at_step_seven(tmp_path / "part", 9)
     result = _trainer(tmp_path / "part", 9).train()
     assert result.steps == 9
     full, part = _params(tmp_path / "full" / "final"), _params(tmp_path / "part" / "final")
@@ -216,18 +221,7 @@ def test_a_checkpoint_killed_while_written_is_never_resumed_from(tmp_path):
 
     _trainer(tmp_path / "full", 9).train()
     run = tmp_path / "part"
-    killed = _trainer(run, 9)  # killed during step 7: checkpoints 3 and 6
-    calls = {"n": 0}
-
-    def dies_at_seven(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return _loss(model, batch)
-
-    killed.loss_fn = dies_at_seven
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
+    _run_killed_at_step_seven(run, 9)  # checkpoints 3 and 6
     ckpts = run / "checkpoints"
     # the run was killed in save_state of step 9: a partial folder under the temporary name
     shutil.copytree(ckpts / "checkpoint_6", ckpts / ".partial_checkpoint_9")
