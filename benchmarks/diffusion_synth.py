@@ -6,7 +6,9 @@
 * generation from test reports (DPM-Solver++ 20 steps, guidance 3): classifier mAUC against the
   generator's ground-truth image labels (beside the classifier's mAUC on the real test images, the
   ceiling), FID/KID in the backbone's image-embedding space beside the real-vs-real split-half floor;
-* counterfactual edits against SynthCXR's true counterfactuals: flip rate, SSIM to the truth;
+* counterfactual edits against SynthCXR's true counterfactuals: flip rate, SSIM to the truth and
+  outside the true edit's region, for plain DDIM inversion, masked editing (DiffEdit mask, no
+  identity tokens) and masked editing with the source's identity tokens;
 * initial-noise optimisation: AUC of the rarest training findings, plain vs optimised sampling;
 * noise filtering: precision/recall of the studies the filter flagged against SynthCXR's
   degraded / wrong-report flags (from ``<run-dir>/noise_filter.json``);
@@ -19,6 +21,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from report2image import ReportToCXRPipeline
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
+from shared.zoo import resolve_zoo
 
 
 def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,
@@ -49,7 +53,15 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--run-dir", dest="run_dir", help="the training run (for noise_filter.json)")
     parser.add_argument("--n", type=int, default=300, help="test reports to generate from")
     parser.add_argument("--edits", type=int, default=64)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=3.0, help="the scale when no --guidance-grid is given")
+    parser.add_argument("--guidance-grid", dest="guidance_grid", type=float, nargs="*", default=[],
+                        help="scales tried on validation reports; the best (judge mAUC) is used on the test set")
+    parser.add_argument("--val-n", dest="val_n", type=int, default=100)
+    parser.add_argument("--autoencoder-n", dest="autoencoder_n", type=int, default=0,
+                        help="test images whose reconstructions are scored (0: skip)")
+    parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+", default=[0.7])
+    parser.add_argument("--edit-steps", dest="edit_steps", type=int, default=50)
+    parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
     return parser.parse_args()
@@ -80,22 +92,63 @@ def score_generation(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge
     return out
 
 
-def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, judge: Judge, seed: int) -> dict:
-    """Edits at two strengths against the true counterfactual, and leaving the source unchanged."""
+#: counterfactual editing variants: (name, mask, use_identity)
+EDIT_VARIANTS = (("inversion", None, True), ("masked", "auto", False), ("masked_identity", "auto", True))
+
+
+def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, judge: Judge, seed: int,
+                          strengths: list[float], steps: int) -> dict:
+    """Each editing variant at each strength against the true counterfactual, and the unchanged source."""
     edits = counterfactual_edits(data, "test", edits_n, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
     added, removed = [e.added for e in edits], [e.removed for e in edits]
     out = {}
-    for strength in (0.5, 0.7):
-        edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
-                                     strength=strength, num_inference_steps=50, guidance_scale=2.0,
-                                     output_type="pt").images
-        cf = counterfactual_metrics(source, edited, truth, judge, added, removed)
-        out[f"counterfactual_strength_{strength}"] = {k: v for k, v in cf.items() if k != "per_edit"}
+    for strength in strengths:
+        for name, mask, identity in EDIT_VARIANTS:
+            if identity and not pipe.conditioner.config.use_identity and name != "inversion":
+                continue
+            start = time.perf_counter()
+            edit = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
+                                       strength=strength, num_inference_steps=steps, guidance_scale=2.0,
+                                       output_type="pt", mask=mask, use_identity=identity)
+            cf = counterfactual_metrics(source, edit.images, truth, judge, added, removed)
+            row = {k: v for k, v in cf.items() if k != "per_edit"}
+            row["seconds_per_edit"] = round((time.perf_counter() - start) / len(edits), 2)
+            if edit.masks is not None:
+                row["mask_area"] = float(edit.masks.mean())
+            out[f"counterfactual_{name}_strength_{strength}"] = row
     source_cf = counterfactual_metrics(source, source, truth, judge, added, removed)
     out["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
     return out
+
+
+def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge) -> dict:
+    """PSNR / SSIM of ``n`` test reconstructions and the judge's mAUC on them beside the real images'."""
+    from report2image.autoencoder import reconstruction_scores
+
+    images, labels = real["images"][:n], real["labels"][:n]
+    model_range = images * 2 - 1
+    scores = reconstruction_scores(pipe.vae, model_range)
+    with torch.no_grad():
+        recon = torch.cat([pipe.vae.decode(pipe.vae.encode(b).latent_dist.mean).sample.clamp(-1, 1)
+                           for b in model_range.split(64)])
+    auc_recon = multilabel_auroc(judge((recon + 1) / 2).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    return {"n": n, **scores, "judge_mauc_reconstructed": auc_recon, "judge_mauc_real": auc_real,
+            "mauc_gap": auc_real - auc_recon}
+
+
+def tune_guidance(pipe: ReportToCXRPipeline, data: Path, grid: list[float], n: int, judge: Judge, seed: int
+                  ) -> dict[str, Any]:
+    """The judge's mAUC on images generated from ``n`` validation reports at each guidance scale."""
+    val = load_image_set(data / "annotation.json", "val", pipe.image_size, "file")
+    reports, labels = val["reports"][:n], val["labels"][:n]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    per = {str(g): multilabel_auroc(judge(generate(pipe, reports, 20, g, seed + 99)).numpy(), labels,
+                                    CHEXPERT_LABELS)["mauc"] for g in grid}
+    best = max(grid, key=lambda g: per[str(g)])
+    return {"n_val": len(reports), "mauc_by_scale": per, "best": best}
 
 
 def score_noise_optimisation(pipe: ReportToCXRPipeline, data: Path, real: dict, judge: Judge, guidance: float,
@@ -149,23 +202,36 @@ def main() -> None:
     args = _parse_args()
     torch.manual_seed(args.seed)
     data = Path(args.data)
+    args.backbone = str(resolve_zoo(args.backbone))
     pipe = ReportToCXRPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
                     "conditioner": {k: pipe.conditioner.config[k]
                                     for k in ("use_refiner", "use_attributes", "use_identity")}}
     real = load_image_set(data / "annotation.json", "test", pipe.image_size, "file")
+    result["prediction_type"] = pipe.scheduler.config.prediction_type
     judge = Judge.from_pretrained(args.classifier)
-    # 1. generation from test reports (judge, FID, sampler speed); 2. counterfactuals
+    # 1. the autoencoder; 2. guidance tuned on validation reports
+    if args.autoencoder_n:
+        result["autoencoder"] = score_autoencoder(pipe, real, min(args.autoencoder_n, len(real["reports"])), judge)
+    if args.guidance_grid:
+        result["guidance_tuning"] = tune_guidance(pipe, data, args.guidance_grid, args.val_n, judge, args.seed)
+        args.guidance = result["guidance_tuning"]["best"]
+    result["guidance_scale"] = args.guidance
+    # 3. generation from test reports (judge, FID, sampler speed); 4. counterfactuals
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,
                                    args.guidance, args.seed))
-    result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed))
-    # 3. long-tail initial-noise optimisation; 4. the noise filter's flags
+    result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed, args.edit_strengths,
+                                        args.edit_steps))
+    # 5. long-tail initial-noise optimisation; 6. the noise filter's flags
     if not args.skip_noise_opt:
         result["noise_optimisation"] = score_noise_optimisation(pipe, data, real, judge, args.guidance, args.seed)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
         result["noise_filter"] = score_noise_filter(Path(args.run_dir), data)
-    print(json.dumps(result, indent=1, default=float))
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 from shared.backbone.classifier import ClassifierOutput, FindingsClassifier
 from shared.registry import Registry
+from shared.zoo import resolve_zoo
 
 from .images import FeatureExtractor
 
@@ -42,8 +43,9 @@ def build_classifier(name: str, **overrides: Any) -> CXRClassifier:
 
 
 def load_classifier(folder: str | Path) -> CXRClassifier:
-    """A judge saved by ``radloop train classifier``; another model's folder is refused by name."""
-    folder = Path(folder)
+    """A judge saved by ``radloop train classifier`` (a folder or ``zoo:NAME``); another model's folder is
+    refused by name."""
+    folder = Path(resolve_zoo(folder))
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no classifier in {folder} (config.json missing)")
     config = CXRClassifier.load_config(folder)

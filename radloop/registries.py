@@ -26,6 +26,7 @@ REGISTERING_MODULES = (
     "image2report",
     "image2report.train",
     "report2image.models",
+    "report2image.autoencoder",
     "report2image.train",
     "evaluation.classifier",
     "evaluation.train_classifier",

@@ -192,20 +192,25 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
     recipe = index.get(name)
     run = Path(run) if run is not None else Path("runs/zoo") / name
     best = run / "best"
-    if not (best / "config.json").is_file():
+    # a model folder (config.json) or a diffusers pipeline folder (model_index.json, one sub-folder per component)
+    config = next((best / f for f in ("config.json", "model_index.json") if (best / f).is_file()), None)
+    if config is None:
         raise FileNotFoundError(f"{best}: no saved model to export (train it: radloop zoo train {name})")
     target = index.folder(name, root)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     params = 0
-    for item in sorted(best.iterdir()):
-        if item.suffix == ".safetensors":
-            params += _half_weights(item, tmp / item.name)
-        elif item.is_file():
-            shutil.copy2(item, tmp / item.name)
+    for item in sorted(best.rglob("*")):
+        dst = tmp / item.relative_to(best)
+        if item.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        elif item.suffix == ".safetensors":
+            params += _half_weights(item, dst)
+        else:
+            shutil.copy2(item, dst)
     facts = _run_facts(run)
-    meta = {"name": name, "dataset": index.dataset, "class": read_json(best / "config.json").get("_class_name"),
+    meta = {"name": name, "dataset": index.dataset, "class": read_json(config).get("_class_name"),
             "trainer": recipe.trainer, "recipe": _rel(recipe.recipe),
             "command": f"radloop zoo train {name}", "needs": recipe.needs, "summary": recipe.summary,
             "data": {"config": _rel(index.data), **_synth_facts(index.data)},
@@ -294,9 +299,8 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     lines += ["", "## Intended use and limits", "",
               "A starting point for the suite's workflows on SynthCXR (the demo, augmentation, counterfactuals) "
               "and for fine-tuning. Trained on synthetic 64 px radiographs only: it has never seen a real "
-              "chest X-ray and must not be used on patients or for any clinical decision. Labels used in "
-              "training come from the suite's report labeler on the training reports, never from SynthCXR's "
-              "ground-truth labels file.", "",
+              "chest X-ray and must not be used on patients or for any clinical decision. "
+              + (_JUDGE_LABELS if meta.get("trainer") == "classifier" else _LABELER_LABELS), "",
               f"Data licence: {DATA_LICENCE}.", ""]
     return "\n".join(lines)
 
@@ -312,6 +316,11 @@ def refresh_card(name: str, index: ZooIndex | None = None, root: Path | None = N
     atomic_write_text(card, render_card(read_json(folder / ENTRY_FILE), results))
     return card
 
+
+_LABELER_LABELS = ("Labels used in training come from the suite's report labeler on the training reports, never from "
+                   "SynthCXR's ground-truth labels file.")
+_JUDGE_LABELS = ("As the suite's judge (an evaluator, not a generator) it learns SynthCXR's ground-truth labels file "
+                 "of the real training images; it never sees a generated image and shares no weights with a generator.")
 
 #: validation keys the card's curve leaves out (constants of the validation set)
 _CURVE_SKIP = {"n", "label_chance"}

@@ -42,7 +42,8 @@ class DiffusionLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, timesteps: torch.Tensor,
                 dropped: torch.Tensor, cond: ConditionOutput, refined: tuple[torch.Tensor, torch.Tensor] | None,
-                patient_ids: Sequence[str], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+                patient_ids: Sequence[str], labels: torch.Tensor, snr_weights: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Terms of one batch.
 
         Args:
@@ -52,6 +53,7 @@ class DiffusionLoss(nn.Module):
             cond: the conditioner's output (identity and pathology codes when disentangling).
             refined: (alignment loss, (B,) report-image cosine) of the vision-aware refiner, or None.
             patient_ids: (B,) patient of each sample; labels: (B, 14) the labeler's findings.
+            snr_weights: (B,) Min-SNR-gamma weights of the timesteps, or None (uniform).
         """
         # 1. per-sample denoising error
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
@@ -62,7 +64,9 @@ class DiffusionLoss(nn.Module):
             self.noise_filter.update(index[kept], timesteps[kept], per_sample[kept],
                                      None if refined is None else refined[1][kept])
             weights = self.noise_filter.weights(index).to(per_sample.device)
-        diffusion = (weights * per_sample).sum() / weights.sum().clamp_min(1.0)
+        # the filter compares raw errors per timestep; Min-SNR only reweights what is optimised
+        weighted = per_sample if snr_weights is None else per_sample * snr_weights.to(per_sample)
+        diffusion = (weights * weighted).sum() / weights.sum().clamp_min(1.0)
         terms = {"diffusion": diffusion, "kept": weights.mean()}
         loss = diffusion
         # 3. the vision-aware refiner's report-image alignment

@@ -38,7 +38,9 @@ from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from shared.zoo import resolve_zoo
 
+from .autoencoder import AutoencoderLossConfig, fit_autoencoder
 from .conditioning import ConditionOutput, ReportConditioner, attributes_from_results
 from .losses import DiffusionLoss
 from .models import build_autoencoder, build_unet, load_ldm_config
@@ -48,7 +50,8 @@ from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
-           "noise_scheduler", "CachedPairs"]
+           "noise_scheduler", "CachedPairs",
+           "training_target", "min_snr_weights"]
 
 
 @dataclass
@@ -63,7 +66,8 @@ class DiffusionModelConfig:
     #: a trained RadCLIP folder (``radloop train backbone``); None builds an untrained radclip_tiny
     #: on the training reports (for tests only: its token features carry little meaning)
     backbone: str | None = None
-    #: a saved diffusers AutoencoderKL folder; None trains one (stage 1)
+    #: a saved diffusers AutoencoderKL folder or ``zoo:`` name (``radloop train autoencoder``); None trains
+    #: one (stage 1)
     autoencoder: str | None = None
     use_refiner: bool = True
     use_attributes: bool = True
@@ -83,6 +87,12 @@ class DiffusionLossConfig:
     filter_signal: str = "both"
     #: steps before the filter drops anything (then it ramps in over as many)
     filter_warmup: int = 100
+    #: what the UNet predicts: "epsilon" (the noise) or "v_prediction" (Salimans & Ho's velocity);
+    #: saved in the pipeline's scheduler config, so samplers and inversion read it
+    prediction_type: str = "epsilon"
+    #: Min-SNR-gamma loss weighting (Hang et al. 2023): each timestep's loss weighted by
+    #: min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v); None: uniform
+    snr_gamma: float | None = None
 
 
 @dataclass
@@ -90,6 +100,8 @@ class AutoencoderTrainConfig:
     steps: int = 300
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6
+    ssim_weight: float = 0.0
+    gradient_weight: float = 0.0
     batch_size: int = 32
 
 
@@ -104,10 +116,33 @@ class DiffusionExperiment:
                                                                    warmup_steps=50))
 
 
-def noise_scheduler() -> DDPMScheduler:
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """The training noise schedule (Stable Diffusion's scaled-linear betas, no sample clipping in latent space)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"loss.prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, clip_sample=False)
+                         beta_end=0.012, clip_sample=False, prediction_type=prediction_type)
+
+
+def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                    ) -> torch.Tensor:
+    """What the UNet is trained to output for ``scheduler.config.prediction_type`` (same shape as latents)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    return noise
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """(B,) Min-SNR-gamma loss weights of timesteps ``t``, or None when ``gamma`` is None."""
+    if gamma is None:
+        return None
+    alphas = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alphas / (1.0 - alphas)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1.0) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
 
 
 class DiffusionPairs(Dataset):
@@ -191,30 +226,28 @@ class CachedPairs(Dataset):
 # -- stage 1: autoencoder ---------------------------------------------------------------
 def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: AutoencoderTrainConfig, output_dir: Path,
                       seed: int) -> AutoencoderKL:
-    """L1 reconstruction + ``kl_weight`` * KL; then ``scaling_factor`` = 1 / std of the latents."""
-    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        posterior = m.encode(batch["image"]).latent_dist
-        recon = m.decode(posterior.sample()).sample
-        l1 = F.l1_loss(recon, batch["image"])
-        kl = posterior.kl().mean()
-        return {"loss": l1 + cfg.kl_weight * kl, "l1": l1.detach(), "kl": kl.detach()}
-
+    """Stage 1 inside ``radloop train diffusion`` (:func:`report2image.autoencoder.fit_autoencoder` with
+    this section's weights, no validation); returns the ``final`` autoencoder with its ``scaling_factor``."""
     tcfg = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
                        eval_every=cfg.steps, checkpoint_every=cfg.steps, log_every=max(cfg.steps // 5, 1),
                        warmup_steps=min(20, cfg.steps // 10), seed=seed)
-    loader = training_loader(train_ds, cfg.batch_size, seed, collate_samples)
-    Trainer(vae, loader, loss_fn, tcfg).train()
-    vae = AutoencoderKL.from_pretrained(output_dir / "final")
-    vae.register_to_config(scaling_factor=_latent_scale(vae, train_ds))
-    vae.save_pretrained(output_dir / "final")
-    return vae
+    loss = AutoencoderLossConfig(kl_weight=cfg.kl_weight, ssim_weight=cfg.ssim_weight,
+                                 gradient_weight=cfg.gradient_weight)
+    fit_autoencoder(vae, _Images(train_ds), None, loss, tcfg, cfg.batch_size)
+    return AutoencoderKL.from_pretrained(output_dir / "final")
 
 
-@torch.no_grad()
-def _latent_scale(vae: AutoencoderKL, ds: DiffusionPairs, n: int = 256) -> float:
-    images = torch.stack([ds.base[i]["images"][0] for i in range(min(n, len(ds)))])
-    latents = vae.encode(images).latent_dist.mean
-    return float(1.0 / latents.std().clamp_min(1e-6))
+class _Images(Dataset):
+    """The images of :class:`DiffusionPairs` as the autoencoder trainer reads them."""
+
+    def __init__(self, pairs: DiffusionPairs) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.pairs.base[index]["images"][0]}
 
 
 # -- stage 2: UNet + conditioner ----------------------------------------------------------
@@ -224,9 +257,11 @@ class LatentDiffusionModel(nn.Module):
     with the frozen autoencoder and backbone."""
 
     def __init__(self, unet: UNet2DConditionModel, conditioner: ReportConditioner, vae: AutoencoderKL,
-                 text_encoder: RadCLIP, noise_filter: LatentNoiseFilter | None, bank_images: torch.Tensor) -> None:
+                 text_encoder: RadCLIP, noise_filter: LatentNoiseFilter | None, bank_images: torch.Tensor,
+                 prediction_type: str = "epsilon") -> None:
         super().__init__()
         self.unet, self.conditioner, self.noise_filter = unet, conditioner, noise_filter
+        self.prediction_type = prediction_type
         # Frozen parts are held outside the module tree: not trained, not in the checkpoints.
         self._frozen = (vae, text_encoder)
         self._bank_images = bank_images
@@ -250,9 +285,11 @@ class LatentDiffusionModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         vae, text_encoder = self._frozen
+        prediction_type = self.prediction_type
         if self.conditioner.config.use_identity:  # without identity tokens there is no bank to fill
             self.conditioner.fill_identity_bank(self._bank_images.to(next(self.unet.parameters()).device))
-        scheduler = DDIMScheduler.from_config(noise_scheduler().config, set_alpha_to_one=False, steps_offset=1)
+        scheduler = DDIMScheduler.from_config(noise_scheduler(prediction_type).config, set_alpha_to_one=False,
+                                              steps_offset=1)
         ReportToCXRPipeline(vae, self.unet, scheduler, text_encoder, self.conditioner).save_pretrained(folder)
 
 
@@ -260,7 +297,7 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
     if name is None:
         logger.warning("model.backbone is not set: using an untrained radclip_tiny text tower (tests only)")
         return build_backbone("radclip_tiny", ReportTokenizer.fit(train_reports, min_freq=1))
-    backbone = RadCLIP.from_pretrained(name)
+    backbone = RadCLIP.from_pretrained(resolve_zoo(name))
     if backbone.tokenizer is None:
         raise FileNotFoundError(f"{name} has no report_tokenizer.json beside the weights")
     return backbone
@@ -285,7 +322,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     conditioner = ReportConditioner(text_width=backbone.text_width, embed_dim=backbone.embed_dim,
                                     use_refiner=mcfg.use_refiner, use_attributes=mcfg.use_attributes,
                                     use_identity=mcfg.use_identity, **ldm["conditioner"])
-    scheduler = noise_scheduler()
+    scheduler = noise_scheduler(lcfg.prediction_type)
     nfilter = LatentNoiseFilter(len(train_ds), scheduler.config.num_train_timesteps, z=lcfg.filter_z,
                                 warmup_steps=lcfg.filter_warmup,
                                 signal=lcfg.filter_signal if mcfg.use_refiner else "loss") \
@@ -293,10 +330,10 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     # 3. the frozen models' outputs, once: latent distributions, text tokens, image embeddings
     cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner)
     bank = cached.images[train_ds.partner[: min(64, len(train_ds))]]
-    model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank)
+    model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank, lcfg.prediction_type)
     objective = DiffusionLoss(lcfg.refiner_weight, lcfg.group_weight, lcfg.independence_weight, nfilter)
     # 4. the training step and the validation score
-    loss_fn = _unet_step(scheduler, float(vae.config.scaling_factor), objective, mcfg, lcfg.cond_drop_prob)
+    loss_fn = _unet_step(scheduler, float(vae.config.scaling_factor), objective, mcfg, lcfg)
     eval_fn = _denoising_validation(val_ds, data.val_samples, vae, backbone, scheduler, mcfg)
     loader = training_loader(cached, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
     result = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="denoising_loss",
@@ -310,7 +347,7 @@ def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any], train_ds: Diffus
     """The given autoencoder, the one an earlier run of this folder trained, or a new one trained now."""
     out = Path(cfg.train.output_dir)
     if cfg.model.autoencoder:
-        return AutoencoderKL.from_pretrained(cfg.model.autoencoder)
+        return AutoencoderKL.from_pretrained(resolve_zoo(cfg.model.autoencoder))
     if (out / "autoencoder" / "final").is_dir():
         logger.info("reusing the autoencoder in %s", out / "autoencoder" / "final")
         return AutoencoderKL.from_pretrained(out / "autoencoder" / "final")
@@ -318,7 +355,7 @@ def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any], train_ds: Diffus
 
 
 def _unet_step(scheduler: DDPMScheduler, scaling_factor: float, objective: DiffusionLoss,
-               mcfg: DiffusionModelConfig, cond_drop_prob: float) -> Callable[[nn.Module, dict[str, Any]], dict]:
+               mcfg: DiffusionModelConfig, lcfg: DiffusionLossConfig) -> Callable[[nn.Module, dict[str, Any]], dict]:
     """The loss function of one UNet training batch (cached latents, tokens and embeddings)."""
     T = scheduler.config.num_train_timesteps
 
@@ -331,13 +368,14 @@ def _unet_step(scheduler: DDPMScheduler, scaling_factor: float, objective: Diffu
         noise = torch.randn_like(latents)
         t = torch.randint(0, T, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
-        drop = torch.rand(b, device=device) < cond_drop_prob
+        drop = torch.rand(b, device=device) < lcfg.cond_drop_prob
         pred, cond, refined = m(noisy, t, batch["tokens"], batch["mask"],
                                 batch["attributes"] if mcfg.use_attributes else None,
                                 batch["identity_image"] if mcfg.use_identity else None, drop,
                                 batch.get("image_embeds"))
-        # 3. the objective's named terms (noise filtering, refiner, disentanglement)
-        return objective(pred, noise, batch["index"], t, drop, cond, refined, batch["patient_id"], batch["labels"])
+        # 3. the objective's named terms (noise filtering, Min-SNR weights, refiner, disentanglement)
+        return objective(pred, training_target(scheduler, latents, noise, t), batch["index"], t, drop, cond, refined,
+                         batch["patient_id"], batch["labels"], min_snr_weights(scheduler, t, lcfg.snr_gamma))
 
     return loss_fn
 
@@ -358,6 +396,7 @@ def _denoising_validation(val_ds: DiffusionPairs, val_samples: int, vae: Autoenc
         val_tokens, val_mask = backbone_text_features(backbone, val_batch["report"], torch.device("cpu"))
     val_noise = torch.randn(val_latents.shape, generator=torch.Generator().manual_seed(4321))
     val_noisy = scheduler.add_noise(val_latents, val_noise, val_t)
+    val_target = training_target(scheduler, val_latents, val_noise, val_t)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         device = next(m.parameters()).device
@@ -365,7 +404,7 @@ def _denoising_validation(val_ds: DiffusionPairs, val_samples: int, vae: Autoenc
                        val_batch["attributes"].to(device) if mcfg.use_attributes else None,
                        val_batch["identity_image"].to(device) if mcfg.use_identity else None,
                        torch.zeros(n_val, dtype=torch.bool, device=device))
-        return {"denoising_loss": float(F.mse_loss(pred, val_noise.to(device)))}
+        return {"denoising_loss": float(F.mse_loss(pred, val_target.to(device)))}
 
     return eval_fn
 

@@ -192,6 +192,34 @@ def test_train_diffusion_ablation_arms_two_steps(tmp_path, tiny_synth, switch):
     assert pipe.conditioner.config.use_identity == (switch != "model.use_identity=false")
 
 
+def test_train_autoencoder_two_steps_then_diffusion_with_v_prediction_min_snr_and_ema(tmp_path, tiny_synth):
+    """The zoo's diffusion chain in small: an autoencoder selected by PSNR, then a v-prediction UNet with
+    Min-SNR weights and EMA on it; the saved pipeline's scheduler predicts v."""
+    from diffusers import AutoencoderKL
+
+    from radloop.cli import main
+
+    data, _ = tiny_synth
+    ae = tmp_path / "ae"
+    assert main(["train", "autoencoder", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+                 "data.batch_size=8", "data.val_samples=8", "loss.ssim_weight=0.2", "loss.gradient_weight=0.5",
+                 "train.max_steps=2", "train.eval_every=1", "train.progress=false", f"train.output_dir={ae}"]) == 0
+    history = json.loads((ae / "history.json").read_text())
+    assert [h["val/psnr"] for h in history if "val/psnr" in h] and any("train/gradient" in h for h in history)
+    vae = AutoencoderKL.from_pretrained(ae / "best")
+    assert vae.config.scaling_factor != 0.18215  # measured on the training latents
+    run = tmp_path / "diff"
+    assert main(["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+                 f"model.autoencoder={ae / 'best'}", "data.batch_size=8", "loss.prediction_type=v_prediction",
+                 "loss.snr_gamma=5.0", "train.ema_decay=0.9", "train.max_steps=2", "train.eval_every=2",
+                 "train.progress=false", f"train.output_dir={run}"]) == 0
+    assert not (run / "autoencoder").exists()
+    pipe = ReportToCXRPipeline.from_pretrained(run / "best")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(REPORTS[:1], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 32, 32)
+
+
 def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
     from radloop.cli import main
 
@@ -298,3 +326,77 @@ def test_diffusion_pairs_label_each_report_once(tiny_synth, monkeypatch):
     expected = torch.as_tensor(ReportLabeler().label_batch(pairs.base.reports)).nan_to_num(0.0)
     torch.testing.assert_close(pairs.labels, expected)
     torch.testing.assert_close(pairs.attributes, encode_attributes(pairs.base.reports))
+
+
+def test_masked_counterfactual_keeps_pixels_outside_a_planted_mask():
+    pipe = tiny_pipeline()
+    images = pipe(REPORTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    mask = torch.zeros(3, 1, 32, 32)
+    mask[:, :, 8:20, 4:14] = 1  # the planted region: the left lower lung
+    out = pipe.counterfactual(images, ["Large left pleural effusion."] * 3, source_reports=REPORTS, strength=0.8,
+                              num_inference_steps=4, output_type="pt", mask=mask, feather=1)
+    assert out.masks is mask or torch.equal(out.masks, mask)
+    # the feathered border may blend up to `feather` pixels outside the mask; beyond it the source stays
+    grown = torch.nn.functional.max_pool2d(mask, 3, 1, 1)
+    outside = grown == 0
+    assert (out.images - images).abs()[outside].max() < 1 / 255 + 1e-6
+    assert (out.images - images).abs()[mask.bool()].max() > 0.01  # inside, the edit acts
+    plain = pipe.counterfactual(images, ["Large left pleural effusion."] * 3, source_reports=REPORTS, strength=0.8,
+                                num_inference_steps=4, output_type="pt", mask=None)
+    assert plain.masks is None and (plain.images - images).abs()[outside].max() > 0.01
+    with pytest.raises(ValueError, match="mask of shape"):
+        pipe.counterfactual(images, REPORTS, mask=torch.ones(3, 1, 16, 16))
+    with pytest.raises(ValueError, match="mask must be"):
+        pipe.counterfactual(images, REPORTS, mask="everywhere")
+
+
+def test_diffedit_mask_is_binary_at_image_size_and_empty_for_the_same_report():
+    pipe = tiny_pipeline()
+    images = pipe(REPORTS, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    mask = pipe.edit_mask(images, REPORTS, ["No pleural effusion."] * 3, num_maps=2)
+    assert mask.shape == (3, 1, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < float(mask.mean()) < 1
+    # no change in the report, no difference in the predictions: nothing above the threshold
+    same = pipe.edit_mask(images, REPORTS, REPORTS, num_maps=2, dilate=0)
+    assert float(same.sum()) == 0.0
+    auto = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
+                               num_inference_steps=2, output_type="pt")
+    assert auto.masks is not None and auto.masks.shape == (3, 1, 32, 32)
+
+
+def test_v_prediction_target_and_min_snr_weights_by_hand():
+    from report2image.train import min_snr_weights, noise_scheduler, training_target
+
+    eps_sched, v_sched = noise_scheduler("epsilon"), noise_scheduler("v_prediction")
+    x0, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    t = torch.tensor([10, 900])
+    assert torch.equal(training_target(eps_sched, x0, noise, t), noise)
+    a = eps_sched.alphas_cumprod[t].view(2, 1, 1, 1)
+    torch.testing.assert_close(training_target(v_sched, x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    snr = (a / (1 - a)).flatten()
+    w_eps, w_v = min_snr_weights(eps_sched, t, 5.0), min_snr_weights(v_sched, t, 5.0)
+    # t=10: SNR >> 5, clipped; t=900: SNR < 5, weight 1 for epsilon
+    torch.testing.assert_close(w_eps, torch.stack([5.0 / snr[0], torch.tensor(1.0)]))
+    torch.testing.assert_close(w_v, torch.stack([5.0 / (snr[0] + 1), snr[1] / (snr[1] + 1)]))
+    assert min_snr_weights(eps_sched, t, None) is None
+    with pytest.raises(ValueError, match="prediction_type"):
+        noise_scheduler("sample")
+
+
+def test_autoencoder_loss_terms_and_perfect_reconstruction():
+    from report2image.autoencoder import AutoencoderLoss, AutoencoderLossConfig
+
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    loss = AutoencoderLoss(AutoencoderLossConfig(ssim_weight=0.5, gradient_weight=0.5))
+    perfect = loss(x, x, torch.zeros(2))
+    assert float(perfect["loss"]) == pytest.approx(0.0, abs=1e-5)
+    assert set(perfect) == {"loss", "l1", "kl", "ssim", "gradient"}
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    worse = loss(blurred, x, torch.zeros(2))
+    assert float(worse["gradient"]) > 0.1 and float(worse["ssim"]) > 0.05
+    # a shift of the mean costs L1 but no gradient
+    shifted = loss(x + 0.1, x, torch.zeros(2))
+    assert float(shifted["gradient"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(shifted["l1"]) == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="perceptual_tower"):
+        AutoencoderLoss(AutoencoderLossConfig(perceptual_weight=1.0))

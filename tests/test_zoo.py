@@ -61,6 +61,32 @@ def test_export_halves_the_weights_and_loads_back_by_name(tiny_zoo, tmp_path):
     assert refresh_card("tiny", index).read_text() == card
 
 
+def test_export_of_a_pipeline_folder_halves_every_component_and_loads_back(tiny_zoo, tmp_path):
+    """A diffusers pipeline (one sub-folder per component) exports and loads as ``zoo:NAME`` in float32."""
+    from report2image import ReportToCXRPipeline
+    from tests.test_report2image import REPORTS, tiny_pipeline
+
+    index, _, _ = tiny_zoo
+    pipe = tiny_pipeline()
+    run = tmp_path / "pipe_run"
+    pipe.save_pretrained(run / "best")
+    target = export_entry("tiny", run, index)
+    meta = json.loads((target / ENTRY_FILE).read_text())
+    assert meta["class"] == "ReportToCXRPipeline"
+    assert meta["parameters"] == sum(p.numel() for m in (pipe.vae, pipe.unet, pipe.text_encoder, pipe.conditioner)
+                                     for p in m.state_dict().values())
+    from safetensors.torch import load_file
+
+    stored = load_file(str(next((target / "unet").glob("*.safetensors"))))
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    loaded = ReportToCXRPipeline.from_pretrained("zoo:tiny")
+    loaded.set_progress_bar_config(disable=True)
+    assert {p.dtype for p in loaded.unet.parameters()} == {torch.float32}
+    a = pipe(REPORTS, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    b = loaded(REPORTS, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert (a - b).abs().max() < 0.05  # fp16 rounding of the weights only
+
+
 def test_zoo_names_that_do_not_resolve(tiny_zoo, tmp_path):
     index, run, _ = tiny_zoo
     assert resolve_zoo("runs/x") == "runs/x"
