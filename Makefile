@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_PIN)
-	$(BIN)/python -m pip install $(TORCH_PIN) -e ".[test]"
+	$(BIN)/python -m pip install $(TORCH_PIN) -e ".[test,app]"
 	# IU X-ray reports ship inside this wheel; its own dependencies are not needed.
 	$(BIN)/python -m pip install $(TORCH_PIN) --no-deps torchxrayvision
 	touch $(STAMP)

@@ -236,6 +236,18 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("radloop app needs gradio: pip install 'radloop[app]'") from None
+    from .app import main_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _echo(f"serving on {args.host}: anyone who can reach this machine can use the app")
+    return main_app(args.pipeline, args.report_model, args.judge or None, args.host, args.port)
+
+
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     from .roundtrip import run_roundtrip
 
@@ -448,6 +460,15 @@ def _add_workflows(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML (keys of AugmentExperiment; 'report' holds a report experiment)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_augment)
+
+    p = verbs.add_parser("app", help="a local web app: report -> X-ray, X-ray -> report, counterfactual editor",
+                         description="Gradio app over the zoo's models (or any saved folders), on 127.0.0.1.")
+    p.add_argument("--pipeline", default="zoo:ldm64", help="a ReportToCXRPipeline folder or zoo: name")
+    p.add_argument("--report-model", dest="report_model", default="zoo:uar", help="a report-model folder or zoo: name")
+    p.add_argument("--judge", default="zoo:judge64", help="a classifier folder or zoo: name ('' for none)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="default: gradio's (7860 or the next free one)")
+    p.set_defaults(func=cmd_app)
 
     p = verbs.add_parser("roundtrip", help="report -> image -> report and image -> report -> image")
     p.add_argument("--diffusion", required=True, help="a ReportToCXRPipeline folder")
