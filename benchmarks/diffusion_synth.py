@@ -123,8 +123,30 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
     return out
 
 
-def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge) -> dict:
-    """PSNR / SSIM of ``n`` test reconstructions and the judge's mAUC on them beside the real images'."""
+def clean_renders(data: Path, ids: list[str], size: int) -> tuple[torch.Tensor, list[int]]:
+    """Noise-free SynthCXR renders (K, 1, S, S) in [0, 1] of the studies among ``ids`` that carry no
+    degradation, and their positions in ``ids``: what the images show without the quantum noise."""
+    from shared.data.synthcxr.renderer import render
+    from shared.data.synthcxr.world import Acquisition, Finding, Patient
+
+    records = {r["id"]: r for r in read_attributes(data)}
+    keep, images = [], []
+    for i, study in enumerate(ids):
+        rec = records.get(study)
+        if rec is None or rec.get("degradation"):
+            continue
+        clean = render(Patient.from_dict(rec["patient"]), [Finding.from_dict(f) for f in rec["findings"]],
+                       Acquisition.from_dict(rec["acquisition"]), size, "frontal", noise=False)
+        keep.append(i)
+        images.append(torch.from_numpy(clean)[None])
+    return torch.stack(images), keep
+
+
+def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge, data: Path) -> dict:
+    """PSNR / SSIM of ``n`` test reconstructions and the judge's mAUC on them beside the real images'; the
+    same scores of the noise-free renders against the real images (what an autoencoder that keeps the
+    anatomy and findings but not the quantum noise reaches) and of the reconstructions against them."""
+    from evaluation.loop import psnr, ssim_map
     from report2image.autoencoder import reconstruction_scores
 
     images, labels = real["images"][:n], real["labels"][:n]
@@ -133,10 +155,18 @@ def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judg
     with torch.no_grad():
         recon = torch.cat([pipe.vae.decode(pipe.vae.encode(b).latent_dist.mean).sample.clamp(-1, 1)
                            for b in model_range.split(64)])
-    auc_recon = multilabel_auroc(judge((recon + 1) / 2).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    recon = (recon + 1) / 2
+    auc_recon = multilabel_auroc(judge(recon).numpy(), labels, CHEXPERT_LABELS)["mauc"]
     auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    clean, keep = clean_renders(data, real["ids"][:n], images.shape[-1])
+
+    def pair(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+        return {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim_map(a, b).flatten(1).mean(1).mean())}
+
     return {"n": n, **scores, "judge_mauc_reconstructed": auc_recon, "judge_mauc_real": auc_real,
-            "mauc_gap": auc_real - auc_recon}
+            "mauc_gap": auc_real - auc_recon, "n_undegraded": len(keep),
+            "noise_free_render_vs_real": pair(clean, images[keep]),
+            "reconstruction_vs_noise_free_render": pair(recon[keep], clean)}
 
 
 def tune_guidance(pipe: ReportToCXRPipeline, data: Path, grid: list[float], n: int, judge: Judge, seed: int
@@ -213,7 +243,8 @@ def main() -> None:
     judge = Judge.from_pretrained(args.classifier)
     # 1. the autoencoder; 2. guidance tuned on validation reports
     if args.autoencoder_n:
-        result["autoencoder"] = score_autoencoder(pipe, real, min(args.autoencoder_n, len(real["reports"])), judge)
+        result["autoencoder"] = score_autoencoder(pipe, real, min(args.autoencoder_n, len(real["reports"])), judge,
+                                                  data)
     if args.guidance_grid:
         result["guidance_tuning"] = tune_guidance(pipe, data, args.guidance_grid, args.val_n, judge, args.seed)
         args.guidance = result["guidance_tuning"]["best"]

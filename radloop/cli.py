@@ -210,7 +210,7 @@ def cmd_evaluate_images(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, echo=_echo)
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, from_scratch=args.from_scratch, echo=_echo)
     _echo("")
     _echo("| stage | seconds |")
     _echo("|---|---:|")
@@ -447,10 +447,13 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
 def _add_workflows(verbs: argparse._SubParsersAction) -> None:
     """The workflows: `radloop demo`, `radloop augment`, `radloop roundtrip`."""
     p = verbs.add_parser("demo", help="run the whole loop on SynthCXR on a CPU",
-                         description="SynthCXR data -> backbone -> report model -> classifier -> diffusion -> "
-                                     "evaluation -> counterfactuals -> augmentation -> round trip -> report.html.")
+                         description="Starts from the model zoo: fresh SynthCXR data -> evaluation -> "
+                                     "counterfactuals -> augmentation -> round trip -> report.html. --from-scratch "
+                                     "trains backbone, report model, classifier and diffusion first.")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="tiny models and data, under 2 minutes (used by the tests)")
+    p.add_argument("--from-scratch", dest="from_scratch", action="store_true",
+                   help="train every model for seconds instead of starting from the zoo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -1,9 +1,13 @@
 """``radloop demo``: the whole loop on SynthCXR on a CPU, ending in ``<out>/report.html``.
 
-Stages: SynthCXR data -> backbone -> report model -> classifier (the judge) -> diffusion ->
-evaluation -> counterfactuals -> augmentation -> round trip -> HTML report. Every number in the
-report is measured in this run and also written to ``<out>/results.json``; the per-stage times
-are printed at the end. ``--quick`` uses tiny models and data (the test suite runs it).
+By default the demo starts from the model zoo (:data:`ZOO_MODELS`: the diffusion model, a report
+decoder, the judge and the backbone, all trained once to convergence): fresh SynthCXR data ->
+evaluation -> counterfactuals -> a small fresh augmentation run (decoders on the zoo's frozen
+tower) beside the zoo benchmark's precomputed augmentation result -> round trip -> HTML report.
+``--from-scratch`` trains every model for seconds instead (backbone -> report model -> classifier
+-> diffusion), and ``--quick`` does that with tiny models and data (the test suite runs it). Every
+number in the report is measured in this run (or labelled as precomputed, with its command) and
+also written to ``<out>/results.json``; the per-stage times are printed at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ from shared.data.synthcxr import SynthConfig, counterfactual_edits, generate_dat
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig
+from shared.zoo import resolve_zoo
 
 from .augment import AugmentExperiment, run_augment
 from .html_report import DemoPage, write_demo_report
@@ -95,6 +100,14 @@ FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", bac
                  report_model="baseline_small", report_steps=150, classifier="classifier_small", classifier_steps=100,
                  ldm="ldm_small", autoencoder_steps=100, unet_steps=120, batch_size=32, n_eval=100, edits=16,
                  augment_per_finding=20, augment_report_steps=40, roundtrip_n=24, sample_steps=20)
+
+
+#: the zoo entries the demo starts from (``radloop zoo list``)
+ZOO_MODELS = {"diffusion": "zoo:ldm64", "report": "zoo:uar", "judge": "zoo:judge64", "backbone": "zoo:radclip_small"}
+# Fresh data from a seed no zoo training used; the augmentation arms train decoders on the zoo's frozen tower.
+ZOO = replace(FULL, patients=100, augment_per_finding=20, augment_report_steps=300, n_eval=100, edits=16)
+#: the zoo's augmentation benchmark (precomputed; quoted by the page when present)
+AUGMENT_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "zoo_augment_synthcxr64_cpu2.json"
 
 
 def _train_cfg(out: Path, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -150,7 +163,7 @@ def _train_models(out: Path, sizes: DemoSizes, annotation: str, seed: int, stage
     return report_exp
 
 
-def _evaluate(out: Path, trip: RoundTrip, judge: Judge, test: dict[str, Any], n: int) -> dict[str, Any]:
+def _evaluate(backbone: str, trip: RoundTrip, judge: Judge, test: dict[str, Any], n: int) -> dict[str, Any]:
     """Both directions on the first ``n`` test studies: report metrics, the judge's mAUC, FID."""
     with torch.no_grad():
         gen_reports = trip.image_to_report(test["images"][:n])
@@ -160,7 +173,7 @@ def _evaluate(out: Path, trip: RoundTrip, judge: Judge, test: dict[str, Any], n:
     labels = test["labels"][:n]
     auc_gen = multilabel_auroc(judge(gen_images).numpy(), labels, CHEXPERT_LABELS)
     auc_real = multilabel_auroc(judge(test["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
-    extractor = build_feature_extractor(f"backbone:{out / 'backbone' / 'best'}")
+    extractor = build_feature_extractor(f"backbone:{resolve_zoo(backbone)}")
     fid = fid_report(extract_features(extractor, test["images"]), extract_features(extractor, gen_images))
     return {"reports": evaluate_reports(preds, refs), "gen_reports": gen_reports, "gen_images": gen_images,
             "images": {"mauc_generated": auc_gen["mauc"], "mauc_real": auc_real["mauc"], **fid}}
@@ -191,6 +204,18 @@ def _rarest_findings(data: Path, k: int) -> list[str]:
     return [name for name, v in sorted(counts.items(), key=lambda kv: (kv[1], kv[0])) if v > 0][:k]
 
 
+def _zoo_report_experiment(out: Path, annotation: str, sizes: DemoSizes, seed: int) -> ReportExperiment:
+    """The zoo's baseline decoder recipe, short: a decoder on the frozen zoo:radclip_small tower, whose grid
+    features are computed once into ``out/feature_cache``."""
+    return ReportExperiment(
+        ReportDataConfig(annotation=annotation, image_size=sizes.size, batch_size=64, val_samples=sizes.val_samples,
+                         max_length=sizes.max_length, feature_cache=str(out / "feature_cache")),
+        ReportModelConfig(name="baseline_small", init_visual_from=ZOO_MODELS["backbone"], freeze_visual=True,
+                          options={"visual": "cxr_resnet_small"}),
+        DecodingConfig(num_beams=1, max_length=sizes.max_length),
+        _train_cfg(out / "report", sizes.augment_report_steps, 5e-4, seed))
+
+
 def _augmentation(out: Path, pipe: ReportToCXRPipeline, data: Path, report_exp: ReportExperiment,
                   sizes: DemoSizes, seed: int) -> dict[str, Any]:
     aug_report = ReportExperiment(report_exp.data, report_exp.model, report_exp.decoding,
@@ -211,30 +236,45 @@ def _history(run: Path) -> list[dict[str, float]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: bool = False,
              echo: Callable[[str], None] = logger.info) -> dict[str, Any]:
-    """Run every stage; write ``report.html`` and ``results.json`` under ``out``; return the results."""
-    sizes = QUICK if quick else FULL
+    """Run every stage; write ``report.html`` and ``results.json`` under ``out``; return the results.
+
+    Starts from the zoo (:data:`ZOO_MODELS`) unless ``from_scratch`` or ``quick`` (tiny models trained
+    for seconds, for the tests)."""
+    use_zoo = not (quick or from_scratch)
+    sizes = QUICK if quick else ZOO if use_zoo else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     annotation = str(data / "annotation.json")
     stage = _Stages(echo)
 
-    # 1. data; 2-5. models
-    stage("SynthCXR data", lambda: _make_data(data, sizes, seed, quick))
-    report_exp = _train_models(out, sizes, annotation, seed, stage)
-    pipe = ReportToCXRPipeline.from_pretrained(out / "diffusion" / "best")
+    # 1. data (for the zoo: a seed no zoo training used); 2-5. models, from the zoo or trained now
+    if use_zoo:
+        missing = [name for name in ZOO_MODELS.values() if not _in_zoo(name)]
+        if missing:
+            raise FileNotFoundError(f"the demo starts from the zoo, which lacks {', '.join(missing)}: "
+                                    "`radloop zoo train NAME` each, or run `radloop demo --from-scratch`")
+    stage("SynthCXR data", lambda: _make_data(data, sizes, seed + (2027 if use_zoo else 0), quick))
+    if use_zoo:
+        report_exp = _zoo_report_experiment(out, annotation, sizes, seed)
+        paths = dict(ZOO_MODELS)
+    else:
+        report_exp = _train_models(out, sizes, annotation, seed, stage)
+        paths = {"diffusion": str(out / "diffusion" / "best"), "report": str(out / "report" / "best"),
+                 "judge": str(out / "classifier" / "best"), "backbone": str(out / "backbone" / "best")}
+    pipe = ReportToCXRPipeline.from_pretrained(paths["diffusion"])
     pipe.set_progress_bar_config(disable=True)
-    generator = ReportGenerator.from_pretrained(out / "report" / "best",
+    generator = ReportGenerator.from_pretrained(paths["report"],
                                                 DecodingConfig(num_beams=1, max_length=sizes.max_length))
-    judge = Judge.from_pretrained(out / "classifier" / "best")
+    judge = Judge.from_pretrained(paths["judge"])
     trip = RoundTrip(pipe, generator, sizes.sample_steps, 3.0, seed)
     test = load_image_set(annotation, "test", sizes.size, "file")
     n = min(sizes.n_eval, len(test["reports"]))
 
     # 6. both directions; 7. counterfactuals; 8. augmentation on the two rarest findings; 9. round trip
-    ev = stage("evaluation", lambda: _evaluate(out, trip, judge, test, n))
+    ev = stage("evaluation", lambda: _evaluate(paths["backbone"], trip, judge, test, n))
     cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed))
     aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed))
     k = min(sizes.roundtrip_n, n)
@@ -242,16 +282,23 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
 
     # 10. the numbers and the HTML report
     results: dict[str, Any] = {
-        "mode": "quick" if quick else "full", "seed": seed,
+        "mode": "quick" if quick else "zoo" if use_zoo else "from scratch", "seed": seed,
+        "models": paths,
         "report_metrics": _numbers(ev["reports"]), "image_metrics": ev["images"],
         "counterfactual_metrics": cf["metrics"],
         "augmentation": {"rare_findings": aug["rare_findings"], "verdict": aug["verdict"], "summary": aug["summary"]},
         "roundtrip": {"report": _numbers(rt_reports), "image": _numbers(rt_images),
                       "per_finding": rt_reports["per_finding"]},
     }
-    intro = (f"RadLoop demo on SynthCXR ({results['mode']} mode, seed {seed}): {sizes.patients} patients, "
-             f"{sizes.size} px, CPU. Every number below was measured in this run; results.json holds them all.")
-    histories = {name: _history(out / name) for name in ("backbone", "report", "classifier", "diffusion")}
+    if use_zoo and AUGMENT_RESULTS.is_file():
+        results["augmentation_precomputed"] = json.loads(AUGMENT_RESULTS.read_text()).get("summary")
+    origin = ("models from the zoo (" + ", ".join(paths.values()) + "), trained once to convergence"
+              if use_zoo else "every model trained for seconds in this run")
+    intro = (f"RadLoop demo on SynthCXR ({results['mode']} mode, seed {seed}): {sizes.patients} fresh patients, "
+             f"{sizes.size} px, CPU; {origin}. Every number below was measured in this run; results.json holds "
+             "them all.")
+    names = ("report", "augment") if use_zoo else ("backbone", "report", "classifier", "diffusion")
+    histories = {name: _history(out / name) for name in names}
     page = DemoPage(test, n, ev, cf, aug, {"reports": rt_reports, "images": rt_images}, stage.times, histories,
                     results, intro)
     stage("HTML report", lambda: write_demo_report(out, page))
@@ -259,3 +306,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0,
     results["total_seconds"] = round(sum(sec for _, sec in stage.times), 1)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float) + "\n")
     return results
+
+
+def _in_zoo(name: str) -> bool:
+    try:
+        resolve_zoo(name)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True

@@ -271,3 +271,77 @@ def test_the_decoder_floor_catches_a_swapped_tower(monkeypatch, fresh_synth):
             module.reset_parameters()
     ds = ReportImageDataset(fresh_synth / "annotation.json", "test", image_size=64)
     assert _decoder_ce(gen, ds)[0] < CE_FLOOR
+
+
+# -- the diffusion half of the zoo ---------------------------------------------------------------
+DIFFUSION_SHIPPED = ["autoencoder64", "judge64", "ldm64"]
+
+
+def test_shipped_diffusion_entries_load_from_the_zoo(monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from evaluation.classifier import load_classifier
+    from report2image import ReportToCXRPipeline
+
+    monkeypatch.delenv(ZOO_ENV, raising=False)
+    assert set(DIFFUSION_SHIPPED) <= {key.split("/", 1)[1] for key in zoo_entries()}
+    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm64")
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.image_size == 64
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}
+    vae = AutoencoderKL.from_pretrained(resolve_zoo("zoo:autoencoder64"))
+    assert vae.config.scaling_factor == pytest.approx(pipe.vae.config.scaling_factor)
+    assert load_classifier("zoo:judge64").config.image_size == 64
+
+
+@pytest.fixture(scope="module")
+def zoo_judge():
+    from evaluation.classifier import Judge
+
+    return Judge.from_pretrained("zoo:judge64")
+
+
+#: the fixed reports of the regression test, each stating one finding the judge sees on real images
+FINDING_REPORTS = {"Pleural Effusion": "Large left pleural effusion.", "Cardiomegaly": "Severe cardiomegaly.",
+                   "Pneumothorax": "Large right pneumothorax.", "Support Devices": "Endotracheal tube in place."}
+
+
+@pytest.mark.parametrize("finding", list(FINDING_REPORTS))
+def test_zoo_diffusion_draws_the_finding_the_report_states(monkeypatch, zoo_judge, finding):
+    """Four images per fixed report, fixed seed: the judge must find the finding in most of them, and find it
+    more often than in images drawn from a normal report."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from report2image import ReportToCXRPipeline
+    from shared.labels import CHEXPERT_LABELS
+
+    monkeypatch.delenv(ZOO_ENV, raising=False)
+    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm64")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    k = CHEXPERT_LABELS.index(finding)
+    sick = pipe([FINDING_REPORTS[finding]] * 4, num_inference_steps=20, guidance_scale=GUIDANCE,
+                generator=torch.Generator().manual_seed(0), output_type="pt").images
+    normal = pipe(["No acute cardiopulmonary abnormality."] * 4, num_inference_steps=20, guidance_scale=GUIDANCE,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    p_sick, p_normal = zoo_judge(sick)[:, k], zoo_judge(normal)[:, k]
+    assert int((p_sick > 0.5).sum()) >= 3 and float(p_sick.mean()) > float(p_normal.mean()) + 0.2
+
+
+#: the guidance scale the zoo benchmark picked on validation reports
+GUIDANCE = 3.0
+
+
+def test_zoo_masked_edit_keeps_the_image_outside_its_mask(monkeypatch, fresh_synth):
+    from report2image import ReportToCXRPipeline
+    from shared.data.synthcxr import counterfactual_edits
+
+    monkeypatch.delenv(ZOO_ENV, raising=False)
+    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm64")
+    pipe.set_progress_bar_config(disable=True)
+    edits = counterfactual_edits(fresh_synth, "test", 4, seed=0)
+    source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
+    out = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
+                              strength=0.7, num_inference_steps=20, output_type="pt")
+    assert out.masks is not None and 0.0 < float(out.masks.mean()) < 0.6
+    grown = torch.nn.functional.max_pool2d(out.masks, 3, 1, 1)
+    assert (out.images - source).abs()[grown == 0].max() < 1.5 / 255  # 8-bit rounding only
