@@ -38,10 +38,13 @@ test: install lint
 
 # Re-train every zoo entry from its recipe (configs/zoo/index.yaml), backbone first, then score them all
 # and refresh the model cards: about an hour per entry on a 2-core CPU.
-ZOO_ENTRIES := radclip_small baseline ifnet uar cmcrl
+ZOO_ENTRIES := radclip_small baseline ifnet uar cmcrl judge64 autoencoder64 ldm64
 zoo: install
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
 	$(BIN)/python benchmarks/zoo_synth.py --json benchmarks/results/zoo_synthcxr64_cpu2.json
+	$(BIN)/python benchmarks/diffusion_synth.py --pipeline zoo:ldm64 --data runs/zoo/data/synthcxr64_test \
+		--classifier zoo:judge64 --backbone zoo:radclip_small --run-dir runs/zoo/ldm64 --guidance-grid 1.5 3 5 \
+		--val-data runs/zoo/data/synthcxr64 --autoencoder-n 300 --out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
 bench: install

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,15 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--guidance-grid", dest="guidance_grid", type=float, nargs="*", default=[],
                         help="scales tried on validation reports; the best (judge mAUC) is used on the test set")
     parser.add_argument("--val-n", dest="val_n", type=int, default=100)
+    parser.add_argument("--val-data", dest="val_data", help="the data whose val split tunes guidance (default --data)")
     parser.add_argument("--autoencoder-n", dest="autoencoder_n", type=int, default=0,
                         help="test images whose reconstructions are scored (0: skip)")
     parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+", default=[0.7])
     parser.add_argument("--edit-steps", dest="edit_steps", type=int, default=50)
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--zoo-results", dest="zoo_results",
+                        help="merge the zoo entries' measurements (autoencoder64, judge64, ldm64) into this zoo "
+                             "results file, which the model cards quote (radloop zoo card NAME)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
     return parser.parse_args()
@@ -228,6 +233,33 @@ def score_noise_filter(run_dir: Path, data: Path) -> dict:
             "base_rate": round(len(noisy) / n_train, 3)}
 
 
+def _r(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
+    """The measurements of each diffusion zoo entry, as the model cards list them."""
+    entries: dict[str, dict] = {}
+    ae = result.get("autoencoder")
+    if ae:
+        entries["autoencoder64"] = {"psnr_db": _r(ae["psnr"]), "ssim": _r(ae["ssim"]),
+                                    "judge_mauc_reconstructed": _r(ae["judge_mauc_reconstructed"]),
+                                    "judge_mauc_real": _r(ae["judge_mauc_real"]),
+                                    "noise_free_render_vs_real": {k: _r(v) for k, v in
+                                                                  ae["noise_free_render_vs_real"].items()},
+                                    "command": command}
+    entries["judge64"] = {"mauc_real_test": _r(result["mauc_real_ceiling"]), "command": command}
+    ldm = {"guidance_scale": result["guidance_scale"], "mauc_generated": _r(result["mauc_generated"]),
+           "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
+           "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result["ddim50_images_per_s"]}
+    for key, row in result.items():
+        if key.startswith("counterfactual_") and "flip_rate" in row and key != "counterfactual_identity_baseline":
+            ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
+                                                         ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
+    entries["ldm64"] = {**ldm, "command": command}
+    return entries
+
+
 def main() -> None:
     args = _parse_args()
     torch.manual_seed(args.seed)
@@ -246,7 +278,9 @@ def main() -> None:
         result["autoencoder"] = score_autoencoder(pipe, real, min(args.autoencoder_n, len(real["reports"])), judge,
                                                   data)
     if args.guidance_grid:
-        result["guidance_tuning"] = tune_guidance(pipe, data, args.guidance_grid, args.val_n, judge, args.seed)
+        val_data = Path(args.val_data) if args.val_data else data
+        result["guidance_tuning"] = tune_guidance(pipe, val_data, args.guidance_grid, args.val_n, judge, args.seed)
+        result["guidance_tuning"]["data"] = str(val_data)
         args.guidance = result["guidance_tuning"]["best"]
     result["guidance_scale"] = args.guidance
     # 3. generation from test reports (judge, FID, sampler speed); 4. counterfactuals
@@ -263,6 +297,12 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.zoo_results:
+        path = Path(args.zoo_results)
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        command = "python benchmarks/diffusion_synth.py " + " ".join(sys.argv[1:])
+        merged.setdefault("entries", {}).update(zoo_entry_metrics(result, command))
+        path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

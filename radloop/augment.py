@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from evaluation.reports import evaluate_reports
 from image2report.train import ReportExperiment, generate_reports, train_report_model
-from shared.config import atomic_write_text
+from shared.config import atomic_save_image, atomic_write_text
 from shared.data.dataset import load_records
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics.clinical import binarize, per_label_scores
@@ -125,7 +125,7 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
                                        output_type="pil")
         for i, (report, image) in enumerate(zip(reports, images, strict=True)):
             sid = f"syn_{slug}_{i:04d}"
-            image.save(out / "images" / f"{sid}.png")
+            atomic_save_image(image, out / "images" / f"{sid}.png")
             rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
                          "split": "train", "synthetic": True, "target_finding": finding})
     path = out / "synthetic.jsonl"

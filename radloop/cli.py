@@ -17,8 +17,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
+from shared.config import ConfigError, atomic_save_image, atomic_write_text, load_config, save_run_config
 from shared.data.dataset import DataError
+from shared.zoo import resolve_zoo
 
 from . import __version__
 
@@ -177,21 +178,39 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     reports += [""] * args.unconditional
     if not reports:
         raise ValueError("give --report TEXT (repeatable), --reports-file FILE or --unconditional N")
-    if not (Path(args.checkpoint) / "model_index.json").is_file():
+    checkpoint = resolve_zoo(args.checkpoint)
+    if not (Path(checkpoint) / "model_index.json").is_file():
         raise FileNotFoundError(f"no saved ReportToCXRPipeline in {args.checkpoint} (model_index.json missing)")
-    pipe = ReportToCXRPipeline.from_pretrained(args.checkpoint)
-    sampler = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}[args.sampler]
-    pipe.scheduler = sampler.from_config(pipe.scheduler.config)
-    images = pipe.generate_batched(reports, args.batch_size, args.seed, args.steps, args.guidance, output_type="pil")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for i, (report, image) in enumerate(zip(reports, images, strict=True)):
-        image.save(out / f"generated_{i:04d}.png")
-        manifest.append({"id": f"generated_{i:04d}", "report": report, "image_path": [f"generated_{i:04d}.png"],
-                         "split": "test", "synthetic": True})
+    # What this folder's images are of: a rerun of the same request skips the batches already written
+    # (each batch is seeded by its start index alone, so the result is the same); another request is refused.
+    request = {"checkpoint": str(args.checkpoint), "reports": reports, "seed": args.seed, "steps": args.steps,
+               "guidance": args.guidance, "sampler": args.sampler, "batch_size": args.batch_size}
+    request_file = out / ".generate_request.json"
+    if request_file.is_file() and json.loads(request_file.read_text()) != request:
+        raise FileExistsError(f"{out} holds images of another `radloop generate image` request "
+                              f"({request_file.name} differs): use another --out")
+    atomic_write_text(request_file, json.dumps(request, indent=1) + "\n")
+    names = [f"generated_{i:04d}" for i in range(len(reports))]
+    starts = [k for k in range(0, len(reports), args.batch_size)
+              if not all((out / f"{n}.png").is_file() for n in names[k:k + args.batch_size])]
+    if len(starts) < -(-len(reports) // args.batch_size):
+        _echo(f"{out}: skipping the batches written by an earlier run of this request")
+    if starts:
+        pipe = ReportToCXRPipeline.from_pretrained(checkpoint)
+        pipe.set_progress_bar_config(disable=True)
+        sampler = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}[args.sampler]
+        pipe.scheduler = sampler.from_config(pipe.scheduler.config)
+        for k in starts:
+            batch = pipe.generate_batched(reports[k:k + args.batch_size], args.batch_size, args.seed + k,
+                                          args.steps, args.guidance, output_type="pil")
+            for name, image in zip(names[k:k + args.batch_size], batch, strict=True):
+                atomic_save_image(image, out / f"{name}.png")
+    manifest = [{"id": name, "report": report, "image_path": [f"{name}.png"], "split": "test", "synthetic": True}
+                for name, report in zip(names, reports, strict=True)]
     atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
-    _echo(f"wrote {len(images)} images and manifest.jsonl to {out}")
+    _echo(f"wrote {len(reports)} images and manifest.jsonl to {out}")
     return 0
 
 

@@ -202,6 +202,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def atomic_save_image(image: Any, path: str | os.PathLike[str]) -> None:
+    """Save a PIL image to a temp file beside ``path`` (format from ``path``'s suffix), flush it, rename it:
+    a killed run never leaves a truncated image under the final name."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format=Image.registered_extensions()[path.suffix.lower()])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> Any:
     """Parse a JSON file; malformed JSON raises ``error`` naming the file, the problem and the line."""
     path = Path(path)

@@ -400,3 +400,27 @@ def test_autoencoder_loss_terms_and_perfect_reconstruction():
     assert float(shifted["l1"]) == pytest.approx(0.1, abs=1e-6)
     with pytest.raises(ValueError, match="perceptual_tower"):
         AutoencoderLoss(AutoencoderLossConfig(perceptual_weight=1.0))
+
+
+def test_generate_image_rerun_skips_finished_batches_and_refuses_another_request(tmp_path, capsys):
+    """Killed and run again, `radloop generate image` redoes only the unfinished batches (same pixels);
+    the same folder with another request is refused; no temp file is left behind."""
+    from radloop.cli import main
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "gen"
+    args = ["generate", "image", "--checkpoint", str(tmp_path / "pipe"), "--report", REPORTS[0], "--report",
+            REPORTS[1], "--report", REPORTS[2], "--steps", "2", "--batch-size", "2", "--out", str(out)]
+    assert main(args) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert sorted(first) == ["generated_0000.png", "generated_0001.png", "generated_0002.png"]
+    (out / "generated_0002.png").unlink()  # as if killed during the second batch
+    (out / "generated_0000.png").write_bytes(b"kept")  # a finished batch is not redone
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skipping the batches written by an earlier run" in capsys.readouterr().out
+    assert (out / "generated_0002.png").read_bytes() == first["generated_0002.png"]
+    assert (out / "generated_0000.png").read_bytes() == b"kept"
+    assert not [p for p in out.iterdir() if p.name.startswith(".generated")]
+    assert main(args[:-2] + ["--seed", "5", "--out", str(out)]) == 2
+    assert "holds images of another" in capsys.readouterr().err
