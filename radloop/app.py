@@ -452,13 +452,13 @@ def build_app(models: AppModels) -> Any:
         with gr.Tab("Round trip"):
             with gr.Row():
                 with gr.Column():
-                    r_report = gr.Textbox(label="Report (report -> X-ray -> report)", lines=2)
+                    r_report = gr.Textbox(label="Report (report -> X-ray -> report)", lines=2, elem_id="trip_report")
                     r_file = gr.File(label="...or an X-ray (X-ray -> report -> X-ray)")
                     r_button = gr.Button("Go round", variant="primary", elem_id="trip_button")
                 with gr.Column():
                     r_status = gr.Markdown(elem_id="trip_status")
-                    r_image = gr.Image(label="Image on the way", type="pil")
-                    r_text = gr.HighlightedText(label="Report on the way")
+                    r_image = gr.Image(label="Image on the way", type="pil", elem_id="trip_image")
+                    r_text = gr.HighlightedText(label="Report on the way", elem_id="trip_text")
                     r_note = gr.Markdown()
 
             def on_trip(report: str, file: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008

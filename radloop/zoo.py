@@ -270,7 +270,7 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         meta.get("summary", ""), "",
         "| | |", "|---|---|",
         f"| class | `{meta.get('class')}` |",
-        f"| load | `from_pretrained(\"zoo:{meta['name']}\")` or this folder's path |",
+        f"| load | {_load_line(meta)} |",
         f"| reproduce | `{meta['command']}` (recipe `{meta['recipe']}`, trainer `{meta['trainer']}`) |",
         f"| needs | {', '.join('zoo:' + n for n in meta.get('needs', [])) or '-'} |",
         f"| data | SynthCXR, `{data.get('config', '?')}`: {data.get('patients', '?')} patients x "
@@ -287,7 +287,8 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
                   f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
         lines += _metric_lines(metrics, read_json(results).get("floor_most_common_training_report", {}))
     else:
-        lines += ["Not benchmarked yet: `python benchmarks/zoo_synth.py` (then `radloop zoo card NAME`)."]
+        lines += ["Not benchmarked yet: `make zoo` runs the zoo benchmarks (`benchmarks/zoo_synth.py`, "
+                  "`benchmarks/diffusion_synth.py`), then `radloop zoo card NAME`."]
     curve = meta.get("validation_curve")
     if curve:
         keys = [k for k in curve[0] if k.startswith("val/") and k.removeprefix("val/") not in _CURVE_SKIP
@@ -303,6 +304,15 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
               + (_JUDGE_LABELS if meta.get("trainer") == "classifier" else _LABELER_LABELS), "",
               f"Data licence: {DATA_LICENCE}.", ""]
     return "\n".join(lines)
+
+
+def _load_line(meta: dict[str, Any]) -> str:
+    """How to load an entry: the suite's classes resolve ``zoo:`` names, diffusers' own need the folder."""
+    name = meta["name"]
+    if meta.get("class") == "AutoencoderKL":
+        return (f"`AutoencoderKL.from_pretrained(resolve_zoo(\"zoo:{name}\"))` (`shared.zoo.resolve_zoo`), "
+                f"`model.autoencoder=zoo:{name}` in a diffusion recipe, or this folder's path")
+    return f"`from_pretrained(\"zoo:{name}\")` or this folder's path"
 
 
 def refresh_card(name: str, index: ZooIndex | None = None, root: Path | None = None,

@@ -285,6 +285,19 @@ def test_browser_counterfactual_editor_shows_edit_and_difference(browser_app):
 
 
 @needs_browser
+def test_browser_round_trip_of_a_typed_report(browser_app):
+    chrome, _ = browser_app
+    from selenium.webdriver.common.by import By
+
+    _tab(chrome, "Round trip")
+    chrome.find_element(By.CSS_SELECTOR, "#trip_report textarea").send_keys("Moderate right pleural effusion.")
+    chrome.find_element(By.CSS_SELECTOR, "#trip_button").click()
+    _wait(chrome, "#trip_image img")
+    _wait(chrome, "#trip_text .token .text", lambda els: any(e.text.strip() for e in els))
+    _shot(chrome, "round_trip")
+
+
+@needs_browser
 def test_browser_text_file_upload_shows_the_error(browser_app, tmp_path):
     chrome, _ = browser_app
     from selenium.webdriver.common.by import By
