@@ -424,3 +424,35 @@ def test_generate_image_rerun_skips_finished_batches_and_refuses_another_request
     assert not [p for p in out.iterdir() if p.name.startswith(".generated")]
     assert main(args[:-2] + ["--seed", "5", "--out", str(out)]) == 2
     assert "holds images of another" in capsys.readouterr().err
+
+
+def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, tiny_synth, load_benchmark,
+                                                                     monkeypatch, capsys):
+    """benchmarks/diffusion_synth.py on a tiny pipeline: the autoencoder, guidance tuning, generation, the three
+    editing variants, and the zoo entries' measurements merged into a results file."""
+    from evaluation.classifier import build_classifier
+
+    data, _ = tiny_synth
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    pipe.text_encoder.save_pretrained(tmp_path / "backbone")
+    build_classifier("classifier_tiny", image_size=32).save_pretrained(tmp_path / "judge")
+    bench = load_benchmark("diffusion_synth")
+    zoo_results = tmp_path / "zoo.json"
+    zoo_results.write_text(json.dumps({"entries": {"radclip_small": {"kept": 1}}}))
+    monkeypatch.setattr("sys.argv", [
+        "diffusion_synth.py", "--pipeline", str(tmp_path / "pipe"), "--data", str(data), "--classifier",
+        str(tmp_path / "judge"), "--backbone", str(tmp_path / "backbone"), "--n", "6", "--edits", "2",
+        "--edit-steps", "2", "--ddim-steps", "2", "--autoencoder-n", "6", "--guidance-grid", "1.5", "3", "--val-n", "4",
+        "--skip-noise-opt", "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results)])
+    bench.main()
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["guidance_scale"] in (1.5, 3.0) and set(result["guidance_tuning"]["mauc_by_scale"]) == {"1.5", "3.0"}
+    assert {"psnr", "ssim", "judge_mauc_real", "noise_free_render_vs_real"} <= set(result["autoencoder"])
+    variants = [k for k in result if k.startswith("counterfactual_") and "strength" in k]
+    assert sorted(variants) == ["counterfactual_inversion_strength_0.7", "counterfactual_masked_identity_strength_0.7",
+                                "counterfactual_masked_strength_0.7"]
+    assert "mask_area" in result["counterfactual_masked_strength_0.7"]
+    entries = json.loads(zoo_results.read_text())["entries"]
+    assert set(entries) == {"radclip_small", "autoencoder64", "judge64", "ldm64"}
+    assert entries["ldm64"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
