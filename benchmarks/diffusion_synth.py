@@ -63,6 +63,11 @@ def _parse_args() -> argparse.Namespace:
                         help="test images whose reconstructions are scored (0: skip)")
     parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+", default=[0.7])
     parser.add_argument("--edit-steps", dest="edit_steps", type=int, default=50)
+    parser.add_argument("--edit-guidance", dest="edit_guidance", type=float, default=2.0,
+                        help="guidance of the edits (the zoo's: 5, with strength 0.9, picked on validation edits)")
+    parser.add_argument("--train-data", dest="train_data",
+                        help="the data the pipeline trained on: its train split names the rarest findings and "
+                             "holds the noise filter's truth (default --data)")
     parser.add_argument("--ddim-steps", dest="ddim_steps", type=int, default=50, help="DDIM steps of the speed row")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--zoo-results", dest="zoo_results",
@@ -103,7 +108,7 @@ EDIT_VARIANTS = (("inversion", None, True), ("masked", "auto", False), ("masked_
 
 
 def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, judge: Judge, seed: int,
-                          strengths: list[float], steps: int) -> dict:
+                          strengths: list[float], steps: int, guidance: float = 2.0) -> dict:
     """Each editing variant at each strength against the true counterfactual, and the unchanged source."""
     edits = counterfactual_edits(data, "test", edits_n, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
@@ -116,7 +121,7 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
                 continue
             start = time.perf_counter()
             edit = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
-                                       strength=strength, num_inference_steps=steps, guidance_scale=2.0,
+                                       strength=strength, num_inference_steps=steps, guidance_scale=guidance,
                                        output_type="pt", mask=mask, use_identity=identity)
             cf = counterfactual_metrics(source, edit.images, truth, judge, added, removed)
             row = {k: v for k, v in cf.items() if k != "per_edit"}
@@ -126,6 +131,7 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
             out[f"counterfactual_{name}_strength_{strength}"] = row
     source_cf = counterfactual_metrics(source, source, truth, judge, added, removed)
     out["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
+    out["counterfactual_guidance"] = guidance
     return out
 
 
@@ -187,11 +193,11 @@ def tune_guidance(pipe: ReportToCXRPipeline, data: Path, grid: list[float], n: i
     return {"n_val": len(reports), "mauc_by_scale": per, "best": best}
 
 
-def score_noise_optimisation(pipe: ReportToCXRPipeline, data: Path, real: dict, judge: Judge, guidance: float,
+def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: dict, judge: Judge, guidance: float,
                              seed: int) -> dict:
     """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without."""
     train_counts = {name: 0 for name in CHEXPERT_LABELS}
-    for rec in read_attributes(data):
+    for rec in read_attributes(train_data):
         if rec["split"] == "train":
             for name, v in rec["image_labels"].items():
                 train_counts[name] += int(v == 1)
@@ -254,7 +260,8 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
            "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
            "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result.get("ddim50_images_per_s")}
     for key, row in result.items():
-        if key.startswith("counterfactual_") and "flip_rate" in row and key != "counterfactual_identity_baseline":
+        if key.startswith("counterfactual_") and isinstance(row, dict) and "flip_rate" in row \
+                and key != "counterfactual_identity_baseline":
             ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
                                                          ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
     entries["ldm64"] = {**ldm, "command": command}
@@ -288,12 +295,14 @@ def main() -> None:
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,
                                    args.guidance, args.seed, args.ddim_steps))
     result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed, args.edit_strengths,
-                                        args.edit_steps))
+                                        args.edit_steps, args.edit_guidance))
+    train_data = Path(args.train_data) if args.train_data else data
     # 5. long-tail initial-noise optimisation; 6. the noise filter's flags
     if not args.skip_noise_opt:
-        result["noise_optimisation"] = score_noise_optimisation(pipe, data, real, judge, args.guidance, args.seed)
+        result["noise_optimisation"] = score_noise_optimisation(pipe, train_data, real, judge, args.guidance,
+                                                                args.seed)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
-        result["noise_filter"] = score_noise_filter(Path(args.run_dir), data)
+        result["noise_filter"] = score_noise_filter(Path(args.run_dir), train_data)
     text = json.dumps(result, indent=1, default=float)
     print(text)
     if args.out:
