@@ -45,6 +45,12 @@ __all__ = ["AppModels", "Example", "load_models", "build_app", "generate_images"
            "round_trip", "highlight_findings", "finding_sentence", "SAMPLERS"]
 
 SAMPLERS = ("DPM-Solver++", "DDIM")
+#: pixels an X-ray is shown at (the zoo's are 64 px; the browser scales them up)
+IMAGE_HEIGHT = 256
+#: the zoo diffusion model's guidance, chosen on validation reports (benchmarks/results/zoo_diffusion_*.json)
+GUIDANCE = 5.0
+#: the zoo diffusion model's edit settings, chosen on validation edits (benchmarks/edit_tuning.py)
+EDIT_STRENGTH, EDIT_GUIDANCE = 0.9, 5.0
 SEVERITIES = ("", "small", "mild", "moderate", "large", "severe")
 SIDES = ("", "left", "right", "bilateral")
 #: the first words of each finding in a sentence written by the editor's form
@@ -205,6 +211,14 @@ def finding_sentence(finding: str, action: str, severity: str = "", side: str = 
     return text[0].upper() + text[1:] + "."
 
 
+def _shown(image: Image.Image | None) -> Image.Image | None:
+    """An image enlarged to :data:`IMAGE_HEIGHT` for the page (browsers show a 64 px image at 64 px)."""
+    if image is None or image.size[1] >= IMAGE_HEIGHT:
+        return image
+    side = IMAGE_HEIGHT
+    return image.resize((round(image.size[0] * side / image.size[1]), side), Image.BICUBIC)
+
+
 def _set_sampler(pipe: ReportToCXRPipeline, sampler: str) -> None:
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
@@ -226,7 +240,7 @@ def difference_map(source: torch.Tensor, edited: torch.Tensor) -> Image.Image:
 
 # -- the four tabs' work -----------------------------------------------------------------
 @torch.no_grad()
-def generate_images(models: AppModels, report: str, seed: int = 0, steps: int = 20, guidance: float = 3.0,
+def generate_images(models: AppModels, report: str, seed: int = 0, steps: int = 20, guidance: float = GUIDANCE,
                     sampler: str = "DPM-Solver++", n: int = 2) -> dict[str, Any]:
     """Report -> ``n`` X-rays: ``images`` (PIL), ``findings`` (the labeler's reading), ``judge``
     (mean probability of each finding over the images)."""
@@ -262,10 +276,11 @@ def changed_findings(models: AppModels, source_report: str, new_report: str) -> 
 
 
 @torch.no_grad()
-def edit_image(models: AppModels, image: Image.Image, source_report: str, new_report: str, strength: float = 0.7,
-               masked: bool = True, steps: int = 50, true_cf: Image.Image | None = None) -> dict[str, Any]:
+def edit_image(models: AppModels, image: Image.Image, source_report: str, new_report: str,
+               strength: float = EDIT_STRENGTH, masked: bool = True, steps: int = 50,
+               true_cf: Image.Image | None = None, guidance: float = EDIT_GUIDANCE) -> dict[str, Any]:
     """Counterfactual edit: ``edited``, ``difference`` (RGB map), ``mask`` (or None), ``changes`` rows
-    (finding, change, judge before, judge after[, on the true counterfactual])."""
+    (finding, change, judge before, judge after, judge on the true counterfactual or "")."""
     source_report, new_report = _check_report(source_report), _check_report(new_report)
     if new_report == source_report:
         raise AppError("the new report is the same as the source report: edit it first")
@@ -273,12 +288,14 @@ def edit_image(models: AppModels, image: Image.Image, source_report: str, new_re
         raise AppError(f"strength must be between 0.1 and 1, got {strength}")
     x = _tensor01(image, models.size)
     out = models.pipeline.counterfactual(x, [new_report], [source_report], strength=float(strength),
-                                         num_inference_steps=int(steps), output_type="pt",
+                                         num_inference_steps=int(steps), guidance_scale=float(guidance),
+                                         output_type="pt",
                                          mask="auto" if masked else None)
     added, removed = changed_findings(models, source_report, new_report)
     before, after = _judge(models, x)[0], _judge(models, out.images)[0]
     truth = _judge(models, _tensor01(true_cf, models.size))[0] if true_cf is not None else {}
-    rows = [[name, change, before.get(name, ""), after.get(name, "")] + ([truth.get(name, "")] if truth else [])
+    # five columns always (the page's table has five): the last is blank without a true counterfactual
+    rows = [[name, change, before.get(name, ""), after.get(name, ""), truth.get(name, "")]
             for change, names in (("added", added), ("removed", removed)) for name in names]
     mask = None if out.masks is None else Image.fromarray((out.masks[0, 0].numpy() * 255).astype(np.uint8), "L")
     return {"edited": postprocess(out.images * 2 - 1, "pil")[0], "difference": difference_map(x, out.images),
@@ -360,11 +377,11 @@ def build_app(models: AppModels) -> Any:
                     with gr.Row():
                         g_seed = gr.Number(label="Seed", value=0, precision=0)
                         g_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                        g_guidance = gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="Guidance")
+                        g_guidance = gr.Slider(1.0, 8.0, value=GUIDANCE, step=0.5, label="Guidance")
                     g_sampler = gr.Dropdown(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
                     g_button = gr.Button("Generate", variant="primary", elem_id="gen_button")
                 with gr.Column():
-                    g_gallery = gr.Gallery(label="Generated X-rays", columns=2, elem_id="gen_gallery")
+                    g_gallery = gr.Gallery(label="Generated X-rays", columns=2, height=300, elem_id="gen_gallery")
                     g_status = gr.Markdown(elem_id="gen_status")
             g_high = gr.HighlightedText(label="The labeler's reading")
             g_table = gr.Dataframe(headers=["finding", "status", "severity", "laterality", "zones"],
@@ -388,7 +405,7 @@ def build_app(models: AppModels) -> Any:
                     d_beams = gr.Slider(1, 5, value=3, step=1, label="Beams (1 = greedy)")
                     d_button = gr.Button("Write the report", variant="primary", elem_id="describe_button")
                 with gr.Column():
-                    d_preview = gr.Image(label="Input", type="pil", interactive=False)
+                    d_preview = gr.Image(label="Input", type="pil", interactive=False, height=IMAGE_HEIGHT)
                     d_status = gr.Markdown(elem_id="describe_status")
                     d_report = gr.HighlightedText(label="Generated report", elem_id="describe_report")
                     d_judge = gr.Label(num_top_classes=5, label="Judge: probability of each finding")
@@ -396,7 +413,7 @@ def build_app(models: AppModels) -> Any:
             def on_describe(file: Any, beams: float, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
                 progress(0.2, desc="reading the image")
                 r = describe_image(models, _read_upload(file), int(beams))
-                return r["preview"], r["highlighted"], r["judge"]
+                return _shown(r["preview"]), r["highlighted"], r["judge"]
 
             d_example.change(lambda name: pick_example(name)[0], d_example, d_file)
             d_button.click(_guarded(on_describe, 3), [d_file, d_beams], [d_preview, d_report, d_judge, d_status])
@@ -416,18 +433,20 @@ def build_app(models: AppModels) -> Any:
                         f_side = gr.Dropdown(list(SIDES), value="left", label="Side")
                     f_button = gr.Button("Write this into the edited report")
                     with gr.Row():
-                        e_strength = gr.Slider(0.1, 1.0, value=0.7, step=0.05, label="Strength")
+                        e_strength = gr.Slider(0.1, 1.0, value=EDIT_STRENGTH, step=0.05, label="Strength")
+                        e_guidance = gr.Slider(1.0, 10.0, value=EDIT_GUIDANCE, step=0.5, label="Guidance")
                         e_masked = gr.Checkbox(value=True, label="Keep the rest of the image (DiffEdit mask)")
                     e_button = gr.Button("Edit", variant="primary", elem_id="edit_button")
                 with gr.Column():
                     e_status = gr.Markdown(elem_id="edit_status")
                     with gr.Row():
-                        e_edited = gr.Image(label="Edited", type="pil", elem_id="edit_edited")
+                        e_edited = gr.Image(label="Edited", type="pil", elem_id="edit_edited", height=IMAGE_HEIGHT)
                         e_diff = gr.Image(label="Difference (red brighter, blue darker)", type="pil",
-                                          elem_id="edit_diff")
+                                          elem_id="edit_diff", height=IMAGE_HEIGHT)
                     with gr.Row():
-                        e_mask = gr.Image(label="Edit mask", type="pil")
-                        e_truth = gr.Image(label="True counterfactual (SynthCXR examples)", type="pil")
+                        e_mask = gr.Image(label="Edit mask", type="pil", height=IMAGE_HEIGHT)
+                        e_truth = gr.Image(label="True counterfactual (SynthCXR examples)", type="pil",
+                                           height=IMAGE_HEIGHT)
                     e_changes = gr.Dataframe(headers=["finding", "change", "judge before", "judge after",
                                                       "judge on the truth"], label="Changed findings")
 
@@ -435,18 +454,20 @@ def build_app(models: AppModels) -> Any:
                 base = (new or source or "").strip()
                 return (base + " " if base else "") + finding_sentence(finding, action, severity, side)
 
-            def on_edit(file: Any, source: str, new: str, strength: float, masked: bool, example: str | None,
-                        progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+            def on_edit(file: Any, source: str, new: str, strength: float, guidance: float, masked: bool,
+                        example: str | None, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
                 progress(0.1, desc="inverting the source")
                 truth = examples[example].true_cf if example in examples and \
                     (examples[example].new_report or "").strip() == (new or "").strip() else None
-                r = edit_image(models, _read_upload(file), source, new, strength, masked, true_cf=truth)
-                return r["edited"], r["difference"], r["mask"], truth, r["changes"]
+                r = edit_image(models, _read_upload(file), source, new, strength, masked, true_cf=truth,
+                               guidance=guidance)
+                return (_shown(r["edited"]), _shown(r["difference"]), _shown(r["mask"]), _shown(truth),
+                        r["changes"])
 
             e_example.change(lambda name: pick_example(name), e_example, [e_file, e_source, e_new, e_truth])
             f_button.click(_guarded(lambda *a: (on_form(*a),), 1),
                            [e_new, e_source, f_finding, f_action, f_severity, f_side], [e_new, e_status])
-            e_button.click(_guarded(on_edit, 5), [e_file, e_source, e_new, e_strength, e_masked, e_example],
+            e_button.click(_guarded(on_edit, 5), [e_file, e_source, e_new, e_strength, e_guidance, e_masked, e_example],
                            [e_edited, e_diff, e_mask, e_truth, e_changes, e_status])
         # 4. round trip
         with gr.Tab("Round trip"):
@@ -457,7 +478,7 @@ def build_app(models: AppModels) -> Any:
                     r_button = gr.Button("Go round", variant="primary", elem_id="trip_button")
                 with gr.Column():
                     r_status = gr.Markdown(elem_id="trip_status")
-                    r_image = gr.Image(label="Image on the way", type="pil", elem_id="trip_image")
+                    r_image = gr.Image(label="Image on the way", type="pil", elem_id="trip_image", height=IMAGE_HEIGHT)
                     r_text = gr.HighlightedText(label="Report on the way", elem_id="trip_text")
                     r_note = gr.Markdown()
 
@@ -466,7 +487,7 @@ def build_app(models: AppModels) -> Any:
                 image = None if (report or "").strip() else _read_upload(file)
                 r = round_trip(models, report, image)
                 note = r.get("kept") or f"SSIM between the input and the regenerated X-ray: {r['ssim']}"
-                return r["image"], r["highlighted"], note
+                return _shown(r["image"]), r["highlighted"], note
 
             r_button.click(_guarded(on_trip, 3), [r_report, r_file], [r_image, r_text, r_note, r_status])
     return page

@@ -105,7 +105,7 @@ FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", bac
 #: the zoo entries the demo starts from (``radloop zoo list``)
 ZOO_MODELS = {"diffusion": "zoo:ldm64", "report": "zoo:uar", "judge": "zoo:judge64", "backbone": "zoo:radclip_small"}
 # Fresh data from a seed no zoo training used; the augmentation arms train decoders on the zoo's frozen tower.
-ZOO = replace(FULL, patients=100, augment_per_finding=20, augment_report_steps=300, n_eval=100, edits=16)
+ZOO = replace(FULL, patients=100, augment_per_finding=20, augment_report_steps=150, n_eval=100, edits=16)
 #: the zoo's augmentation benchmark (precomputed; quoted by the page when present)
 AUGMENT_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "zoo_augment_synthcxr64_cpu2.json"
 
@@ -179,15 +179,15 @@ def _evaluate(backbone: str, trip: RoundTrip, judge: Judge, test: dict[str, Any]
             "images": {"mauc_generated": auc_gen["mauc"], "mauc_real": auc_real["mauc"], **fid}}
 
 
-def _counterfactuals(pipe: ReportToCXRPipeline, judge: Judge, data: Path, sizes: DemoSizes, seed: int
-                     ) -> dict[str, Any]:
-    """Edits of test studies scored against SynthCXR's true counterfactuals."""
+def _counterfactuals(pipe: ReportToCXRPipeline, judge: Judge, data: Path, sizes: DemoSizes, seed: int,
+                     strength: float = 0.6, guidance: float = 2.0) -> dict[str, Any]:
+    """Edits of test studies scored against SynthCXR's true counterfactuals (masked editing)."""
     edits = counterfactual_edits(data, "test", sizes.edits, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
     edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
-                                 strength=0.6, num_inference_steps=max(sizes.sample_steps, 10),
-                                 output_type="pt").images
+                                 strength=strength, guidance_scale=guidance,
+                                 num_inference_steps=max(sizes.sample_steps, 10), output_type="pt").images
     metrics = counterfactual_metrics(source, edited, truth, judge, [e.added for e in edits],
                                      [e.removed for e in edits])
     return {"edits": edits, "edited": edited, "metrics": {k: v for k, v in metrics.items() if k != "per_edit"}}
@@ -217,14 +217,14 @@ def _zoo_report_experiment(out: Path, annotation: str, sizes: DemoSizes, seed: i
 
 
 def _augmentation(out: Path, pipe: ReportToCXRPipeline, data: Path, report_exp: ReportExperiment,
-                  sizes: DemoSizes, seed: int) -> dict[str, Any]:
+                  sizes: DemoSizes, seed: int, guidance: float = 3.0) -> dict[str, Any]:
     aug_report = ReportExperiment(report_exp.data, report_exp.model, report_exp.decoding,
                                   _train_cfg(out / "augment", sizes.augment_report_steps, 5e-4, seed))
     aug_report.train.progress = False
     return run_augment(AugmentExperiment(
         annotation=str(data / "annotation.json"), output_dir=str(out / "augment"),
         findings=_rarest_findings(data, 2), per_finding=sizes.augment_per_finding, seeds=list(sizes.augment_seeds),
-        num_inference_steps=sizes.sample_steps, report=aug_report), pipe=pipe)
+        num_inference_steps=sizes.sample_steps, guidance_scale=guidance, report=aug_report), pipe=pipe)
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, Any]:
@@ -269,14 +269,17 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     generator = ReportGenerator.from_pretrained(paths["report"],
                                                 DecodingConfig(num_beams=1, max_length=sizes.max_length))
     judge = Judge.from_pretrained(paths["judge"])
-    trip = RoundTrip(pipe, generator, sizes.sample_steps, 3.0, seed)
+    # guidance: the zoo model's was chosen on validation reports (benchmarks/results/zoo_diffusion_*.json)
+    trip = RoundTrip(pipe, generator, sizes.sample_steps, 5.0 if use_zoo else 3.0, seed)
     test = load_image_set(annotation, "test", sizes.size, "file")
     n = min(sizes.n_eval, len(test["reports"]))
 
     # 6. both directions; 7. counterfactuals; 8. augmentation on the two rarest findings; 9. round trip
     ev = stage("evaluation", lambda: _evaluate(paths["backbone"], trip, judge, test, n))
-    cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed))
-    aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed))
+    # the zoo model's edit settings were chosen on validation edits (benchmarks/edit_tuning.py)
+    edit = {"strength": 0.9, "guidance": 5.0} if use_zoo else {}
+    cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed, **edit))
+    aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed, trip.guidance))
     k = min(sizes.roundtrip_n, n)
     rt_reports, rt_images = stage("round trip", lambda: trip.both(test["reports"][:k], test["images"][:k]))
 
