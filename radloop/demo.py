@@ -3,11 +3,12 @@
 By default the demo starts from the model zoo (:data:`ZOO_MODELS`: the diffusion model, a report
 decoder, the judge and the backbone, all trained once to convergence): fresh SynthCXR data ->
 evaluation -> counterfactuals -> a small fresh augmentation run (decoders on the zoo's frozen
-tower) beside the zoo benchmark's precomputed augmentation result -> round trip -> HTML report.
+tower) -> round trip -> HTML report; ``results.json`` also quotes the zoo's precomputed
+augmentation benchmark (:data:`AUGMENT_RESULTS`) when that file exists (not yet: issue 17).
 ``--from-scratch`` trains every model for seconds instead (backbone -> report model -> classifier
 -> diffusion), and ``--quick`` does that with tiny models and data (the test suite runs it). Every
-number in the report is measured in this run (or labelled as precomputed, with its command) and
-also written to ``<out>/results.json``; the per-stage times are printed at the end.
+number in the report is measured in this run and also written to ``<out>/results.json``; the
+per-stage times are printed at the end.
 """
 
 from __future__ import annotations

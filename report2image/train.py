@@ -50,8 +50,7 @@ from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
-           "noise_scheduler", "CachedPairs",
-           "training_target", "min_snr_weights"]
+           "noise_scheduler", "CachedPairs", "training_target", "min_snr_weights"]
 
 
 @dataclass
