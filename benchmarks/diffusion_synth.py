@@ -158,22 +158,18 @@ def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judg
     """PSNR / SSIM of ``n`` test reconstructions and the judge's mAUC on them beside the real images'; the
     same scores of the noise-free renders against the real images (what an autoencoder that keeps the
     anatomy and findings but not the quantum noise reaches) and of the reconstructions against them."""
-    from evaluation.loop import psnr, ssim_map
-    from report2image.autoencoder import reconstruction_scores
-
-    images, labels = real["images"][:n], real["labels"][:n]
-    model_range = images * 2 - 1
-    scores = reconstruction_scores(pipe.vae, model_range)
-    with torch.no_grad():
-        recon = torch.cat([pipe.vae.decode(pipe.vae.encode(b).latent_dist.mean).sample.clamp(-1, 1)
-                           for b in model_range.split(64)])
-    recon = (recon + 1) / 2
-    auc_recon = multilabel_auroc(judge(recon).numpy(), labels, CHEXPERT_LABELS)["mauc"]
-    auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)["mauc"]
-    clean, keep = clean_renders(data, real["ids"][:n], images.shape[-1])
+    from report2image.autoencoder import reconstruct
+    from shared.metrics.image import psnr, ssim_map
 
     def pair(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         return {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim_map(a, b).flatten(1).mean(1).mean())}
+
+    images, labels = real["images"][:n], real["labels"][:n]
+    recon = (reconstruct(pipe.vae, images * 2 - 1) + 1) / 2
+    scores = pair(recon, images)  # what report2image.autoencoder.reconstruction_scores computes, without a 2nd pass
+    auc_recon = multilabel_auroc(judge(recon).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    clean, keep = clean_renders(data, real["ids"][:n], images.shape[-1])
 
     return {"n": n, **scores, "judge_mauc_reconstructed": auc_recon, "judge_mauc_real": auc_real,
             "mauc_gap": auc_real - auc_recon, "n_undegraded": len(keep),

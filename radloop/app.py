@@ -307,7 +307,7 @@ def round_trip(models: AppModels, report: str | None = None, image: Image.Image 
                steps: int = 20) -> dict[str, Any]:
     """report -> image -> report (``image``, ``report``) or image -> report -> image (``report``,
     ``image``, ``ssim``), whichever input is given (the report when both are)."""
-    from evaluation.loop import ssim_map
+    from shared.metrics.image import ssim_map
 
     if report and report.strip():
         gen = generate_images(models, report, seed, steps, n=1)

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from shared.data.config import DataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.metrics.image import psnr, ssim_map
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
 from shared.zoo import resolve_zoo
 
@@ -41,7 +42,7 @@ from .models import build_autoencoder, load_ldm_config
 logger = logging.getLogger(__name__)
 
 __all__ = ["AutoencoderExperiment", "AutoencoderLossConfig", "AutoencoderLoss", "ImagesOnly", "train_autoencoder",
-           "fit_autoencoder", "latent_scale", "reconstruction_scores"]
+           "fit_autoencoder", "latent_scale", "reconstruct", "reconstruction_scores"]
 
 
 @dataclass
@@ -163,20 +164,19 @@ def _perceptual_tower(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
-def reconstruction_scores(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
-    """Mean PSNR (dB, capped at 100) and SSIM (Gaussian window 7, as ``evaluation.loop``'s) of encode ->
-    decode (posterior mean) on images (N, 1, S, S) in [-1, 1], both on the [0, 1] scale."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Encode -> decode (posterior mean) of images (N, 1, S, S) in [-1, 1]; the result clamped to [-1, 1]."""
+    return torch.cat([vae.decode(vae.encode(b.to(vae.device, vae.dtype)).latent_dist.mean).sample.clamp(-1, 1)
+                      for b in images.split(batch_size)])
 
-    p, s = [], []
-    for k in range(0, len(images), batch_size):
-        x = images[k:k + batch_size].to(vae.device, vae.dtype)
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        a, b = (recon.float() + 1) / 2, (x.float() + 1) / 2
-        mse = (a - b).pow(2).flatten(1).mean(1)
-        p.append((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp(max=100.0))
-        s.append(ssim(a, b, data_range=1.0, kernel_size=7, reduction="none"))
-    return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean())}
+
+@torch.no_grad()
+def reconstruction_scores(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Mean PSNR (dB, capped at 100) and SSIM (:mod:`shared.metrics.image`) of :func:`reconstruct` on images
+    (N, 1, S, S) in [-1, 1], both on the [0, 1] scale."""
+    a = (reconstruct(vae, images, batch_size).float() + 1) / 2
+    b = (images.to(a.device).float() + 1) / 2
+    return {"psnr": float(psnr(a, b).mean()), "ssim": float(ssim_map(a, b).flatten(1).mean(1).mean())}
 
 
 @torch.no_grad()
