@@ -7,19 +7,32 @@
 3. Generate one image per composed report with a trained ``ReportToCXRPipeline`` and write them as
    a training split with ``synthetic: true`` beside the real studies (same JSONL manifest format).
 4. Train the report model on real only and on real + synthetic (same config, same seeds), score
-   both on the real test split, and report per-arm means with t-intervals over seeds and the
-   paired per-seed difference -- for the rare findings' clinical F1 and the overall metrics.
+   both on the real test split (or on ``test_annotation``'s, a data seed no training saw), and
+   report per-arm means with t-intervals over seeds and the paired per-seed difference -- for the
+   rare findings' clinical F1 and the overall metrics.
+
+Optional arms separate the questions a reader asks next: ``upweight_real`` adds a real-only arm
+whose rare training studies are repeated until each rare finding has as many extra training
+examples as the synthetic arm adds ("more rare examples" without synthetic images), and
+``amounts`` adds arms with the first k synthetic studies per finding (the amount curve). Every
+arm is compared with ``real`` by a paired approximate-randomization test on the pooled
+(seed, test study) predictions (:func:`shared.metrics.stats.approximate_randomization`).
+
+A rerun reuses what is finished: synthetic images whose manifest matches the composed reports,
+and every (arm, seed) run whose ``scores.json`` was written for the same manifest and recipe.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +45,7 @@ from shared.config import atomic_save_image, atomic_write_text
 from shared.data.dataset import load_records
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics.clinical import binarize, per_label_scores
-from shared.metrics.stats import mean_ci
+from shared.metrics.stats import approximate_randomization, mean_ci
 from shared.text.labeler import ReportLabeler
 
 logger = logging.getLogger(__name__)
@@ -50,7 +63,17 @@ class AugmentExperiment:
     #: findings named here are used as they are; else every finding below ``rare_below`` prevalence
     findings: list[str] = field(default_factory=list)
     rare_below: float = 0.05
+    #: synthetic studies generated per rare finding (the ``real+synthetic`` arm uses all of them)
     per_finding: int = 50
+    #: more points of the amount curve: arms with the first k synthetic studies per finding (0 < k < per_finding)
+    amounts: list[int] = field(default_factory=list)
+    #: also train a real-only arm whose rare training studies are repeated to add ``per_finding`` examples per
+    #: rare finding -- the same extra exposures as the synthetic arm, without synthetic images
+    upweight_real: bool = False
+    #: score on this annotation's test split (e.g. a fresh data seed) instead of ``annotation``'s
+    test_annotation: str | None = None
+    #: resamples of the paired approximate-randomization test against the ``real`` arm (0: no test)
+    significance_samples: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
@@ -114,9 +137,21 @@ def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, se
 def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]], out_dir: str | os.PathLike[str],
                              num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
                              batch_size: int = 32) -> Path:
-    """Generate one image per report; write ``images/*.png`` and ``synthetic.jsonl`` (split train)."""
+    """Generate one image per report; write ``images/*.png`` and ``synthetic.jsonl`` (split train).
 
+    A manifest already in ``out_dir`` with the same reports, sampler settings and seed, whose images
+    all exist, is kept as it is (a rerun does not generate again).
+    """
     out = Path(out_dir)
+    path = out / "synthetic.jsonl"
+    request = {"reports": reports_by_finding, "num_inference_steps": num_inference_steps,
+               "guidance_scale": guidance_scale, "seed": seed}
+    stamp = out / "request.json"
+    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == request:
+        rows = load_records(path)
+        if all((out / p).is_file() for r in rows for p in r["image_path"]):
+            logger.info("augment: reusing the %d synthetic studies in %s", len(rows), out)
+            return path
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for finding, reports in tqdm(reports_by_finding.items(), desc="augment: synthetic images", unit="finding"):
@@ -128,22 +163,68 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
             atomic_save_image(image, out / "images" / f"{sid}.png")
             rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
                          "split": "train", "synthetic": True, "target_finding": finding})
-    path = out / "synthetic.jsonl"
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(stamp, json.dumps(request) + "\n")
+    return path
+
+
+def _absolute(rec: dict[str, Any], root: Path) -> dict[str, Any]:
+    return {**rec, "image_path": [str((root / p).resolve()) for p in rec["image_path"]]}
+
+
+def _write_manifest(rows: list[dict[str, Any]], path: Path) -> Path:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def _merged_manifest(annotation: Path, synthetic: Path, out: Path) -> Path:
-    """Real studies (all splits, absolute image paths) + synthetic training studies, as JSONL."""
+def _real_rows(annotation: Path) -> list[dict[str, Any]]:
+    """Real studies (all splits) with absolute image paths, marked ``synthetic: false``."""
+    return [{**_absolute(rec, annotation.parent), "synthetic": False} for rec in load_records(annotation)]
+
+
+def _synthetic_rows(synthetic: Path, per_finding: int) -> list[dict[str, Any]]:
+    """The first ``per_finding`` synthetic studies of each finding (the amount curve's nested subsets)."""
+    taken: dict[str, int] = {}
     rows = []
-    for rec in load_records(annotation):
-        rows.append({**{k: v for k, v in rec.items() if k != "image_path"}, "synthetic": False,
-                     "image_path": [str((annotation.parent / p).resolve()) for p in rec["image_path"]]})
     for rec in load_records(synthetic):
-        rows.append({**rec, "image_path": [str((synthetic.parent / p).resolve()) for p in rec["image_path"]]})
-    path = out / "real_plus_synthetic.jsonl"
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return path
+        finding = rec["target_finding"]
+        if taken.get(finding, 0) < per_finding:
+            taken[finding] = taken.get(finding, 0) + 1
+            rows.append(_absolute(rec, synthetic.parent))
+    return rows
+
+
+def upweighted_rows(real: list[dict[str, Any]], rare: Sequence[str], extra: int,
+                    labeler: ReportLabeler) -> list[dict[str, Any]]:
+    """``extra`` repeats per rare finding of the real training studies whose report states it (cycling
+    through them in order), as new training rows ``<id>_rep<k>`` on the same images and patient.
+
+    Raises ValueError when no real training report states one of the findings.
+    """
+    train = [r for r in real if r.get("split") == "train"]
+    pos = binarize(labeler.label_batch([r["report"] for r in train]))
+    rows = []
+    for name in rare:
+        stating = [r for r, row in zip(train, pos, strict=True) if row[CHEXPERT_LABELS.index(name)]]
+        if not stating:
+            raise ValueError(f"no real training report states '{name}': nothing to up-weight")
+        for k in range(extra):
+            rec = stating[k % len(stating)]
+            rows.append({**rec, "id": f"{rec['id']}_rep{k // len(stating)}_{name.lower().replace(' ', '_')}",
+                         "upweighted": True})
+    return rows
+
+
+def _rare_f1(rare_idx: Sequence[int]):
+    """Mean F1 over the rare findings' columns of boolean label rows (a metric for the paired test)."""
+
+    def metric(pred: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
+        p, r = np.stack(pred)[:, rare_idx], np.stack(ref)[:, rare_idx]
+        tp, fp, fn = (p & r).sum(0), (p & ~r).sum(0), (~p & r).sum(0)
+        denom = 2 * tp + fp + fn
+        return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+    return metric
 
 
 def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str], labeler: ReportLabeler) -> dict:
@@ -159,12 +240,13 @@ def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str]
     return out
 
 
-def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, float]]]) -> str:
-    """Gain / loss when the paired difference's interval excludes 0; says so when neither arm
-    ever reports a rare finding (the comparison then says nothing about the synthetic data)."""
-    if all(r["rare_f1_mean"] == 0 for arm in runs.values() for r in arm):
+def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, float]]],
+             arm: str = "real+synthetic") -> str:
+    """Gain / loss of ``arm`` over ``real`` when the paired difference's interval excludes 0; says so when
+    neither arm ever reports a rare finding (the comparison then says nothing about the synthetic data)."""
+    if all(r["rare_f1_mean"] == 0 for name in ("real", arm) for r in runs[name]):
         return "no difference: neither arm reports the rare findings in any run (rare-class F1 0)"
-    d = rare["difference"]
+    d = rare[f"difference/{arm}"]
     if not np.isfinite(d["ci_low"]):
         return "one seed: no interval"
     return "gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference"
@@ -180,38 +262,108 @@ def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: Re
     return rare
 
 
-def _train_arms(cfg: AugmentExperiment, annotation: Path, merged: Path, refs: dict[str, str], rare: list[str],
-                labeler: ReportLabeler, out: Path) -> dict[str, list[dict[str, float]]]:
-    """Both arms over the seeds, each scored on the real test split."""
-    runs: dict[str, list[dict[str, float]]] = {"real": [], "real+synthetic": []}
-    plan = [(seed, arm, manifest) for seed in cfg.seeds
-            for arm, manifest in (("real", annotation), ("real+synthetic", merged))]
+def _arm_manifests(cfg: AugmentExperiment, annotation: Path, synthetic: Path, rare: list[str],
+                   labeler: ReportLabeler, out: Path) -> dict[str, Path]:
+    """Every arm's training manifest: ``real`` is the annotation itself."""
+    real = _real_rows(annotation)
+    arms = {"real": annotation,
+            "real+synthetic": _write_manifest(real + _synthetic_rows(synthetic, cfg.per_finding),
+                                              out / "real_plus_synthetic.jsonl")}
+    if cfg.upweight_real:
+        arms["real_upweighted"] = _write_manifest(real + upweighted_rows(real, rare, cfg.per_finding, labeler),
+                                                  out / "real_upweighted.jsonl")
+    for k in sorted(set(cfg.amounts)):
+        if not 0 < k < cfg.per_finding:
+            raise ValueError(f"amounts: {k} is not between 0 and per_finding={cfg.per_finding} (exclusive)")
+        arms[f"real+synthetic@{k}"] = _write_manifest(real + _synthetic_rows(synthetic, k),
+                                                      out / f"real_plus_synthetic_{k}.jsonl")
+    return arms
+
+
+def _fingerprint(manifest: Path, exp: Any) -> str:
+    """What a finished run's scores depend on: the training manifest's bytes and the report recipe."""
+    h = hashlib.sha256(manifest.read_bytes())
+    h.update(json.dumps(asdict(exp), default=str, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs: dict[str, str], rare: list[str],
+                labeler: ReportLabeler, out: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[dict]],
+                                                            dict[str, list[float]]]:
+    """Every arm over the seeds, each scored on the test split of ``test``; also every run's predictions and
+    its minutes of training and scoring (measured when it ran, kept by a rerun that reuses it)."""
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    preds_by: dict[str, list[dict[str, str]]] = {arm: [] for arm in arms}
+    minutes: dict[str, list[float]] = {arm: [] for arm in arms}
+    plan = [(seed, arm, manifest) for seed in cfg.seeds for arm, manifest in arms.items()]
     for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
         exp = copy.deepcopy(cfg.report)
         exp.data.annotation = str(manifest)
+        # the arms' manifests are written here, with absolute paths to the real and synthetic images
+        exp.data.allow_outside_root = True
         exp.train.seed = seed
-        exp.train.output_dir = str(out / "runs" / f"{arm.replace('+', '_')}_seed{seed}")
-        train_report_model(exp)
-        preds = generate_reports(str(Path(exp.train.output_dir) / "best"), str(annotation), "test",
-                                 num_beams=exp.decoding.num_beams)
-        runs[arm].append(_arm_scores(preds, refs, rare, labeler))
-        logger.info("augment %s seed %d: %s", arm, seed, runs[arm][-1])
-    return runs
+        run_dir = out / "runs" / f"{re.sub(r'[^0-9a-zA-Z]+', '_', arm)}_seed{seed}"
+        exp.train.output_dir = str(run_dir)
+        key = _fingerprint(manifest, exp)
+        done = run_dir / "scores.json"
+        if done.is_file() and (saved := json.loads(done.read_text())).get("fingerprint") == key:
+            logger.info("augment %s seed %d: finished before, reusing %s", arm, seed, done)
+        else:
+            started = time.perf_counter()
+            train_report_model(exp)
+            preds = generate_reports(str(run_dir / "best"), str(test), "test", num_beams=exp.decoding.num_beams)
+            saved = {"fingerprint": key, "scores": _arm_scores(preds, refs, rare, labeler), "predictions": preds,
+                     "minutes": (time.perf_counter() - started) / 60}
+            atomic_write_text(done, json.dumps(saved) + "\n")
+        runs[arm].append(saved["scores"])
+        preds_by[arm].append(saved["predictions"])
+        minutes[arm].append(round(saved["minutes"], 2))
+        logger.info("augment %s seed %d: %s", arm, seed, saved["scores"])
+    return runs, preds_by, minutes
 
 
 def _summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Means with t-intervals over seeds, and the paired per-seed difference."""
+    """Means with t-intervals over seeds per arm, and each arm's paired per-seed difference from ``real``."""
     summary: dict[str, Any] = {}
     for key in runs["real"][0]:
         row = {}
         for arm in runs:
             mean, lo, hi = mean_ci([r[key] for r in runs[arm]])
             row[arm] = {"mean": mean, "ci_low": lo, "ci_high": hi}
-        diff = [b[key] - a[key] for a, b in zip(runs["real"], runs["real+synthetic"], strict=True)]
-        mean, lo, hi = mean_ci(diff)
-        row["difference"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+        for arm in runs:
+            if arm == "real":
+                continue
+            diff = [b[key] - a[key] for a, b in zip(runs["real"], runs[arm], strict=True)]
+            mean, lo, hi = mean_ci(diff)
+            row[f"difference/{arm}"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
         summary[key] = row
     return summary
+
+
+def _significance(preds_by: dict[str, list[dict[str, str]]], refs: dict[str, str], rare: list[str],
+                  labeler: ReportLabeler, samples: int) -> dict[str, dict[str, float]]:
+    """Paired approximate randomization of the rare findings' mean F1, every arm against ``real`` and
+    ``real+synthetic`` against ``real_upweighted``: the (seed, test study) pairs of all seeds pooled."""
+    ids = sorted(refs)
+    ref_rows = list(binarize(labeler.label_batch([refs[i] for i in ids])))
+    rows = {arm: [row for p in runs for row in binarize(labeler.label_batch([p[i] for i in ids]))]
+            for arm, runs in preds_by.items()}
+    pooled_refs = ref_rows * len(preds_by["real"])
+    metric = _rare_f1([CHEXPERT_LABELS.index(n) for n in rare])
+    pairs = [(arm, "real") for arm in rows if arm != "real"]
+    if "real_upweighted" in rows:
+        pairs.append(("real+synthetic", "real_upweighted"))
+    return {f"{a} vs {b}": approximate_randomization(metric, rows[a], rows[b], pooled_refs, n=samples)
+            for a, b in pairs}
+
+
+def _amount_curve(cfg: AugmentExperiment, summary: dict[str, Any]) -> list[dict[str, float]]:
+    rare = summary["rare_f1_mean"]
+    points = [(0, "real"), *((k, f"real+synthetic@{k}") for k in sorted(set(cfg.amounts))),
+              (cfg.per_finding, "real+synthetic")]
+    return [{"synthetic_per_finding": k, "rare_f1_mean": rare[arm]["mean"], "ci_low": rare[arm]["ci_low"],
+             "ci_high": rare[arm]["ci_high"], "ce_macro_f1": summary["ce_macro_f1"][arm]["mean"]}
+            for k, arm in points]
 
 
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
@@ -220,10 +372,13 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     annotation = Path(cfg.annotation)
     records = load_records(annotation)
+    test = Path(cfg.test_annotation) if cfg.test_annotation else annotation
     train_reports = [r["report"] for r in records if r.get("split") == "train"]
-    refs = {r["id"]: r["report"] for r in records if r.get("split") == "test"}
-    if not train_reports or not refs:
-        raise ValueError(f"{annotation} needs train and test studies")
+    refs = {r["id"]: r["report"] for r in load_records(test) if r.get("split") == "test"}
+    if not train_reports:
+        raise ValueError(f"{annotation} has no training studies")
+    if not refs:
+        raise ValueError(f"{test} has no test studies")
     labeler = ReportLabeler()
     rare = _rare_findings(cfg, train_reports, labeler)
     logger.info("rare findings: %s", rare)
@@ -238,13 +393,21 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     composed = {f: compose_reports(pool, f, cfg.per_finding, seed=i) for i, f in enumerate(rare)}
     synthetic = write_synthetic_manifest(pipe, composed, out / "synthetic", cfg.num_inference_steps,
                                          cfg.guidance_scale)
-    merged = _merged_manifest(annotation, synthetic, out)
+    arms = _arm_manifests(cfg, annotation, synthetic, rare, labeler, out)
 
-    # 2. both arms over the seeds; 3. intervals and the verdict
-    runs = _train_arms(cfg, annotation, merged, refs, rare, labeler, out)
+    # 2. every arm over the seeds; 3. intervals, the paired test and the verdict
+    runs, preds_by, minutes = _train_arms(cfg, arms, test, refs, rare, labeler, out)
     summary = _summarise(runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
-              "seeds": list(cfg.seeds), "runs": runs, "summary": summary,
-              "verdict": _verdict(summary["rare_f1_mean"], runs), "examples": {f: v[:3] for f, v in composed.items()}}
+              "seeds": list(cfg.seeds), "arms": list(arms), "test_annotation": str(test), "test_studies": len(refs),
+              "runs": runs, "run_minutes": minutes, "summary": summary,
+              "verdict": _verdict(summary["rare_f1_mean"], runs),
+              "examples": {f: v[:3] for f, v in composed.items()}}
+    if "real_upweighted" in arms:
+        result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real_upweighted")
+    if cfg.amounts:
+        result["amount_curve"] = _amount_curve(cfg, summary)
+    if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:
+        result["significance"] = _significance(preds_by, refs, rare, labeler, cfg.significance_samples)
     atomic_write_text(out / "augment_results.json", json.dumps(result, indent=1, default=float) + "\n")
     return result

@@ -255,15 +255,45 @@ def _roundtrip_section(page: DemoPage) -> str:
 
 def _augmentation_section(page: DemoPage) -> str:
     aug = page.augmentation
-    rows = [(key, v["real"]["mean"], v["real+synthetic"]["mean"], v["difference"]["mean"],
-             f"[{v['difference']['ci_low']:.3f}, {v['difference']['ci_high']:.3f}]")
+    diff = "difference/real+synthetic"
+    rows = [(key, v["real"]["mean"], v["real+synthetic"]["mean"], v[diff]["mean"],
+             f"[{v[diff]['ci_low']:.3f}, {v[diff]['ci_high']:.3f}]")
             for key, v in aug["summary"].items()]
-    return (f"<p>Rare findings: {html.escape(', '.join(aug['rare_findings']))}; {aug['synthetic_studies']} synthetic "
+    pre = page.results.get("augmentation_precomputed")
+    return ((precomputed_augmentation(pre) if pre else "")
+            + "<h4>This run (small: a few hundred decoder steps)</h4>"
+            f"<p>Rare findings: {html.escape(', '.join(aug['rare_findings']))}; {aug['synthetic_studies']} synthetic "
             f"studies; seeds {aug['seeds']}. Verdict on the rare findings' clinical F1: "
             f"<b>{html.escape(aug['verdict'])}</b>"
             "</p>" + metric_table(rows, ("metric", "real", "real+synthetic", "difference", "95% CI of difference"))
             + "<h4>composed reports (examples)</h4>"
             + metric_table([(f, r) for f, rs in aug["examples"].items() for r in rs], ("finding", "report")))
+
+
+def _interval(v: Mapping[str, float]) -> str:
+    return f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+
+
+def precomputed_augmentation(pre: Mapping[str, Any]) -> str:
+    """The zoo augmentation benchmark's answer (``radloop.augment.run_augment`` output as
+    ``benchmarks/augment_synth.py`` writes it), labelled as precomputed, with its command."""
+    tests = pre.get("significance", {})
+    rows = []
+    for arm in pre["arms"]:
+        cells = [arm] + [_interval(pre["summary"][key][arm]) for key in ("rare_f1_mean", "ce_micro_f1", "ce_macro_f1")]
+        d = pre["summary"]["rare_f1_mean"].get(f"difference/{arm}")
+        cells += [_interval(d) if d else "", f"{tests[f'{arm} vs real']['p_value']:.3f}"
+                  if f"{arm} vs real" in tests else ""]
+        rows.append(cells)
+    return ("<h4>Precomputed: the zoo augmentation benchmark (not measured in this run)</h4>"
+            f"<p class=\"note\">{html.escape(pre.get('command', ''))} &mdash; rare findings "
+            f"{html.escape(', '.join(pre['rare_findings']))}, seeds {html.escape(str(pre['seeds']))}, "
+            f"{pre.get('test_studies', '?')} test studies of a fresh seed. Verdict (real+synthetic vs real): "
+            f"<b>{html.escape(pre['verdict'])}</b>"
+            + (f"; vs the up-weighted real arm: <b>{html.escape(pre['verdict_vs_upweighted'])}</b>"
+               if "verdict_vs_upweighted" in pre else "") + ".</p>"
+            + metric_table(rows, ("arm", "rare-finding F1 (mean, 95% CI over seeds)", "CE micro-F1", "CE macro-F1",
+                                  "rare F1 difference from real", "p (approximate randomization)")))
 
 
 def write_demo_report(out: Path, page: DemoPage) -> Path:

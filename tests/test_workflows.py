@@ -63,3 +63,88 @@ def test_html_helpers():
     page = render_html("t", {s: (s, "<p>x</p>") for s in SECTIONS})
     assert all(f'<section id="{s}">' in page for s in SECTIONS)
     json.dumps(page)  # plain text, no bytes
+
+
+class _FakePipe:
+    """Stands in for a trained ReportToCXRPipeline: a seeded grey image per report."""
+
+    def set_progress_bar_config(self, **_):
+        pass
+
+    def generate_batched(self, reports, batch_size, seed, steps, guidance, output_type="pil"):
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        return [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), mode="L") for _ in reports]
+
+
+def _tiny_augment(data, out):
+    from image2report.decoding import DecodingConfig
+    from image2report.train import ReportDataConfig, ReportExperiment, ReportModelConfig
+    from radloop.augment import AugmentExperiment
+    from shared.training import TrainConfig
+
+    report = ReportExperiment(
+        ReportDataConfig(annotation=str(data / "annotation.json"), image_size=32, batch_size=4, val_samples=4,
+                         max_length=20),
+        ReportModelConfig(name="baseline_tiny"), DecodingConfig(num_beams=1, max_length=20),
+        TrainConfig(max_steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0, progress=False))
+    return AugmentExperiment(annotation=str(data / "annotation.json"), output_dir=str(out),
+                             findings=["Pneumothorax", "Fracture"], per_finding=2, amounts=[1], upweight_real=True,
+                             seeds=[0, 1], significance_samples=20, report=report)
+
+
+def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(tiny_synth, tmp_path, monkeypatch):
+    import radloop.augment as augment
+    from shared.data.dataset import load_records
+
+    data, _ = tiny_synth
+    cfg = _tiny_augment(data, tmp_path / "aug")
+    result = augment.run_augment(cfg, pipe=_FakePipe())
+    assert result["arms"] == ["real", "real+synthetic", "real_upweighted", "real+synthetic@1"]
+    assert [p["synthetic_per_finding"] for p in result["amount_curve"]] == [0, 1, 2]
+    assert set(result["significance"]) == {"real+synthetic vs real", "real_upweighted vs real",
+                                           "real+synthetic@1 vs real", "real+synthetic vs real_upweighted"}
+    assert all(0 < t["p_value"] <= 1 for t in result["significance"].values())
+    assert all(len(result["runs"][arm]) == 2 for arm in result["arms"])
+    real = load_records(data / "annotation.json")
+    upweighted = load_records(tmp_path / "aug" / "real_upweighted.jsonl")
+    assert len(upweighted) == len(real) + 2 * 2  # two extra repeats per rare finding
+    assert len(load_records(tmp_path / "aug" / "real_plus_synthetic_1.jsonl")) == len(real) + 2
+
+    # a rerun trains nothing and generates nothing: every (arm, seed) run and the images are reused
+    def no_training(_):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(augment, "train_report_model", no_training)
+    pipe = _FakePipe()
+    pipe.generate_batched = no_training
+    again = augment.run_augment(cfg, pipe=pipe)
+    assert again["runs"] == result["runs"] and again["summary"] == result["summary"]
+
+
+def test_upweighted_rows_repeat_the_real_studies_that_state_the_finding():
+    from radloop.augment import upweighted_rows
+
+    real = [{"id": f"s{i}", "report": r, "image_path": [f"{i}.png"], "split": "train"} for i, r in enumerate(TRAIN)]
+    rows = upweighted_rows(real, ["Fracture", "Pneumothorax"], 3, ReportLabeler())
+    fracture = [r for r in rows if r["id"].endswith("_fracture")]
+    assert [r["image_path"] for r in fracture] == [["20.png"]] * 3  # the one fracture study, three times
+    assert len({r["id"] for r in rows}) == 6 and all(r["split"] == "train" for r in rows)
+    with pytest.raises(ValueError, match="Edema"):
+        upweighted_rows(real, ["Edema"], 1, ReportLabeler())
+
+
+def test_precomputed_augmentation_is_labelled_and_escaped():
+    from radloop.html_report import precomputed_augmentation
+
+    cell = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    pre = {"command": "python benchmarks/augment_synth.py <script>", "rare_findings": ["Fracture"], "seeds": [0, 1],
+           "test_studies": 9, "arms": ["real", "real+synthetic"], "verdict": "gain",
+           "summary": {k: {"real": cell, "real+synthetic": cell, "difference/real+synthetic": cell}
+                       for k in ("rare_f1_mean", "ce_micro_f1", "ce_macro_f1")},
+           "significance": {"real+synthetic vs real": {"p_value": 0.012}}}
+    page = precomputed_augmentation(pre)
+    assert "Precomputed" in page and "not measured in this run" in page
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    assert "0.500 [0.400, 0.600]" in page and "0.012" in page
