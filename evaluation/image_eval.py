@@ -36,14 +36,16 @@ __all__ = ["load_image_set", "build_feature_extractor", "evaluate_images"]
 
 
 def load_image_set(
-    manifest: str | os.PathLike[str], split: str | None = None, image_size: int = 128, labels_from: str = "labeler"
+    manifest: str | os.PathLike[str], split: str | None = None, image_size: int = 128, labels_from: str = "labeler",
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
     """Images in [0, 1] (N, 1, S, S), reports, ids and labels (N, 14) of an annotation or manifest.
 
     ``labels_from``: ``"labeler"`` (label the reports) or ``"file"`` (the labels beside the annotation).
+    ``allow_outside_root``: let image paths leave the manifest's folder (see :class:`ReportImageDataset`).
     """
     to_tensor = T.Compose([T.Grayscale(1), T.Resize((image_size, image_size), antialias=True), T.ToTensor()])
-    ds = ReportImageDataset(manifest, split, transform=to_tensor, max_views=1)
+    ds = ReportImageDataset(manifest, split, transform=to_tensor, max_views=1, allow_outside_root=allow_outside_root)
     if len(ds) == 0:
         raise ValueError(f"{manifest} has no studies{f' in split {split!r}' if split else ''}")
     samples = [ds[i] for i in range(len(ds))]
@@ -110,12 +112,14 @@ def evaluate_images(
     image_size: int = 128,
     real_labels_from: str = "file",
     min_count: int = 10,
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
     """All image metrics; keys ``fid``, ``kid_mean``, ``kid_std``, ``fid_floor``, ``fid_over_floor``,
-    ``cfid/<finding>``, ``ms_ssim_diversity``, ``mauc``, ``auroc/<finding>``, ``n_generated``, ``n_real``."""
+    ``cfid/<finding>``, ``ms_ssim_diversity``, ``mauc``, ``auroc/<finding>``, ``n_generated``, ``n_real``.
+    ``allow_outside_root`` applies to both image sets (see :class:`ReportImageDataset`)."""
     from .classifier import Judge, load_classifier
 
-    gen = load_image_set(generated, None, image_size, "labeler")
+    gen = load_image_set(generated, None, image_size, "labeler", allow_outside_root)
     out: dict[str, Any] = {"n_generated": len(gen["images"])}
     out["ms_ssim_diversity"] = ms_ssim_diversity(gen["images"])
     clf = load_classifier(classifier) if classifier else None
@@ -123,7 +127,7 @@ def evaluate_images(
         probs = Judge(clf)(gen["images"]).numpy()
         out.update(multilabel_auroc(probs, gen["labels"], CHEXPERT_LABELS))
     if real is not None:
-        ref = load_image_set(real, real_split, image_size, real_labels_from)
+        ref = load_image_set(real, real_split, image_size, real_labels_from, allow_outside_root)
         out["n_real"] = len(ref["images"])
         extractor = build_feature_extractor(features, clf)
         real_f, gen_f = extract_features(extractor, ref["images"]), extract_features(extractor, gen["images"])

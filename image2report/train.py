@@ -79,7 +79,8 @@ class ReportExperiment:
 
 def _dataset(data: ReportDataConfig, split: str, train: bool) -> ReportImageDataset:
     return ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size,
-                              resize=data.resize, train=train, max_views=data.max_views)
+                              resize=data.resize, train=train, max_views=data.max_views,
+                              allow_outside_root=data.allow_outside_root)
 
 
 @TRAINERS.register("report", help="report decoder (baseline, uar, cmcrl, ifnet)",
@@ -157,11 +158,13 @@ def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler, datas
 
 def generate_reports(checkpoint: str, annotation: str, split: str = "test", num_beams: int = 3,
                      image_size: int | None = None, max_views: int | None = None,
-                     image_root: str | None = None) -> dict[str, str]:
-    """``{study id: generated report}`` for one split of an annotation (images under ``image_root``)."""
+                     image_root: str | None = None, allow_outside_root: bool = False) -> dict[str, str]:
+    """``{study id: generated report}`` for one split of an annotation (images under ``image_root``; see
+    :class:`ReportImageDataset` for ``allow_outside_root``)."""
     gen = ReportGenerator.from_pretrained(checkpoint)
     cfg = gen.model.config
-    ds = ReportImageDataset(annotation, split, image_root, image_size=image_size or cfg.image_size,
+    ds = ReportImageDataset(annotation, split, image_root, allow_outside_root=allow_outside_root,
+                            image_size=image_size or cfg.image_size,
                             max_views=max_views or cfg.max_views)
     loader = DataLoader(ds, batch_size=32, collate_fn=collate_samples)
     out: dict[str, str] = {}

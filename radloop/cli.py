@@ -54,9 +54,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if not args.preview:
             raise ConfigError("give --out DIR (and/or --preview FILE)")
         return 0
+    from shared.training.lock import RunLock
+
     start = time.perf_counter()
-    summary = generate_dataset(args.out, synth, overwrite=args.overwrite, progress=not args.quiet)
-    save_run_config(cfg, args.out, argv=sys.argv)
+    with RunLock(args.out):  # a second `radloop synth` into this folder refuses while this one runs
+        summary = generate_dataset(args.out, synth, overwrite=args.overwrite, progress=not args.quiet)
+        save_run_config(cfg, args.out, argv=sys.argv)
     seconds = time.perf_counter() - start
     _echo(f"wrote {summary['studies']} studies to {args.out} in {seconds:.1f} s "
           f"(train/val/test {summary['splits']['train']}/{summary['splits']['val']}/{summary['splits']['test']}, "
@@ -96,7 +99,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = prepare_dataset(args.annotation, args.out, args.size, args.workers, args.image_root,
-                              args.on_bad_image, progress=not args.quiet)
+                              args.on_bad_image, progress=not args.quiet,
+                              allow_outside_root=args.allow_outside_root)
     _echo(f"prepared {summary['studies']} studies in {args.out} at {args.size} px in "
           f"{time.perf_counter() - start:.1f} s ({summary['written']} images written, "
           f"{summary['skipped_existing']} already there, {summary['bad_images']} unreadable)")
@@ -156,7 +160,7 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
     from image2report.train import generate_reports
 
     reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams,
-                               image_root=args.image_root)
+                               image_root=args.image_root, allow_outside_root=args.allow_outside_root)
     atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
     _echo(f"wrote {len(reports)} generated reports to {args.out}")
     return 0
@@ -219,7 +223,7 @@ def cmd_evaluate_images(args: argparse.Namespace) -> int:
     from evaluation.reports import markdown_table
 
     metrics = evaluate_images(args.generated, args.real, args.real_split, args.classifier, args.features,
-                              args.image_size, args.real_labels, args.min_count)
+                              args.image_size, args.real_labels, args.min_count, args.allow_outside_root)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
     _echo(markdown_table(metrics))
@@ -248,9 +252,17 @@ def cmd_augment(args: argparse.Namespace) -> int:
     save_run_config(cfg, cfg.output_dir, argv=sys.argv)
     result = run_augment(OmegaConf.to_object(cfg))
     d = result["summary"]["rare_f1_mean"]
-    _echo(f"rare findings {result['rare_findings']}: rare-class CE F1 real {d['real']['mean']:.3f}, "
-          f"real+synthetic {d['real+synthetic']['mean']:.3f}, difference {d['difference']['mean']:+.3f} "
-          f"[{d['difference']['ci_low']:.3f}, {d['difference']['ci_high']:.3f}] -> {result['verdict']}")
+    _echo(f"rare findings {result['rare_findings']}: rare-class CE F1 per arm (mean over seeds):")
+    for arm in result["arms"]:
+        line = f"  {arm}: {d[arm]['mean']:.3f}"
+        if arm != "real":
+            diff = d[f"difference/{arm}"]
+            line += f", difference from real {diff['mean']:+.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]"
+            test = result.get("significance", {}).get(f"{arm} vs real")
+            if test:
+                line += f", p = {test['p_value']:.3f}"
+        _echo(line)
+    _echo(f"verdict (real+synthetic vs real): {result['verdict']}")
     _echo(f"details in {cfg.output_dir}/augment_results.json")
     return 0
 
@@ -332,6 +344,12 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+def _outside_root_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_true",
+                   help="let the annotation's image paths leave the image root (absolute paths, '..', symlinks "
+                        "out); only for files you trust")
+
+
 def _add_data(verbs: argparse._SubParsersAction) -> None:
     """`radloop data ...`: preparing a data set, the IU X-ray report export and the tokenizer."""
     data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>",
@@ -360,6 +378,7 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help="shorter side in pixels (images never grow)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
     p.add_argument("--image-root", dest="image_root", help="folder the image paths are relative to")
+    _outside_root_flag(p)
     p.add_argument("--on-bad-image", dest="on_bad_image", choices=("raise", "skip"), default="raise")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
@@ -393,6 +412,7 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
                    help="'classifier', 'backbone:DIR' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
     p.add_argument("--image-size", dest="image_size", type=int, default=128)
     p.add_argument("--min-count", dest="min_count", type=int, default=10, help="per-finding FID needs this many")
+    _outside_root_flag(p)
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate_images)
 
@@ -442,6 +462,7 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--annotation", required=True, help="annotation.json / manifest with the images")
     p.add_argument("--image-root", dest="image_root",
                    help="folder the image paths are relative to (default: beside the annotation, or its images/)")
+    _outside_root_flag(p)
     p.add_argument("--split", default="test")
     p.add_argument("--num-beams", dest="num_beams", type=int, default=3, help="1 = greedy")
     p.add_argument("--out", required=True, help="output JSON")

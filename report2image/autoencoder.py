@@ -86,8 +86,9 @@ class ImagesOnly(Dataset):
     """
 
     def __init__(self, annotation: str, split: str, image_size: int, image_root: str | None = None,
-                 preload: bool = False) -> None:
-        self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size)
+                 preload: bool = False, allow_outside_root: bool = False) -> None:
+        self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size,
+                                       allow_outside_root=allow_outside_root)
         self.images = torch.stack([self.base[i]["images"][0] for i in range(len(self.base))]) \
             if preload and len(self.base) else None
 
@@ -219,10 +220,12 @@ def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Ten
 def train_autoencoder(cfg: AutoencoderExperiment) -> TrainResult:
     ldm = load_ldm_config(cfg.model.name)
     size = int(ldm["image_size"])
-    train_ds = ImagesOnly(cfg.data.annotation, "train", size, cfg.data.image_root, preload=True)
+    train_ds = ImagesOnly(cfg.data.annotation, "train", size, cfg.data.image_root, preload=True,
+                          allow_outside_root=cfg.data.allow_outside_root)
     if len(train_ds) == 0:
         raise ValueError(f"{cfg.data.annotation} has no training studies")
-    val_ds = ImagesOnly(cfg.data.annotation, "val", size, cfg.data.image_root)
+    val_ds = ImagesOnly(cfg.data.annotation, "val", size, cfg.data.image_root,
+                        allow_outside_root=cfg.data.allow_outside_root)
     n_val = min(cfg.data.val_samples, len(val_ds))
     val_images = torch.stack([val_ds[i]["image"] for i in range(n_val)]) if n_val else None
     return fit_autoencoder(build_autoencoder(ldm), train_ds, val_images, cfg.loss, cfg.train, cfg.data.batch_size,

@@ -154,8 +154,9 @@ class DiffusionPairs(Dataset):
     """
 
     def __init__(self, annotation: str, split: str, image_size: int, labeler: ReportLabeler | None = None,
-                 image_root: str | None = None) -> None:
-        self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size)
+                 image_root: str | None = None, allow_outside_root: bool = False) -> None:
+        self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size,
+                                       allow_outside_root=allow_outside_root)
         labeler = labeler or ReportLabeler()
         # one labeler pass per report gives both the attribute tokens and the finding labels
         results = [labeler.label(r) for r in self.base.reports]
@@ -308,10 +309,12 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
     ldm = load_ldm_config(mcfg.name)
     labeler = ReportLabeler()
-    train_ds = DiffusionPairs(data.annotation, "train", int(ldm["image_size"]), labeler, data.image_root)
+    train_ds = DiffusionPairs(data.annotation, "train", int(ldm["image_size"]), labeler, data.image_root,
+                              data.allow_outside_root)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
-    val_ds = DiffusionPairs(data.annotation, "val", int(ldm["image_size"]), labeler, data.image_root)
+    val_ds = DiffusionPairs(data.annotation, "val", int(ldm["image_size"]), labeler, data.image_root,
+                            data.allow_outside_root)
     out = Path(tcfg.output_dir)
 
     # 1. frozen parts: the backbone and the autoencoder (trained here unless given)

@@ -34,7 +34,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text", "read_json"]
+__all__ = ["ConfigError", "load_config", "save_run_config", "git_sha", "atomic_write_text", "atomic_write_bytes",
+           "read_json"]
 
 
 class ConfigError(ValueError):
@@ -190,12 +191,17 @@ def git_sha(cwd: str | os.PathLike[str] | None = None) -> str:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to a temp file beside ``path`` and rename it, so a crash never leaves half a file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temp file ``.<name>.<random>`` beside ``path`` and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

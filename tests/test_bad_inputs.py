@@ -114,3 +114,32 @@ def test_cli_reports_a_bad_annotation_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("radloop: error:") and err.count("\n") == 1
     assert "study 's' has a report of type int" in err
+
+
+@pytest.mark.parametrize("kind,why", [("dotdot", "'..' step"), ("absolute", "absolute path"),
+                                      ("symlink", "symlink out of it")])
+def test_image_paths_cannot_leave_the_image_root_unless_allowed(tmp_path, kind, why):
+    data, secret = tmp_path / "data", tmp_path / "elsewhere" / "secret.png"
+    data.mkdir()
+    secret.parent.mkdir()
+    secret.write_bytes(_png(np.full((8, 8), 200, np.uint8)))
+    if kind == "symlink":
+        (data / "link.png").symlink_to(secret)
+    name = {"dotdot": "../elsewhere/secret.png", "absolute": str(secret), "symlink": "link.png"}[kind]
+    annotation = _annotation(data, name)
+    with pytest.raises(DataError, match=f"study 's1' has image path .* leaves the image root .*{why}"):
+        ReportImageDataset(annotation, "train", image_size=8)
+    ds = ReportImageDataset(annotation, "train", image_size=8, allow_outside_root=True)
+    assert ds[0]["images"].shape == (1, 1, 8, 8)
+
+
+def test_cli_refuses_an_escaping_path_in_one_line_and_writes_nothing(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    annotation = _annotation(data, "../../etc/passwd")
+    out = tmp_path / "prepared"
+    rc = main(["data", "prepare", "--annotation", str(annotation), "--out", str(out), "--size", "8", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("radloop: error:") and err.count("\n") == 1
+    assert "'../../etc/passwd'" in err and "--allow-outside-root" in err
+    assert not (out / "annotation.json").exists()

@@ -35,7 +35,7 @@ def test_fewer_views_than_asked_repeats_the_last(tmp_path, tiny_synth):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "image_path": [str(out / rec["image_path"][0])],
                                     "report": "x.", "split": "train"}) + "\n")
-    s = ReportImageDataset(manifest, "train", image_size=32, max_views=2)[0]
+    s = ReportImageDataset(manifest, "train", image_size=32, max_views=2, allow_outside_root=True)[0]
     assert torch.equal(s["images"][0], s["images"][1]) and "labels" not in s
 
 
@@ -58,7 +58,7 @@ def test_csv_manifest_with_labels(tmp_path, tiny_synth):
     row.update({name: "" for name in CHEXPERT_LABELS})
     row["Cardiomegaly"] = "1"
     path = _csv_manifest(tmp_path, [row])
-    ds = ReportImageDataset(path, "val", image_size=32, max_views=2, labels=path)
+    ds = ReportImageDataset(path, "val", image_size=32, max_views=2, labels=path, allow_outside_root=True)
     s = ds[0]
     assert s["images"].shape == (2, 1, 32, 32)
     assert s["labels"][CHEXPERT_LABELS.index("Cardiomegaly")] == 1.0
@@ -100,7 +100,7 @@ def test_bad_images_skipped_and_counted(tmp_path, tiny_synth, caplog):
         {"id": "broken", "report": "Normal.", "image_path": ["broken.png"]},
     ]}))
     with caplog.at_level(logging.WARNING):
-        ds = ReportImageDataset(ann, "train", image_size=32, on_bad_image="skip")
+        ds = ReportImageDataset(ann, "train", image_size=32, on_bad_image="skip", allow_outside_root=True)
     assert len(ds) == 1 and ds.skipped["bad_image"] == 2
     assert "skipped 2 studies with missing or corrupt images" in caplog.text
 
@@ -110,9 +110,9 @@ def test_empty_report_raise_or_skip(tmp_path, tiny_synth, caplog):
     good = load_records(out / "annotation.json")[0]
     ann = _one_study(tmp_path, str(out / good["image_path"][0]), report="   ")
     with pytest.raises(DataError, match="study 'bad' has an empty report"):
-        ReportImageDataset(ann, "train")
+        ReportImageDataset(ann, "train", allow_outside_root=True)
     with caplog.at_level(logging.WARNING):
-        ds = ReportImageDataset(ann, "train", on_empty_report="skip")
+        ds = ReportImageDataset(ann, "train", on_empty_report="skip", allow_outside_root=True)
     assert len(ds) == 0 and ds.skipped["empty_report"] == 1 and "empty reports" in caplog.text
 
 

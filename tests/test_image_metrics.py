@@ -137,7 +137,7 @@ def test_train_classifier_and_evaluate_images(tmp_path, tiny_synth, capsys):
     gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["evaluate", "images", "--generated", str(gen), "--real", str(out / "annotation.json"),
                  "--real-split", "train", "--classifier", str(run / "best"), "--image-size", "32",
-                 "--min-count", "3", "--out", str(tmp_path / "m.json")]) == 0
+                 "--min-count", "3", "--allow-outside-root", "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     for key in ("fid", "kid_mean", "fid_floor", "ms_ssim_diversity", "mauc"):
         assert math.isfinite(m[key]), key

@@ -269,3 +269,25 @@ def test_counterfactual_edits_change_only_the_edited_finding(tiny_synth):
         assert 0 < changed.mean() < 0.6
     again = counterfactual_edits(out, "train", n=6, seed=0)
     assert [e.new_report for e in again] == [e.new_report for e in edits]
+
+
+def test_an_interrupted_generation_resumes_to_the_same_files(tmp_path):
+    """A `radloop synth` killed before its annotation.json is run again over the same folder and ends with
+    the files an uninterrupted run writes; a folder with other settings is refused by name."""
+    cfg = SynthConfig(patients=6, studies_per_patient=2, size=32, seed=5, workers=1)
+    generate_dataset(tmp_path / "ref", cfg)
+    run = tmp_path / "run"
+    generate_dataset(run, cfg)
+    # what a kill leaves: no annotation.json (written last), a half-written image's temp file, a bad image
+    (run / "annotation.json").unlink()
+    victim = next((run / "images").rglob("*.png"))
+    victim.write_bytes(b"\x89PNG trunc")
+    (victim.parent / f".{victim.name}.x1y2z3").write_bytes(b"half")
+    generate_dataset(run, cfg)
+    ref_files = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("*") if p.is_file())
+    run_files = sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file())
+    assert run_files == ref_files
+    assert all((tmp_path / "ref" / p).read_bytes() == (run / p).read_bytes() for p in ref_files)
+    (run / "annotation.json").unlink()
+    with pytest.raises(FileExistsError, match="interrupted generation with other settings"):
+        generate_dataset(run, SynthConfig(patients=6, studies_per_patient=2, size=32, seed=6, workers=1))

@@ -112,12 +112,13 @@ def prepare_pairs(data: BackboneDataConfig, image_size: int, seed: int
                   ) -> tuple[ReportTokenizer, ReportImageDataset, ReportImageDataset, DataLoader]:
     """Build train/val datasets and the train loader; fit the tokenizer on the training reports."""
     train_ds = ReportImageDataset(data.annotation, "train", data.image_root, image_size=image_size, resize=data.resize,
-                                  train=True)
+                                  train=True, allow_outside_root=data.allow_outside_root)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
     tokenizer = ReportTokenizer.fit(train_ds.reports, min_freq=data.min_freq, dataset=data.dataset,
                                     max_length=data.max_length)
-    val_ds = ReportImageDataset(data.annotation, "val", data.image_root, image_size=image_size, resize=data.resize)
+    val_ds = ReportImageDataset(data.annotation, "val", data.image_root, image_size=image_size, resize=data.resize,
+                                allow_outside_root=data.allow_outside_root)
     loader = training_loader(train_ds, data.batch_size, seed, collate_samples, data.num_workers)
     return tokenizer, train_ds, val_ds, loader
 

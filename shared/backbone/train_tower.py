@@ -108,8 +108,7 @@ class _LabelerLabels(torch.utils.data.Dataset):
 
 def classifier_dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
     ds = ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size, resize=data.resize,
-                            train=train,
-                            max_views=1, labels=data.labels)
+                            train=train, max_views=1, labels=data.labels, allow_outside_root=data.allow_outside_root)
     if data.label_source == "labeler":
         return _LabelerLabels(ds)
     if data.label_source != "file":

@@ -16,6 +16,9 @@ class DataConfig:
     #: folder the image paths are relative to (R2Gen's --image_dir); default: the annotation's folder,
     #: or ``images/`` beside it when the paths resolve only there
     image_root: str | None = None
+    #: let image paths leave ``image_root`` (absolute paths, ``..``, symlinks out): only for annotation files
+    #: you trust, e.g. the manifests ``radloop augment`` writes
+    allow_outside_root: bool = False
     batch_size: int = 32
     num_workers: int = 0
 

@@ -229,6 +229,33 @@ def resolve_image_root(annotation: Path, records: Sequence[Mapping[str, Any]],
     return here  # the missing-image error then names the path it tried
 
 
+def _outside(root: Path, rel: str) -> str | None:
+    """Why ``rel`` leaves ``root`` (an absolute path, a ``..`` step, or a symlink pointing out), else None."""
+    path = Path(rel)
+    if path.is_absolute():
+        return "an absolute path"
+    if ".." in path.parts:
+        return "a '..' step"
+    if not (root / path).resolve().is_relative_to(root.resolve()):
+        return "a symlink out of it"
+    return None
+
+
+def check_inside_root(annotation: Path, records: Sequence[Mapping[str, Any]], root: Path) -> None:
+    """Raise a :class:`DataError` naming the first study whose image path leaves ``root``.
+
+    An annotation file may come from anyone: without this check a path like ``../../home/me/.ssh/id``
+    or a symlink would make a training run read (and a report show) any file the user can read.
+    """
+    for rec in records:
+        for rel in rec["image_path"]:
+            why = _outside(root, rel)
+            if why is not None:
+                raise DataError(f"{annotation}: study '{rec['id']}' has image path {rel!r}, which leaves the image "
+                                f"root {root} ({why}); set data.allow_outside_root=true (--allow-outside-root) "
+                                "if you trust this file")
+
+
 class ReportImageDataset(Dataset):
     """Studies of one split with their images, report and (optional) labels.
 
@@ -247,6 +274,8 @@ class ReportImageDataset(Dataset):
             the file; ``"skip"``: such studies are checked up front, dropped and counted in a warning.
         on_empty_report: ``"raise"`` or ``"skip"`` for studies whose report is empty.
         transform: overrides the built-in transform (PIL image -> (1, H, W) tensor).
+        allow_outside_root: let image paths leave ``image_root`` (absolute paths, ``..``, symlinks out);
+            off by default, so that an annotation file cannot point a run at arbitrary files.
     """
 
     def __init__(
@@ -262,6 +291,7 @@ class ReportImageDataset(Dataset):
         on_bad_image: str = "raise",
         on_empty_report: str = "raise",
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
         for name, value in (("on_bad_image", on_bad_image), ("on_empty_report", on_empty_report)):
             if value not in ("raise", "skip"):
@@ -276,6 +306,8 @@ class ReportImageDataset(Dataset):
         self.on_bad_image = on_bad_image
         records = [r for r in load_records(self.annotation) if split is None or r.get("split") == split]
         self.root = resolve_image_root(self.annotation, records, image_root)
+        if not allow_outside_root:
+            check_inside_root(self.annotation, records, self.root)
 
         label_map = self._load_labels(labels)
         kept, empty, bad = [], [], []

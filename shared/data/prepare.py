@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from ..config import atomic_write_text
-from .dataset import _IMAGE_ERRORS, SPLITS, DataError, load_records, resolve_image_root, to_grey
+from .dataset import _IMAGE_ERRORS, SPLITS, DataError, check_inside_root, load_records, resolve_image_root, to_grey
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,13 @@ def _run(jobs: list[tuple[str, str, int]], workers: int, progress: bool) -> Iter
 
 def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[str], size: int = 256,
                     workers: int = 0, image_root: str | os.PathLike[str] | None = None,
-                    on_bad_image: str = "raise", progress: bool = True) -> dict[str, Any]:
-    """Resize every image of ``annotation`` once into ``out``; returns counts (see the module docstring)."""
+                    on_bad_image: str = "raise", progress: bool = True,
+                    allow_outside_root: bool = False) -> dict[str, Any]:
+    """Resize every image of ``annotation`` once into ``out``; returns counts (see the module docstring).
+
+    Image paths must stay inside the image root unless ``allow_outside_root`` (see
+    :func:`shared.data.dataset.check_inside_root`).
+    """
     if size < 8:
         raise ValueError(f"size must be at least 8, got {size}")
     if on_bad_image not in ("raise", "skip"):
@@ -94,6 +99,8 @@ def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[s
         raise ValueError(f"--out {out} is the source folder; prepare into another folder")
     records = load_records(annotation)
     root = resolve_image_root(annotation, records, image_root)
+    if not allow_outside_root:
+        check_inside_root(annotation, records, root)
     jobs, seen = [], set()
     for rec in records:
         for rel in rec["image_path"]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...config import atomic_write_bytes, atomic_write_text
 from ...labels import CHEXPERT_LABELS, image_labels
 from .renderer import render
 from .reports import write_report
@@ -148,7 +149,8 @@ def _patient_studies(args: tuple[SynthConfig, int, str, str]) -> list[dict[str, 
             if degradation:
                 img = degrade(img, degradation, np.random.default_rng([deg_seed, len(paths)]))
             rel = f"images/{patient.patient_id}/{study_id}_{view}.png"
-            (Path(out_dir) / rel).write_bytes(_to_png(img))
+            # temp file + rename: a killed run never leaves a truncated PNG under a final name
+            atomic_write_bytes(Path(out_dir) / rel, _to_png(img))
             paths.append(rel)
         records.append({
             "id": study_id,
@@ -220,14 +222,32 @@ def _json_labels(labels: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (None if v != v else v) for k, v in labels.items()}
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
+#: written first: what an interrupted generation was asked for (a rerun with the same request resumes it)
+REQUEST_NAME = ".synthcxr_request.json"
+
+
+def _prepare_output(out_dir: Path, overwrite: bool, cfg: SynthConfig) -> None:
+    request = json.dumps(asdict(cfg), sort_keys=True)
+    # a run lock (``.radloop.lock``, taken by the CLI) alone does not make the folder non-empty
+    if out_dir.exists() and any(p.name != ".radloop.lock" for p in out_dir.iterdir()):
+        stamp = out_dir / REQUEST_NAME
+        interrupted = not (out_dir / "annotation.json").exists() and stamp.is_file()
+        if interrupted and stamp.read_text() == request and not overwrite:
+            # the same generation, killed before its annotation.json (written last): run it again over the
+            # same folder; rendering is deterministic, so every image comes out the same
+            logger.info("resuming the interrupted SynthCXR generation in %s", out_dir)
+            for tmp in out_dir.rglob(".*.png.*"):  # temp files of images being written when it was killed
+                tmp.unlink()
+            return
         if not overwrite:
-            raise FileExistsError(f"output folder {out_dir} is not empty; pass overwrite to replace it")
+            raise FileExistsError(f"output folder {out_dir} is not empty; pass overwrite to replace it"
+                                  + (" (it holds an interrupted generation with other settings)" if interrupted
+                                     else ""))
         for name in ("images", "annotation.json", "labels.csv", "attributes.jsonl", "synthcxr.json"):
             target = out_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / REQUEST_NAME, request)
 
 
 def _annotation(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -269,16 +289,15 @@ def generate_dataset(
     """Generate a SynthCXR dataset into ``out_dir`` and return a summary.
 
     Raises:
-        FileExistsError: ``out_dir`` already holds files and ``overwrite`` is false; nothing is touched.
+        FileExistsError: ``out_dir`` already holds files and ``overwrite`` is false; nothing is touched
+            (unless they are an interrupted generation of the same ``cfg``, which is then resumed).
     """
     from tqdm.auto import tqdm
-
-    from ...config import atomic_write_text
 
     cfg = cfg or SynthConfig()
     cfg.validate()
     out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite)
+    _prepare_output(out_dir, overwrite, cfg)
     # 1. render the studies patient by patient (images are written as they come)
     splits = _assign_splits(cfg)
     records: list[dict[str, Any]] = []
