@@ -72,6 +72,8 @@ class AugmentExperiment:
     upweight_real: bool = False
     #: score on this annotation's test split (e.g. a fresh data seed) instead of ``annotation``'s
     test_annotation: str | None = None
+    #: seeds of the amount curve's arms (empty: ``seeds``); the main arms always run ``seeds``
+    amount_seeds: list[int] = field(default_factory=list)
     #: resamples of the paired approximate-randomization test against the ``real`` arm (0: no test)
     significance_samples: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -240,16 +242,28 @@ def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str]
     return out
 
 
-def _verdict(rare: dict[str, dict[str, float]], runs: dict[str, list[dict[str, float]]],
-             arm: str = "real+synthetic") -> str:
-    """Gain / loss of ``arm`` over ``real`` when the paired difference's interval excludes 0; says so when
+def _verdict(rare: dict[str, dict[str, float]], runs: PerSeed, arm: str = "real+synthetic",
+             baseline: str = "real") -> str:
+    """Gain / loss of ``arm`` over ``baseline`` when the paired difference's interval excludes 0; says so when
     neither arm ever reports a rare finding (the comparison then says nothing about the synthetic data)."""
-    if all(r["rare_f1_mean"] == 0 for name in ("real", arm) for r in runs[name]):
+    if all(r["rare_f1_mean"] == 0 for name in (baseline, arm) for r in runs[name].values()):
         return "no difference: neither arm reports the rare findings in any run (rare-class F1 0)"
-    d = rare[f"difference/{arm}"]
+    d = rare[_difference_key(arm, baseline)]
     if not np.isfinite(d["ci_low"]):
         return "one seed: no interval"
     return "gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference"
+
+
+def _difference_key(arm: str, baseline: str = "real") -> str:
+    return f"difference/{arm}" if baseline == "real" else f"difference/{arm} - {baseline}"
+
+
+def _compared(arms: Sequence[str]) -> list[tuple[str, str]]:
+    """(arm, baseline) pairs: every arm against ``real``; the synthetic arm against the up-weighted one."""
+    pairs = [(arm, "real") for arm in arms if arm != "real"]
+    if "real_upweighted" in arms and "real+synthetic" in arms:
+        pairs.append(("real+synthetic", "real_upweighted"))
+    return pairs
 
 
 def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: ReportLabeler) -> list[str]:
@@ -281,21 +295,33 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, synthetic: Path, ra
 
 
 def _fingerprint(manifest: Path, exp: Any) -> str:
-    """What a finished run's scores depend on: the training manifest's bytes and the report recipe."""
+    """What a finished run's scores depend on: the training manifest's bytes and the report recipe
+    (``data.allow_outside_root`` left out: it permits reading the manifest, it changes nothing read)."""
+    recipe = asdict(exp)
+    recipe["data"].pop("allow_outside_root", None)
     h = hashlib.sha256(manifest.read_bytes())
-    h.update(json.dumps(asdict(exp), default=str, sort_keys=True).encode())
+    h.update(json.dumps(recipe, default=str, sort_keys=True).encode())
     return h.hexdigest()
 
 
+#: per arm, per seed: a run's scores (or predictions, or minutes)
+PerSeed = dict[str, dict[int, Any]]
+
+
+def _arm_seeds(cfg: AugmentExperiment, arm: str) -> list[int]:
+    """The amount curve's arms may run fewer seeds (``amount_seeds``) than the main arms."""
+    return list(cfg.amount_seeds) if arm.startswith("real+synthetic@") and cfg.amount_seeds else list(cfg.seeds)
+
+
 def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs: dict[str, str], rare: list[str],
-                labeler: ReportLabeler, out: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[dict]],
-                                                            dict[str, list[float]]]:
-    """Every arm over the seeds, each scored on the test split of ``test``; also every run's predictions and
-    its minutes of training and scoring (measured when it ran, kept by a rerun that reuses it)."""
-    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
-    preds_by: dict[str, list[dict[str, str]]] = {arm: [] for arm in arms}
-    minutes: dict[str, list[float]] = {arm: [] for arm in arms}
-    plan = [(seed, arm, manifest) for seed in cfg.seeds for arm, manifest in arms.items()]
+                labeler: ReportLabeler, out: Path) -> tuple[PerSeed, PerSeed, PerSeed]:
+    """Every arm over its seeds, each scored on the test split of ``test``: the scores, the predictions and
+    the minutes of training and scoring of each run (measured when it ran, kept by a rerun that reuses it)."""
+    runs: PerSeed = {arm: {} for arm in arms}
+    preds_by: PerSeed = {arm: {} for arm in arms}
+    minutes: PerSeed = {arm: {} for arm in arms}
+    seeds = sorted({seed for arm in arms for seed in _arm_seeds(cfg, arm)})
+    plan = [(seed, arm, manifest) for seed in seeds for arm, manifest in arms.items() if seed in _arm_seeds(cfg, arm)]
     for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
         exp = copy.deepcopy(cfg.report)
         exp.data.annotation = str(manifest)
@@ -315,46 +341,48 @@ def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs:
             saved = {"fingerprint": key, "scores": _arm_scores(preds, refs, rare, labeler), "predictions": preds,
                      "minutes": (time.perf_counter() - started) / 60}
             atomic_write_text(done, json.dumps(saved) + "\n")
-        runs[arm].append(saved["scores"])
-        preds_by[arm].append(saved["predictions"])
-        minutes[arm].append(round(saved["minutes"], 2))
+        runs[arm][seed] = saved["scores"]
+        preds_by[arm][seed] = saved["predictions"]
+        minutes[arm][seed] = round(saved["minutes"], 2)
         logger.info("augment %s seed %d: %s", arm, seed, saved["scores"])
     return runs, preds_by, minutes
 
 
-def _summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Means with t-intervals over seeds per arm, and each arm's paired per-seed difference from ``real``."""
+def _summarise(runs: PerSeed) -> dict[str, Any]:
+    """Means with t-intervals over seeds per arm, and the paired differences of :func:`_compared` over the
+    seeds both arms ran."""
     summary: dict[str, Any] = {}
-    for key in runs["real"][0]:
+    for key in next(iter(runs["real"].values())):
         row = {}
         for arm in runs:
-            mean, lo, hi = mean_ci([r[key] for r in runs[arm]])
+            mean, lo, hi = mean_ci([r[key] for r in runs[arm].values()])
             row[arm] = {"mean": mean, "ci_low": lo, "ci_high": hi}
-        for arm in runs:
-            if arm == "real":
-                continue
-            diff = [b[key] - a[key] for a, b in zip(runs["real"], runs[arm], strict=True)]
+        for arm, base in _compared(list(runs)):
+            diff = [runs[arm][seed][key] - runs[base][seed][key] for seed in runs[arm] if seed in runs[base]]
             mean, lo, hi = mean_ci(diff)
-            row[f"difference/{arm}"] = {"mean": mean, "ci_low": lo, "ci_high": hi}
+            row[_difference_key(arm, base)] = {"mean": mean, "ci_low": lo, "ci_high": hi, "seeds": len(diff)}
         summary[key] = row
     return summary
 
 
-def _significance(preds_by: dict[str, list[dict[str, str]]], refs: dict[str, str], rare: list[str],
-                  labeler: ReportLabeler, samples: int) -> dict[str, dict[str, float]]:
+def _significance(preds_by: PerSeed, refs: dict[str, str], rare: list[str], labeler: ReportLabeler,
+                  samples: int) -> dict[str, dict[str, float]]:
     """Paired approximate randomization of the rare findings' mean F1, every arm against ``real`` and
-    ``real+synthetic`` against ``real_upweighted``: the (seed, test study) pairs of all seeds pooled."""
+    ``real+synthetic`` against ``real_upweighted``: the (seed, test study) pairs of the seeds both arms ran,
+    pooled."""
     ids = sorted(refs)
     ref_rows = list(binarize(labeler.label_batch([refs[i] for i in ids])))
-    rows = {arm: [row for p in runs for row in binarize(labeler.label_batch([p[i] for i in ids]))]
-            for arm, runs in preds_by.items()}
-    pooled_refs = ref_rows * len(preds_by["real"])
+    rows = {arm: {seed: list(binarize(labeler.label_batch([p[i] for i in ids]))) for seed, p in by_seed.items()}
+            for arm, by_seed in preds_by.items()}
     metric = _rare_f1([CHEXPERT_LABELS.index(n) for n in rare])
-    pairs = [(arm, "real") for arm in rows if arm != "real"]
-    if "real_upweighted" in rows:
-        pairs.append(("real+synthetic", "real_upweighted"))
-    return {f"{a} vs {b}": approximate_randomization(metric, rows[a], rows[b], pooled_refs, n=samples)
-            for a, b in pairs}
+    out = {}
+    for a, b in _compared(list(rows)):
+        common = [seed for seed in rows[a] if seed in rows[b]]
+        pooled_a = [row for seed in common for row in rows[a][seed]]
+        pooled_b = [row for seed in common for row in rows[b][seed]]
+        out[f"{a} vs {b}"] = {**approximate_randomization(metric, pooled_a, pooled_b, ref_rows * len(common),
+                                                          n=samples), "seeds": len(common)}
+    return out
 
 
 def _amount_curve(cfg: AugmentExperiment, summary: dict[str, Any]) -> list[dict[str, float]]:
@@ -400,11 +428,13 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     summary = _summarise(runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
               "seeds": list(cfg.seeds), "arms": list(arms), "test_annotation": str(test), "test_studies": len(refs),
-              "runs": runs, "run_minutes": minutes, "summary": summary,
+              "runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
+              "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
+              "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}, "summary": summary,
               "verdict": _verdict(summary["rare_f1_mean"], runs),
               "examples": {f: v[:3] for f, v in composed.items()}}
     if "real_upweighted" in arms:
-        result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real_upweighted")
+        result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real+synthetic", "real_upweighted")
     if cfg.amounts:
         result["amount_curve"] = _amount_curve(cfg, summary)
     if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:

@@ -90,8 +90,8 @@ def _tiny_augment(data, out):
         ReportModelConfig(name="baseline_tiny"), DecodingConfig(num_beams=1, max_length=20),
         TrainConfig(max_steps=2, eval_every=2, checkpoint_every=2, warmup_steps=0, progress=False))
     return AugmentExperiment(annotation=str(data / "annotation.json"), output_dir=str(out),
-                             findings=["Pneumothorax", "Fracture"], per_finding=2, amounts=[1], upweight_real=True,
-                             seeds=[0, 1], significance_samples=20, report=report)
+                             findings=["Pneumothorax", "Fracture"], per_finding=2, amounts=[1], amount_seeds=[1],
+                             upweight_real=True, seeds=[0, 1], significance_samples=20, report=report)
 
 
 def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(tiny_synth, tmp_path, monkeypatch):
@@ -106,7 +106,13 @@ def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(t
     assert set(result["significance"]) == {"real+synthetic vs real", "real_upweighted vs real",
                                            "real+synthetic@1 vs real", "real+synthetic vs real_upweighted"}
     assert all(0 < t["p_value"] <= 1 for t in result["significance"].values())
-    assert all(len(result["runs"][arm]) == 2 for arm in result["arms"])
+    assert result["significance"]["real+synthetic@1 vs real"]["seeds"] == 1  # paired on the seed both ran
+    assert result["run_seeds"] == {"real": [0, 1], "real+synthetic": [0, 1], "real_upweighted": [0, 1],
+                                   "real+synthetic@1": [1]}
+    rare = result["summary"]["rare_f1_mean"]
+    assert rare["difference/real+synthetic@1"]["seeds"] == 1
+    assert rare["difference/real+synthetic - real_upweighted"]["mean"] == pytest.approx(
+        rare["real+synthetic"]["mean"] - rare["real_upweighted"]["mean"])
     real = load_records(data / "annotation.json")
     upweighted = load_records(tmp_path / "aug" / "real_upweighted.jsonl")
     assert len(upweighted) == len(real) + 2 * 2  # two extra repeats per rare finding
