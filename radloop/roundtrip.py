@@ -4,13 +4,20 @@ The two directions are glued here (the application layer may import both); the m
 ``evaluation.loop.report_round_trip`` and ``image_round_trip``: label-set agreement and
 per-finding survival of report round trips, embedding cosine and SSIM of image round trips,
 with the worst cases listed.
+
+:class:`TrueRenderer` puts SynthCXR's own renderer in the generator's place: each report is drawn for
+its study's patient and acquisition with the findings the labeler reads in it. Its round trips are
+the ceiling a learned generator is measured against (``run_roundtrip(..., ceiling=True)``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,10 +27,68 @@ from image2report.generator import ReportGenerator
 from report2image import ReportToCXRPipeline
 from report2image.pipeline import backbone_image_embeds
 from shared.data.image_processor import to_model_range
+from shared.data.synthcxr import FINDING_SPECS, Acquisition, Finding, Patient, read_attributes, render, stable_seed
+from shared.text.labeler import ReportLabeler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RoundTrip", "run_roundtrip"]
+__all__ = ["RoundTrip", "TrueRenderer", "findings_from_report", "run_roundtrip"]
+
+#: the labeler's severity words from least to most; a word a finding does not take maps to its nearest allowed
+_SEVERITY_ORDER = ("trace", "small", "mild", "moderate", "large", "severe")
+
+
+def _nearest_severity(word: str | None, allowed: Sequence[str]) -> str | None:
+    if not allowed or word is None:
+        return None  # Finding fills in the finding's first (mildest) allowed value
+    if word in allowed:
+        return word
+    rank = _SEVERITY_ORDER.index(word)
+    return min(allowed, key=lambda a: abs(_SEVERITY_ORDER.index(a) - rank))
+
+
+def findings_from_report(report: str, labeler: ReportLabeler | None = None) -> list[Finding]:
+    """The SynthCXR findings a report states as present: severity, side and zone where the report gives them
+    (and the finding takes them), SynthCXR's defaults otherwise. What no report states -- the exact shape and
+    position -- comes from a seed of the report, so the same report always draws the same finding."""
+    result = (labeler or ReportLabeler()).label(report)
+    out: dict[str, Finding] = {}
+    for attr in result.attributes:
+        spec = FINDING_SPECS.get(attr.name)
+        if spec is None or attr.status != 1 or attr.name in out or result.labels.get(attr.name) != 1:
+            continue
+        laterality = attr.laterality if attr.laterality in spec.lateralities else None
+        zone = next((z for z in attr.zones if z in spec.zones), None)
+        out[attr.name] = Finding(attr.name, severity=_nearest_severity(attr.severity, spec.severities),
+                                 laterality=laterality, zone=zone, seed=stable_seed("report", report, attr.name))
+    return list(out.values())
+
+
+class TrueRenderer:
+    """SynthCXR's renderer as a report -> image model for the studies ``ids`` of a SynthCXR folder, in order:
+    report ``i`` is drawn for study ``i``'s patient and acquisition (``attributes.jsonl``) at ``size`` px.
+
+    Called with N reports it returns (N, 1, size, size) in [0, 1]. The ceiling of a learned generator: it
+    knows the patient, the acquisition and the rendering; only the findings come from the report.
+    """
+
+    def __init__(self, data_dir: str | Path, ids: Sequence[str], size: int,
+                 labeler: ReportLabeler | None = None) -> None:
+        by_id = {r["id"]: r for r in read_attributes(data_dir)}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise ValueError(f"{Path(data_dir) / 'attributes.jsonl'} has no study '{missing[0]}'")
+        self.studies = [(Patient.from_dict(by_id[i]["patient"]), Acquisition.from_dict(by_id[i]["acquisition"]))
+                        for i in ids]
+        self.size = int(size)
+        self.labeler = labeler or ReportLabeler()
+
+    def __call__(self, reports: Sequence[str]) -> torch.Tensor:
+        if len(reports) != len(self.studies):
+            raise ValueError(f"TrueRenderer holds {len(self.studies)} studies, got {len(reports)} reports")
+        images = [render(patient, findings_from_report(report, self.labeler), acq, self.size, "frontal")
+                  for report, (patient, acq) in zip(reports, self.studies, strict=True)]
+        return torch.from_numpy(np.stack(images).astype(np.float32))[:, None].clamp(0, 1)
 
 
 class RoundTrip:
@@ -58,18 +123,33 @@ class RoundTrip:
                 image_round_trip(images, self.image_to_report, self.report_to_image, self.embed))
 
 
+def _named(trip: tuple[dict[str, Any], dict[str, Any]], ids: Sequence[str]) -> dict[str, Any]:
+    reports_trip, images_trip = trip
+    images_trip.pop("regenerated")
+    for case in images_trip["worst"] + reports_trip["worst"]:
+        case["id"] = ids[case["index"]]
+    return {"report_to_image_to_report": reports_trip, "image_to_report_to_image": images_trip}
+
+
 def run_roundtrip(diffusion: str, report_model: str, annotation: str, split: str = "test", n: int = 64,
-                  num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0) -> dict[str, Any]:
-    """Both round trips on the first ``n`` studies of ``split``; the regenerated images are dropped."""
+                  num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+                  ceiling: bool = False) -> dict[str, Any]:
+    """Both round trips on the first ``n`` studies of ``split``; the regenerated images are dropped.
+
+    ``ceiling``: also both round trips with :class:`TrueRenderer` in the generator's place (the annotation
+    must lie in a SynthCXR folder), under ``"ceiling"``; the same report model and image embedding.
+    """
     pipe = ReportToCXRPipeline.from_pretrained(diffusion)
     pipe.set_progress_bar_config(disable=True)
     trip = RoundTrip(pipe, ReportGenerator.from_pretrained(report_model), num_inference_steps, guidance_scale, seed)
     data = load_image_set(annotation, split, trip.size, "labeler")
     n = min(n, len(data["reports"]))
-    reports_trip, images_trip = trip.both(data["reports"][:n], data["images"][:n])
-    images_trip.pop("regenerated")
-    for case in images_trip["worst"]:
-        case["id"] = data["ids"][case["index"]]
-    for case in reports_trip["worst"]:
-        case["id"] = data["ids"][case["index"]]
-    return {"report_to_image_to_report": reports_trip, "image_to_report_to_image": images_trip}
+    reports, images, ids = data["reports"][:n], data["images"][:n], data["ids"][:n]
+    out = _named(trip.both(reports, images), ids)
+    if ceiling:
+        renderer = TrueRenderer(Path(annotation).parent, ids, trip.size)
+        with torch.no_grad():
+            out["ceiling"] = _named((report_round_trip(reports, renderer, trip.image_to_report),
+                                     image_round_trip(images, trip.image_to_report, renderer, trip.embed)), ids)
+        out["ceiling"]["renderer"] = "SynthCXR render(): the study's patient and acquisition, the report's findings"
+    return out

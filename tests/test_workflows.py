@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from radloop.augment import compose_reports, pick_rare_findings, sentence_pool
 from radloop.cli import main
 from radloop.html_report import SECTIONS, highlight_findings, image_grid, metric_table, render_html
+from shared.data.dataset import load_records
 from shared.text.labeler import ReportLabeler
 
 TRAIN = [
@@ -154,3 +156,62 @@ def test_precomputed_augmentation_is_labelled_and_escaped():
     assert "Precomputed" in page and "not measured in this run" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
     assert "0.500 [0.400, 0.600]" in page and "0.012" in page
+
+
+def test_findings_from_report_reads_back_what_synthcxr_wrote():
+    from radloop.roundtrip import findings_from_report
+    from shared.data.synthcxr import Finding, write_report
+
+    truth = [Finding("Pleural Effusion", severity="large", laterality="left"),
+             Finding("Pneumothorax", severity="small", laterality="right"), Finding("Cardiomegaly", severity="mild")]
+    report = write_report(truth, np.random.default_rng(0), hedge_prob=0.0).text
+    got = {f.name: f for f in findings_from_report(report)}
+    assert set(got) == {f.name for f in truth}
+    for f in truth:
+        assert (got[f.name].severity, got[f.name].laterality) == (f.severity, f.laterality), report
+    assert findings_from_report("No acute cardiopulmonary abnormality. No pneumothorax.") == []
+    assert findings_from_report(report) == findings_from_report(report)  # seeded by the report
+
+
+def test_true_renderer_redraws_a_clean_normal_study_exactly(tmp_path):
+    from PIL import Image
+
+    from radloop.roundtrip import TrueRenderer
+    from shared.data.synthcxr import SynthConfig, generate_dataset, read_attributes
+
+    data = tmp_path / "synth"
+    generate_dataset(data, SynthConfig(patients=8, studies_per_patient=2, size=32, seed=5, workers=1,
+                                       degraded_fraction=0.0, wrong_report_fraction=0.0))
+    normal = [r for r in read_attributes(data) if not r["findings"] and not r["degradation"]
+              and not r["wrong_report"]][:3]
+    assert normal
+    reports = {r["id"]: r["report"] for r in load_records(data / "annotation.json")}
+    renderer = TrueRenderer(data, [r["id"] for r in normal], 32)
+    images = renderer([reports[r["id"]] for r in normal])
+    assert images.shape == (len(normal), 1, 32, 32)
+    for rec, image in zip(normal, images, strict=True):
+        with Image.open(data / "images" / rec["patient_id"] / f"{rec['id']}_frontal.png") as im:
+            stored = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+        assert (image[0] - stored).abs().max() <= 1 / 255 + 1e-6  # same patient, acquisition and noise
+    with pytest.raises(ValueError, match="no study 'nope'"):
+        TrueRenderer(data, ["nope"], 32)
+
+
+def test_roundtrip_cli_with_the_true_renderer_ceiling(tmp_path, capsys):
+    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from tests.test_report2image import tiny_pipeline
+
+    data = tmp_path / "synth"
+    generate_dataset(data, SynthConfig(patients=6, studies_per_patient=2, size=64, seed=9, workers=1,
+                                       val_fraction=0.0, test_fraction=0.5))
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    rc = main(["roundtrip", "--diffusion", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
+               str(data / "annotation.json"), "--n", "4", "--steps", "2", "--ceiling", "--out",
+               str(tmp_path / "trip.json")])
+    assert rc == 0
+    result = json.loads((tmp_path / "trip.json").read_text())
+    ceiling = result["ceiling"]
+    assert ceiling["report_to_image_to_report"]["n"] == 4 and ceiling["image_to_report_to_image"]["n"] == 4
+    # the renderer draws the study's own anatomy: its image round trip is far closer than an untrained generator's
+    assert ceiling["image_to_report_to_image"]["ssim"] > result["image_to_report_to_image"]["ssim"]
+    assert "ceiling: SynthCXR's renderer" in capsys.readouterr().out
