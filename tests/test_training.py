@@ -283,3 +283,28 @@ def test_kill_benchmark_inspects_what_a_killed_run_left(tmp_path, load_benchmark
                                   "broken_model_folders": 1}
     cmd = bench.train_command(tmp_path, run, 4, 2)
     assert "--num_processes" in cmd and cmd[cmd.index("-m", 3) + 1] == "radloop" and "train.max_steps=4" in cmd
+
+
+def test_kill_benchmark_finds_truncated_files_and_compares_outputs_without_clocks(tmp_path, load_benchmark):
+    import json
+
+    from PIL import Image
+
+    bench = load_benchmark("reliability_kill")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, seconds in ((a, 1.5), (b, 9.0)):
+        (out / "images").mkdir(parents=True)
+        Image.new("L", (4, 4), 7).save(out / "images" / "x.png")
+        (out / "results.json").write_text(json.dumps({"ce": 0.5, "stage_seconds": {"x": seconds},
+                                                      "models": {"report": str(out / "report" / "best")}}))
+        (out / ".x.png.tmp123").write_bytes(b"half")  # a temp file: hidden, never a final name
+    assert bench.truncated_files(a) == []
+    assert bench.fingerprint(a) == bench.fingerprint(b)  # run times and the folder's own name left out
+    (b / "images" / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n trunc")
+    (b / "summary.json").write_text('{"ce": 0.')
+    assert sorted(bench.truncated_files(b)) == ["images/y.png", "summary.json"]
+    (b / "results.json").write_text(json.dumps({"ce": 0.6, "stage_seconds": {}, "models": {}}))
+    assert bench.fingerprint(a)["results.json"] != bench.fingerprint(b)["results.json"]
+    for name in bench.WORKFLOWS:
+        cmd = bench.workflow_command(name, tmp_path, tmp_path / "out")
+        assert cmd[1:3] == ["-m", "radloop"] and str(tmp_path / "out") in " ".join(cmd)
