@@ -5,6 +5,8 @@ uninterrupted run ends. Prints JSON.
         [--workflows synth generate_report generate_image augment demo] [--workflow-kills 5] \\
         [--json benchmarks/results/reliability_cpu2.json]
 
+``--json`` merges the result into that file under ``"kills"`` (``reliability_inputs.py`` writes ``"inputs"``).
+
 Trainings, per configuration (1 process, or 2 gloo processes through ``accelerate launch``): a tiny report
 decoder (``baseline_tiny`` on a small SynthCXR set, a checkpoint every 2 steps) trains once without
 interruption; then the same run is started, killed (the whole process group, SIGKILL) at a random instant,
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from reliability_inputs import merge_into
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,7 +347,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=1)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        merge_into(args.json, "kills", result)
     print(text)
 
 

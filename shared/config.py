@@ -94,9 +94,9 @@ def _merge(base: DictConfig, other: DictConfig, source: str, key: str | None = N
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = key or getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
         raise ConfigError(f"unknown config key {str(key)!r} in {source}") from None
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, OverflowError) as err:  # OverflowError: a huge integer for a float key
         key = key or getattr(err, "full_key", None)
-        first = str(err).splitlines()[0]
+        first = (str(err).splitlines() or [""])[0]
         where = f"key {str(key)!r} " if key else ""
         raise ConfigError(f"bad value for {where}in {source}: {first}") from None
 

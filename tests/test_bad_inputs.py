@@ -143,3 +143,19 @@ def test_cli_refuses_an_escaping_path_in_one_line_and_writes_nothing(tmp_path, c
     assert rc == 2 and err.startswith("radloop: error:") and err.count("\n") == 1
     assert "'../../etc/passwd'" in err and "--allow-outside-root" in err
     assert not (out / "annotation.json").exists()
+
+
+def test_the_input_benchmark_finds_no_crash_and_counts_one(load_benchmark, tmp_path, monkeypatch, capsys):
+    bench = load_benchmark("reliability_inputs")
+    monkeypatch.setattr("sys.argv", ["reliability_inputs.py", "--n", "10", "--json", str(tmp_path / "r.json")])
+    bench.main()
+    result = json.loads((tmp_path / "r.json").read_text())["inputs"]
+    assert result["tried"] > 150 and result["crashed"] == 0, result
+    assert len(result["classes"]) == 6 and all(c["tried"] > 0 for c in result["classes"].values())
+
+    def crashes():
+        raise KeyError("boom")
+
+    counted = bench.run_class(iter([("ok", lambda: None), ("documented", lambda: load_records(tmp_path / "none")),
+                                    ("crash", crashes)]))
+    assert (counted["tried"], counted["crashed"]) == (3, 1) and "KeyError" in counted["crash_examples"][0]

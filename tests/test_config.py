@@ -47,6 +47,12 @@ def test_bad_value_type_is_named():
         load_config(Defaults(), None, ["model.width=wide"])
 
 
+def test_a_huge_integer_for_a_float_key_is_named_not_an_overflow():
+    # found by benchmarks/reliability_inputs.py: OmegaConf let Python's OverflowError through
+    with pytest.raises(ConfigError, match="bad value for key 'lr'"):
+        load_config(Defaults(), None, ["lr=" + "1" * 400])
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load_config(Defaults(), None, ["lr"])
