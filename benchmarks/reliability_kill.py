@@ -343,12 +343,11 @@ def main() -> None:
             result[group][name] = {"failed": str(err)}
         result[group][name]["benchmark_minutes"] = round((time.perf_counter() - start) / 60, 1)
         print(json.dumps({group: {name: result[group][name]}}), file=sys.stderr, flush=True)
+        if args.json:  # after every case: a benchmark stopped half-way keeps what it measured
+            merge_into(args.json, "kills", result)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        merge_into(args.json, "kills", result)
-    print(text)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
