@@ -167,9 +167,7 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_image(args: argparse.Namespace) -> int:
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    from report2image import ReportToCXRPipeline
+    from shared.training.lock import RunLock
 
     reports = list(args.report or [])
     empty = next((i for i, r in enumerate(reports) if not r.strip()), None)
@@ -186,7 +184,18 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     if not (Path(checkpoint) / "model_index.json").is_file():
         raise FileNotFoundError(f"no saved ReportToCXRPipeline in {args.checkpoint} (model_index.json missing)")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # two runs into one folder: the second refuses while the first runs
+        _generate_images(args, reports, checkpoint, out)
+    _echo(f"wrote {len(reports)} images and manifest.jsonl to {out}")
+    return 0
+
+
+def _generate_images(args: argparse.Namespace, reports: list[str], checkpoint: str, out: Path) -> None:
+    """The images of one `radloop generate image` request and their ``manifest.jsonl``, into ``out``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from report2image import ReportToCXRPipeline
+
     # What this folder's images are of: a rerun of the same request skips the batches already written
     # (each batch is seeded by its start index alone, so the result is the same); another request is refused.
     request = {"checkpoint": str(args.checkpoint), "reports": reports, "seed": args.seed, "steps": args.steps,
@@ -214,8 +223,6 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     manifest = [{"id": name, "report": report, "image_path": [f"{name}.png"], "split": "test", "synthetic": True}
                 for name, report in zip(names, reports, strict=True)]
     atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
-    _echo(f"wrote {len(reports)} images and manifest.jsonl to {out}")
-    return 0
 
 
 def cmd_evaluate_images(args: argparse.Namespace) -> int:
@@ -231,9 +238,12 @@ def cmd_evaluate_images(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from shared.training.lock import RunLock
+
     from .demo import run_demo
 
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, from_scratch=args.from_scratch, echo=_echo)
+    with RunLock(args.out):  # a second demo into this folder refuses while this one runs
+        results = run_demo(args.out, quick=args.quick, seed=args.seed, from_scratch=args.from_scratch, echo=_echo)
     _echo("")
     _echo("| stage | seconds |")
     _echo("|---|---:|")
@@ -246,11 +256,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
+    from shared.training.lock import RunLock
+
     from .augment import AugmentExperiment, run_augment
 
     cfg = load_config(AugmentExperiment(), args.config, args.overrides)
-    save_run_config(cfg, cfg.output_dir, argv=sys.argv)
-    result = run_augment(OmegaConf.to_object(cfg))
+    with RunLock(cfg.output_dir):  # before this run's config replaces a running one's
+        save_run_config(cfg, cfg.output_dir, argv=sys.argv)
+        result = run_augment(OmegaConf.to_object(cfg))
     d = result["summary"]["rare_f1_mean"]
     _echo(f"rare findings {result['rare_findings']}: rare-class CE F1 per arm (mean over seeds):")
     for arm in result["arms"]:

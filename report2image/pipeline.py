@@ -33,14 +33,52 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from shared.backbone.clip import RadCLIP
+from shared.config import read_json
 from shared.data.image_processor import postprocess, preprocess
+from shared.modeling import check_safetensors
 from shared.text.labeler import ReportLabeler
 from shared.zoo import resolve_zoo
 
 from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
 
 __all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "CounterfactualOutput", "backbone_text_features",
-           "backbone_image_embeds"]
+           "backbone_image_embeds", "check_pipeline_folder"]
+
+#: the (library, class) each component of a saved pipeline may name in ``model_index.json``
+PIPELINE_COMPONENTS: dict[str, set[tuple[str, str]]] = {
+    "vae": {("diffusers", "AutoencoderKL")},
+    "unet": {("diffusers", "UNet2DConditionModel")},
+    "scheduler": {("diffusers", name) for name in ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+                                                   "EulerDiscreteScheduler", "PNDMScheduler")},
+    "text_encoder": {("shared.backbone.clip", "RadCLIP")},
+    "conditioner": {("report2image.conditioning", "ReportConditioner")},
+}
+
+
+def check_pipeline_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise a one-line error unless ``folder`` is a ReportToCXRPipeline whose ``model_index.json`` names only
+    the pipeline's own component classes and whose weights are all ``.safetensors``.
+
+    ``DiffusionPipeline.from_pretrained`` imports the module each component names and calls its loader, so
+    an unchecked ``model_index.json`` from someone else could make loading run any importable code.
+    """
+    index_file = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise FileNotFoundError(f"no saved ReportToCXRPipeline in {folder} (model_index.json missing)")
+    index = read_json(index_file)
+    if index.get("_class_name") != "ReportToCXRPipeline":
+        raise ValueError(f"{index_file} describes a {index.get('_class_name')!r}, not a ReportToCXRPipeline")
+    for name, value in index.items():
+        if name.startswith("_"):
+            continue
+        allowed = PIPELINE_COMPONENTS.get(name)
+        if allowed is None:
+            raise ValueError(f"{index_file}: unknown component {name!r}; expected {sorted(PIPELINE_COMPONENTS)}")
+        if not (isinstance(value, list) and len(value) == 2 and tuple(value) in allowed):
+            raise ValueError(f"{index_file}: component {name!r} names {value!r}; allowed: "
+                             f"{sorted(list(a) for a in allowed)}")
+        if name != "scheduler":
+            check_safetensors(os.path.join(folder, name))
 
 
 def backbone_text_features(backbone: RadCLIP, reports: Sequence[str], device: torch.device | str
@@ -96,8 +134,16 @@ class ReportToCXRPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
                         ) -> ReportToCXRPipeline:
         """A saved pipeline folder or a ``zoo:NAME`` entry (:mod:`shared.zoo`). Half-precision zoo
-        weights load into float32 components unless ``torch_dtype`` says otherwise."""
-        pipe = super().from_pretrained(resolve_zoo(pretrained_model_name_or_path), **kwargs)
+        weights load into float32 components unless ``torch_dtype`` says otherwise.
+
+        A local folder's ``model_index.json`` is checked first (:func:`check_pipeline_folder`): diffusers
+        imports whatever module it names, so only the pipeline's own component classes pass.
+        """
+        path = resolve_zoo(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            check_pipeline_folder(path)
+        kwargs.setdefault("use_safetensors", True)
+        pipe = super().from_pretrained(path, **kwargs)
         if "torch_dtype" not in kwargs:
             for name in ("vae", "unet", "text_encoder", "conditioner"):
                 getattr(pipe, name).float()

@@ -4,6 +4,10 @@ Models subclass ``RadLoopModel`` (a diffusers ``ModelMixin, ConfigMixin``): ``sa
 writes ``config.json`` + ``*.safetensors`` and, when the model holds a tokenizer,
 ``report_tokenizer.json``; ``from_pretrained`` refuses a folder written by another model class
 with one clear sentence instead of a shape error deep in ``load_state_dict``.
+
+Model folders may come from anyone, so loading reads JSON and safetensors only: ``config.json`` is
+checked (its class name must be the one asked for) before any class is built, and weights in a
+pickle file (``.bin``/``.pt``, which can run code when read) are refused, not loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from .config import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
 from .zoo import resolve_zoo
 
-__all__ = ["RadLoopModel", "check_model_folder", "load_state_dict_file"]
+__all__ = ["RadLoopModel", "check_model_folder", "check_safetensors", "load_state_dict_file"]
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -55,6 +59,16 @@ def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:
     return path
 
 
+def check_safetensors(folder: str | os.PathLike[str]) -> Path:
+    """Raise a one-line error unless ``folder`` holds its weights as ``.safetensors`` (never a pickle)."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        why = f"only {', '.join(pickled)}, a pickle format that can run code when read" if pickled else "none found"
+        raise FileNotFoundError(f"{folder}: no .safetensors weights ({why}); RadLoop loads safetensors only")
+    return folder
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep in name.split("/", 1)[-1]
 
@@ -80,7 +94,8 @@ class RadLoopModel(ModelMixin, ConfigMixin):
         path = Path(pretrained_model_name_or_path)
         if path.exists() or _looks_local(str(pretrained_model_name_or_path)):
             # A local folder never falls through to a hub download attempt.
-            check_model_folder(path, cls.__name__)
+            check_safetensors(check_model_folder(path, cls.__name__))
+        kwargs.setdefault("use_safetensors", True)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         tok = Path(pretrained_model_name_or_path) / TOKENIZER_FILE
         if tok.is_file():

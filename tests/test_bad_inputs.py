@@ -159,3 +159,37 @@ def test_the_input_benchmark_finds_no_crash_and_counts_one(load_benchmark, tmp_p
     counted = bench.run_class(iter([("ok", lambda: None), ("documented", lambda: load_records(tmp_path / "none")),
                                     ("crash", crashes)]))
     assert (counted["tried"], counted["crashed"]) == (3, 1) and "KeyError" in counted["crash_examples"][0]
+
+
+def test_model_folders_load_safetensors_only_and_pipelines_only_their_own_classes(tmp_path):
+    import shutil
+
+    import torch
+
+    from image2report.generator import ReportGenerator
+    from report2image import ReportToCXRPipeline
+    from shared.zoo import resolve_zoo
+
+    # a report model whose weights are a pickle (.bin) is refused, never unpickled
+    model = tmp_path / "model"
+    shutil.copytree(resolve_zoo("zoo:baseline"), model)
+    for weights in model.glob("*.safetensors"):
+        torch.save({"w": torch.ones(1)}, weights.with_suffix(".bin"))
+        weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"no \.safetensors weights \(only diffusion_pytorch_model\.bin"):
+        ReportGenerator.from_pretrained(model)
+
+    # a pipeline whose model_index.json names another module is refused before anything is imported
+    pipe = tmp_path / "pipe"
+    shutil.copytree(resolve_zoo("zoo:ldm64"), pipe)
+    index = json.loads((pipe / "model_index.json").read_text())
+    (pipe / "model_index.json").write_text(json.dumps({**index, "scheduler": ["os", "system"]}))
+    with pytest.raises(ValueError, match=r"component 'scheduler' names \['os', 'system'\]"):
+        ReportToCXRPipeline.from_pretrained(pipe)
+    (pipe / "model_index.json").write_text(json.dumps({**index, "safety_checker": ["evil", "Thing"]}))
+    with pytest.raises(ValueError, match="unknown component 'safety_checker'"):
+        ReportToCXRPipeline.from_pretrained(pipe)
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    (pipe / "unet" / "diffusion_pytorch_model.safetensors").rename(pipe / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="unet: no .safetensors weights"):
+        ReportToCXRPipeline.from_pretrained(pipe)

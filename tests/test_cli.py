@@ -139,3 +139,24 @@ def test_train_refuses_a_folder_another_run_holds_and_keeps_its_config(tmp_path,
     assert f"in use by another run (pid {sleeper.pid}" in capsys.readouterr().err
     assert (out / "config.yaml").read_text() == "the running run's config\n"
     assert os.path.exists(out / LOCK_NAME)  # the other run's lock is left alone
+
+
+@pytest.mark.parametrize("argv", [
+    ["synth", "--patients", "2", "--size", "32", "--out", "{out}"],
+    ["demo", "--quick", "--out", "{out}"],
+    ["augment", "output_dir={out}"],
+    ["generate", "image", "--checkpoint", "zoo:ldm64", "--report", "Small left effusion.", "--out", "{out}"],
+])
+def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(tmp_path, capsys, argv):
+    import os
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # another live process on this host holds the folder (pid 1 always exists)
+    (out / ".radloop.lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))
+    assert os.getpid() != 1
+    assert main([a.replace("{out}", str(out)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("radloop: error:") and err.count("\n") == 1 and "is in use by another run (pid 1" in err
+    assert sorted(p.name for p in out.iterdir()) == [".radloop.lock"]  # nothing written
