@@ -243,15 +243,22 @@ def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str]
 
 
 def _verdict(rare: dict[str, dict[str, float]], runs: PerSeed, arm: str = "real+synthetic",
-             baseline: str = "real") -> str:
-    """Gain / loss of ``arm`` over ``baseline`` when the paired difference's interval excludes 0; says so when
-    neither arm ever reports a rare finding (the comparison then says nothing about the synthetic data)."""
+             baseline: str = "real", test: dict[str, float] | None = None) -> str:
+    """Gain / loss of ``arm`` over ``baseline`` when the seed-paired difference's interval excludes 0 and, when
+    the study-level paired test ran (``test``), its p-value is below 0.05 too; says so when neither arm ever
+    reports a rare finding (the comparison then says nothing about the synthetic data)."""
     if all(r["rare_f1_mean"] == 0 for name in (baseline, arm) for r in runs[name].values()):
         return "no difference: neither arm reports the rare findings in any run (rare-class F1 0)"
     d = rare[_difference_key(arm, baseline)]
     if not np.isfinite(d["ci_low"]):
         return "one seed: no interval"
-    return "gain" if d["ci_low"] > 0 else "loss" if d["ci_high"] < 0 else "no significant difference"
+    if d["ci_low"] <= 0 <= d["ci_high"]:
+        return "no significant difference"
+    direction = "gain" if d["ci_low"] > 0 else "loss"
+    if test is not None and test["p_value"] >= 0.05:
+        return (f"no significant difference (the seed-paired interval excludes 0, a {direction}, but the "
+                f"study-level paired test gives p = {test['p_value']:.2f})")
+    return direction
 
 
 def _difference_key(arm: str, baseline: str = "real") -> str:
@@ -431,13 +438,15 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
               "runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
               "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
               "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}, "summary": summary,
-              "verdict": _verdict(summary["rare_f1_mean"], runs),
               "examples": {f: v[:3] for f, v in composed.items()}}
+    tests = {}
+    if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:
+        result["significance"] = tests = _significance(preds_by, refs, rare, labeler, cfg.significance_samples)
+    result["verdict"] = _verdict(summary["rare_f1_mean"], runs, test=tests.get("real+synthetic vs real"))
     if "real_upweighted" in arms:
-        result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real+synthetic", "real_upweighted")
+        result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real+synthetic", "real_upweighted",
+                                                   tests.get("real+synthetic vs real_upweighted"))
     if cfg.amounts:
         result["amount_curve"] = _amount_curve(cfg, summary)
-    if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:
-        result["significance"] = _significance(preds_by, refs, rare, labeler, cfg.significance_samples)
     atomic_write_text(out / "augment_results.json", json.dumps(result, indent=1, default=float) + "\n")
     return result

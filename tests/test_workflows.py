@@ -215,3 +215,18 @@ def test_roundtrip_cli_with_the_true_renderer_ceiling(tmp_path, capsys):
     # the renderer draws the study's own anatomy: its image round trip is far closer than an untrained generator's
     assert ceiling["image_to_report_to_image"]["ssim"] > result["image_to_report_to_image"]["ssim"]
     assert "ceiling: SynthCXR's renderer" in capsys.readouterr().out
+
+
+def test_the_verdict_needs_the_seed_interval_and_the_study_level_test():
+    from radloop.augment import _verdict
+
+    runs = {"real": {0: {"rare_f1_mean": 0.1}}, "real+synthetic": {0: {"rare_f1_mean": 0.2}}}
+    gain = {"difference/real+synthetic": {"ci_low": 0.01, "ci_high": 0.03}}
+    assert _verdict(gain, runs) == "gain"
+    assert _verdict(gain, runs, test={"p_value": 0.01}) == "gain"
+    assert _verdict(gain, runs, test={"p_value": 0.41}).startswith("no significant difference (the seed-paired")
+    assert _verdict({"difference/real+synthetic": {"ci_low": -0.03, "ci_high": -0.01}}, runs) == "loss"
+    assert _verdict({"difference/real+synthetic": {"ci_low": -0.01, "ci_high": 0.01}}, runs) == \
+        "no significant difference"
+    zero = {"real": {0: {"rare_f1_mean": 0.0}}, "real+synthetic": {0: {"rare_f1_mean": 0.0}}}
+    assert _verdict(gain, zero).startswith("no difference: neither arm")
