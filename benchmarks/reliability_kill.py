@@ -330,11 +330,14 @@ def main() -> None:
         "benchmark": "reliability_kill", "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "command": " ".join(["python", "benchmarks/reliability_kill.py", *sys.argv[1:]]),
         "trainings": {}, "workflows": {}}
-    cases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
-        ("trainings", f"{n}_process", lambda n=n: training_case(work, data, n, args.steps, args.kills, env, rng))
-        for n in args.processes]
+    def training(n: int) -> tuple[str, str, Callable[[], dict[str, Any]]]:
+        return "trainings", f"{n}_process", lambda: training_case(work, data, n, args.steps, args.kills, env, rng)
+
+    # one process first, then the workflows, then several processes (the slowest: two interpreters to start)
+    cases = [training(n) for n in args.processes if n == 1]
     cases += [("workflows", name, lambda name=name: workflow_case(name, work, args.workflow_kills, env, rng))
               for name in args.workflows]
+    cases += [training(n) for n in args.processes if n != 1]
     for group, name, case in cases:
         start = time.perf_counter()
         try:
