@@ -288,6 +288,10 @@ def test_an_interrupted_generation_resumes_to_the_same_files(tmp_path):
     run_files = sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file())
     assert run_files == ref_files
     assert all((tmp_path / "ref" / p).read_bytes() == (run / p).read_bytes() for p in ref_files)
+    # killed after its last file: the same command finds the generation complete and does nothing
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*.png")}
+    assert generate_dataset(run, cfg)["studies"] == 12
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.png")} == before
     (run / "annotation.json").unlink()
     with pytest.raises(FileExistsError, match="interrupted generation with other settings"):
         generate_dataset(run, SynthConfig(patients=6, studies_per_patient=2, size=32, seed=6, workers=1))

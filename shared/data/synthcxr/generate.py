@@ -226,11 +226,15 @@ def _json_labels(labels: Mapping[str, float]) -> dict[str, float | None]:
 REQUEST_NAME = ".synthcxr_request.json"
 
 
-def _prepare_output(out_dir: Path, overwrite: bool, cfg: SynthConfig) -> None:
+def _prepare_output(out_dir: Path, overwrite: bool, cfg: SynthConfig) -> bool:
+    """Make ``out_dir`` ready; True when it already holds this exact generation, complete."""
     request = json.dumps(asdict(cfg), sort_keys=True)
     # a run lock (``.radloop.lock``, taken by the CLI) alone does not make the folder non-empty
     if out_dir.exists() and any(p.name != ".radloop.lock" for p in out_dir.iterdir()):
         stamp = out_dir / REQUEST_NAME
+        if (not overwrite and stamp.is_file() and stamp.read_text() == request
+                and (out_dir / "annotation.json").exists() and (out_dir / "synthcxr.json").exists()):
+            return True  # the same generation, already complete (killed after its last file): nothing to do
         interrupted = not (out_dir / "annotation.json").exists() and stamp.is_file()
         if interrupted and stamp.read_text() == request and not overwrite:
             # the same generation, killed before its annotation.json (written last): run it again over the
@@ -238,7 +242,7 @@ def _prepare_output(out_dir: Path, overwrite: bool, cfg: SynthConfig) -> None:
             logger.info("resuming the interrupted SynthCXR generation in %s", out_dir)
             for tmp in out_dir.rglob(".*.png.*"):  # temp files of images being written when it was killed
                 tmp.unlink()
-            return
+            return False
         if not overwrite:
             raise FileExistsError(f"output folder {out_dir} is not empty; pass overwrite to replace it"
                                   + (" (it holds an interrupted generation with other settings)" if interrupted
@@ -248,6 +252,7 @@ def _prepare_output(out_dir: Path, overwrite: bool, cfg: SynthConfig) -> None:
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / REQUEST_NAME, request)
+    return False
 
 
 def _annotation(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -297,7 +302,9 @@ def generate_dataset(
     cfg = cfg or SynthConfig()
     cfg.validate()
     out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite, cfg)
+    if _prepare_output(out_dir, overwrite, cfg):
+        logger.info("%s already holds this SynthCXR generation, complete: nothing to do", out_dir)
+        return json.loads((out_dir / "synthcxr.json").read_text())
     # 1. render the studies patient by patient (images are written as they come)
     splits = _assign_splits(cfg)
     records: list[dict[str, Any]] = []
