@@ -22,7 +22,7 @@ from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
-from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 
 from .decoding import DecodingConfig
 from .feature_cache import CachedFeatureDataset, GridFeatureCache, collate_cached
@@ -87,6 +87,8 @@ def _dataset(data: ReportDataConfig, split: str, train: bool) -> ReportImageData
                    meta={"experiment": ReportExperiment, "metric": "CE micro-F1"})
 def train_report_model(cfg: ReportExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     train_ds, val_ds = _dataset(data, "train", True), _dataset(data, "val", False)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")

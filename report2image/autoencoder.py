@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from shared.data.config import DataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.metrics.image import psnr, ssim_map
-from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 from shared.zoo import resolve_zoo
 
 from .models import build_autoencoder, load_ldm_config
@@ -218,6 +218,8 @@ def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Ten
 @TRAINERS.register("autoencoder", help="latent-diffusion autoencoder (L1 + SSIM + gradient + KL), selected by PSNR",
                    meta={"experiment": AutoencoderExperiment, "metric": "psnr"})
 def train_autoencoder(cfg: AutoencoderExperiment) -> TrainResult:
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(cfg.train.seed)
     ldm = load_ldm_config(cfg.model.name)
     size = int(ldm["image_size"])
     train_ds = ImagesOnly(cfg.data.annotation, "train", size, cfg.data.image_root, preload=True,

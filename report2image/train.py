@@ -37,7 +37,7 @@ from shared.data.dataset import ReportImageDataset, collate_samples
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
-from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 from shared.zoo import resolve_zoo
 
 from .autoencoder import AutoencoderLossConfig, fit_autoencoder
@@ -307,6 +307,8 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
                    meta={"experiment": DiffusionExperiment, "metric": "denoising loss"})
 def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     data, mcfg, lcfg, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     ldm = load_ldm_config(mcfg.name)
     labeler = ReportLabeler()
     train_ds = DiffusionPairs(data.annotation, "train", int(ldm["image_size"]), labeler, data.image_root,

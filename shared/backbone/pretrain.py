@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import collate_samples
-from ..training import TRAINERS, TrainConfig, Trainer, TrainResult
+from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything
 from .lsu import LSUS, build_lsu
 from .radcare import RADCARES, RadCAREWeights, build_radcare
 from .train import BackboneDataConfig, prepare_pairs
@@ -66,6 +66,8 @@ def _val_loss(m: torch.nn.Module, val_loader: DataLoader, fn) -> float:
                    meta={"experiment": LSUExperiment, "metric": "reconstruction L1"})
 def train_lsu(cfg: LSUExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     size = data.image_size or LSUS.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_lsu(mcfg.name, len(tokenizer), mcfg.dim)
@@ -87,6 +89,8 @@ def train_lsu(cfg: LSUExperiment) -> TrainResult:
                    meta={"experiment": RadCAREExperiment, "metric": "loss"})
 def train_radcare(cfg: RadCAREExperiment) -> TrainResult:
     data, mcfg, weights, tcfg = cfg.data, cfg.model, cfg.loss, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     size = data.image_size or RADCARES.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
     model = build_radcare(mcfg.name, len(tokenizer), mask_ratio=mcfg.mask_ratio, degrade_scale=mcfg.degrade_scale)

@@ -22,7 +22,7 @@ from ..labels import CHEXPERT_LABELS
 from ..metrics.retrieval import retrieval_metrics
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
-from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 from .clip import RadCLIP, build_backbone, config_image_size, load_model_config
 from .losses import LabelAwareClipLoss
 
@@ -134,6 +134,8 @@ def dataset_labels(ds: ReportImageDataset) -> np.ndarray:
                    meta={"experiment": BackboneExperiment, "metric": "image->report label precision@5"})
 def train_backbone(cfg: BackboneExperiment) -> TrainResult:
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     if mcfg.findings_weight < 0:
         raise ValueError(f"model.findings_weight must be >= 0, got {mcfg.findings_weight}")
     size = data.image_size or config_image_size(load_model_config(mcfg.name))

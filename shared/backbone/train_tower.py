@@ -24,7 +24,7 @@ from ..data.dataset import ReportImageDataset, collate_samples
 from ..labels import CHEXPERT_LABELS
 from ..metrics import multilabel_auroc
 from ..registry import Registry
-from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, training_loader
+from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 from .classifier import TOWER_PRETRAINERS, FindingsClassifier
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ def fit_classifier(cfg: ClassifierExperiment, registry: Registry) -> TrainResult
     """Train ``registry``'s model ``cfg.model.name`` and select on validation mAUC; writes ``best/`` and
     ``final/`` under ``train.output_dir``."""
     data, mcfg, tcfg = cfg.data, cfg.model, cfg.train
+    # seed before any model is built: its initial weights must not depend on what ran before in this process
+    seed_everything(tcfg.seed)
     train_ds, val_ds = classifier_dataset(data, "train", True), classifier_dataset(data, "val", False)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
