@@ -175,11 +175,12 @@ def image_inputs(rng: random.Random, n: int, work: Path) -> Iterator[tuple[str, 
     good = _png(grey)
     jpeg = io.BytesIO()
     Image.fromarray(grey).save(jpeg, format="JPEG")
+    dicom = _dicom(work)
     files = {
         "zero-byte.png": b"", "truncated.png": good[: len(good) // 2], "text.png": b"not an image at all\n",
         "sixteen-bit.png": _png(grey.astype(np.uint16) * 257), "rgba.png": _png(np.dstack([grey] * 4), "RGBA"),
         "palette.png": _palette(grey), "image.jpg": jpeg.getvalue(),
-        "huge-dimensions.png": _huge_png_header(), "dicom.png": _dicom(work), "dicom.dcm": _dicom(work),
+        "huge-dimensions.png": _huge_png_header(), "dicom.png": dicom, "dicom.dcm": dicom,
         "truncated.jpg": jpeg.getvalue()[:200], "one-pixel.png": _png(np.zeros((1, 1), np.uint8)),
     }
     for k in range(n // 10):  # random bytes after a PNG signature, and random flips in a good PNG

@@ -179,9 +179,9 @@ def _write_manifest(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _real_rows(annotation: Path) -> list[dict[str, Any]]:
-    """Real studies (all splits) with absolute image paths, marked ``synthetic: false``."""
-    return [{**_absolute(rec, annotation.parent), "synthetic": False} for rec in load_records(annotation)]
+def _real_rows(annotation: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The annotation's ``records`` (all splits) with absolute image paths, marked ``synthetic: false``."""
+    return [{**_absolute(rec, annotation.parent), "synthetic": False} for rec in records]
 
 
 def _synthetic_rows(synthetic: Path, per_finding: int) -> list[dict[str, Any]]:
@@ -217,14 +217,14 @@ def upweighted_rows(real: list[dict[str, Any]], rare: Sequence[str], extra: int,
     return rows
 
 
-def _rare_f1(rare_idx: Sequence[int]):
-    """Mean F1 over the rare findings' columns of boolean label rows (a metric for the paired test)."""
+def _rare_f1(rare: Sequence[str]):
+    """Mean F1 over the rare findings of boolean label rows (a metric for the paired test): the same
+    :func:`per_label_scores` that :func:`_arm_scores` reports."""
+    idx = [CHEXPERT_LABELS.index(n) for n in rare]
 
     def metric(pred: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
-        p, r = np.stack(pred)[:, rare_idx], np.stack(ref)[:, rare_idx]
-        tp, fp, fn = (p & r).sum(0), (p & ~r).sum(0), (~p & r).sum(0)
-        denom = 2 * tp + fp + fn
-        return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+        per = per_label_scores(np.stack(pred)[:, idx], np.stack(ref)[:, idx], rare)
+        return float(np.mean([per[n]["f1"] for n in rare]))
 
     return metric
 
@@ -283,10 +283,10 @@ def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: Re
     return rare
 
 
-def _arm_manifests(cfg: AugmentExperiment, annotation: Path, synthetic: Path, rare: list[str],
-                   labeler: ReportLabeler, out: Path) -> dict[str, Path]:
-    """Every arm's training manifest: ``real`` is the annotation itself."""
-    real = _real_rows(annotation)
+def _arm_manifests(cfg: AugmentExperiment, annotation: Path, records: list[dict[str, Any]], synthetic: Path,
+                   rare: list[str], labeler: ReportLabeler, out: Path) -> dict[str, Path]:
+    """Every arm's training manifest: ``real`` is the annotation itself (``records``, as read)."""
+    real = _real_rows(annotation, records)
     arms = {"real": annotation,
             "real+synthetic": _write_manifest(real + _synthetic_rows(synthetic, cfg.per_finding),
                                               out / "real_plus_synthetic.jsonl")}
@@ -378,10 +378,14 @@ def _significance(preds_by: PerSeed, refs: dict[str, str], rare: list[str], labe
     ``real+synthetic`` against ``real_upweighted``: the (seed, test study) pairs of the seeds both arms ran,
     pooled."""
     ids = sorted(refs)
-    ref_rows = list(binarize(labeler.label_batch([refs[i] for i in ids])))
-    rows = {arm: {seed: list(binarize(labeler.label_batch([p[i] for i in ids]))) for seed, p in by_seed.items()}
+    # every distinct text labelled once: the runs' predictions repeat each other (and the references) a lot
+    texts = sorted({refs[i] for i in ids} | {p[i] for by_seed in preds_by.values() for p in by_seed.values()
+                                             for i in ids})
+    labels = dict(zip(texts, binarize(labeler.label_batch(texts)), strict=True))
+    ref_rows = [labels[refs[i]] for i in ids]
+    rows = {arm: {seed: [labels[p[i]] for i in ids] for seed, p in by_seed.items()}
             for arm, by_seed in preds_by.items()}
-    metric = _rare_f1([CHEXPERT_LABELS.index(n) for n in rare])
+    metric = _rare_f1(rare)
     out = {}
     for a, b in _compared(list(rows)):
         common = [seed for seed in rows[a] if seed in rows[b]]
@@ -428,7 +432,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     composed = {f: compose_reports(pool, f, cfg.per_finding, seed=i) for i, f in enumerate(rare)}
     synthetic = write_synthetic_manifest(pipe, composed, out / "synthetic", cfg.num_inference_steps,
                                          cfg.guidance_scale)
-    arms = _arm_manifests(cfg, annotation, synthetic, rare, labeler, out)
+    arms = _arm_manifests(cfg, annotation, records, synthetic, rare, labeler, out)
 
     # 2. every arm over the seeds; 3. intervals, the paired test and the verdict
     runs, preds_by, minutes = _train_arms(cfg, arms, test, refs, rare, labeler, out)

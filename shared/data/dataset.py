@@ -229,14 +229,14 @@ def resolve_image_root(annotation: Path, records: Sequence[Mapping[str, Any]],
     return here  # the missing-image error then names the path it tried
 
 
-def _outside(root: Path, rel: str) -> str | None:
+def _outside(root: Path, resolved_root: Path, rel: str) -> str | None:
     """Why ``rel`` leaves ``root`` (an absolute path, a ``..`` step, or a symlink pointing out), else None."""
     path = Path(rel)
     if path.is_absolute():
         return "an absolute path"
     if ".." in path.parts:
         return "a '..' step"
-    if not (root / path).resolve().is_relative_to(root.resolve()):
+    if not (root / path).resolve().is_relative_to(resolved_root):
         return "a symlink out of it"
     return None
 
@@ -247,9 +247,10 @@ def check_inside_root(annotation: Path, records: Sequence[Mapping[str, Any]], ro
     An annotation file may come from anyone: without this check a path like ``../../home/me/.ssh/id``
     or a symlink would make a training run read (and a report show) any file the user can read.
     """
+    resolved_root = root.resolve()
     for rec in records:
         for rel in rec["image_path"]:
-            why = _outside(root, rel)
+            why = _outside(root, resolved_root, rel)
             if why is not None:
                 raise DataError(f"{annotation}: study '{rec['id']}' has image path {rel!r}, which leaves the image "
                                 f"root {root} ({why}); set data.allow_outside_root=true (--allow-outside-root) "
