@@ -93,6 +93,70 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(full[k], part[k], rtol=0, atol=1e-6)
 
 
+class _Jittered(torch.utils.data.Dataset):
+    """Items with a random augmentation drawn from the global RNG, as torchvision's transforms draw."""
+
+    def __init__(self):
+        self.data = _data()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+def _dropout_loss(model, batch):
+    x, y = batch
+    return {"loss": torch.nn.functional.mse_loss(model(torch.nn.functional.dropout(x, 0.2)), y)}
+
+
+def test_resume_is_bit_identical_with_random_augmentation_and_dropout(tmp_path):
+    # The loader fetches one batch ahead: the batch after the step-6 checkpoint drew its augmentation
+    # before save_state recorded the RNG, and a resumed run drew it again (every later draw shifted).
+    # training_loader seeds each item by (seed, epoch, index), so the resumed run ends bit-identical.
+    from shared.training import training_loader
+
+    def trainer(folder):
+        torch.manual_seed(0)
+        cfg = TrainConfig(output_dir=str(folder), max_steps=9, learning_rate=0.05, checkpoint_every=3,
+                          eval_every=100, log_every=1, progress=False)
+        return Trainer(TinyRegressor(), training_loader(_Jittered(), 8, seed=0), _dropout_loss, cfg)
+
+    trainer(tmp_path / "full").train()
+    killed, calls = trainer(tmp_path / "part"), {"n": 0}
+
+    def dies_at_seven(model, batch):  # 5 batches an epoch: step 7 resumes one batch into epoch 2
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return _dropout_loss(model, batch)
+
+    killed.loss_fn = dies_at_seven
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    torch.manual_seed(123)  # whatever the global RNG holds, the checkpoint's states are what count
+    trainer(tmp_path / "part").train()
+    full, part = _params(tmp_path / "full" / "final"), _params(tmp_path / "part" / "final")
+    for k in full:
+        assert torch.equal(full[k], part[k]), k
+
+
+def test_epoch_seeded_items_do_not_depend_on_fetch_order_and_leave_the_global_rng_alone():
+    from shared.training import EpochSeededDataset
+
+    ds = EpochSeededDataset(_Jittered(), seed=3)
+    state = torch.random.get_rng_state()
+    first = ds[5][0]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(7)
+    assert torch.equal(ds[5][0], first) and not torch.equal(ds[4][0], first)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5][0], first)  # a new epoch draws new augmentations
+    assert len(ds) == 40 and ds.data is ds.dataset.data  # the wrapped dataset's attributes stay reachable
+
+
 def test_checkpoint_total_limit(tmp_path):
     _trainer(tmp_path, 12, checkpoints_total_limit=2).train()
     assert len(list((tmp_path / "checkpoints").iterdir())) == 2

@@ -43,7 +43,7 @@ from .lock import RunLock
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "NonFiniteLossError", "seed_everything", "save_folder_atomically",
-           "training_loader"]
+           "training_loader", "EpochSeededDataset"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,12 +98,62 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose item ``i`` in epoch ``e`` is drawn under RNG seeds of its own, derived
+    from ``(seed, e, i)``: random augmentations (torchvision's crop and jitter draw from the global
+    RNGs) no longer depend on when the loader fetched the item.
+
+    Why: accelerate's loader fetches one batch ahead, so the batch after a checkpoint has already
+    drawn its augmentation from the global RNG when ``save_state`` records that RNG; a resumed run
+    would draw it a second time and every later random number (dropout, diffusion noise) would
+    shift. With per-item seeds the global RNG only serves the training step, and a resumed run
+    ends bit-identical to an uninterrupted one. The global RNG states are restored after each item.
+
+    Attributes of the wrapped dataset are reachable through this one (``loader.dataset.tokenizer``).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (a resumed run sets the epoch it resumes in)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        # SeedSequence mixes the three numbers (nearby seeds give unrelated streams)
+        item_seed = int(np.random.SeedSequence([self.seed % 2**32, self.epoch, int(index)]).generate_state(1)[0])
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+        try:
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.random.set_rng_state(torch_state)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names this wrapper lacks; "dataset" itself is looked up through __dict__ so
+        # that unpickling (in loader workers), which runs before __init__, does not recurse
+        if name == "dataset" or "dataset" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["dataset"], name)
+
+
 def training_loader(dataset: torch.utils.data.Dataset, batch_size: int, seed: int,
                     collate_fn: Callable | None = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A shuffled loader with a seeded generator, dropping the last partial batch when there is more than one."""
+    """A shuffled loader with a seeded generator, dropping the last partial batch when there is more than one.
+
+    The dataset is wrapped in :class:`EpochSeededDataset`, so each item's random augmentation is fixed
+    by ``(seed, epoch, index)`` and a resumed run draws the same ones (the trainer sets the epoch).
+    """
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate_fn,
-                                       num_workers=num_workers, generator=g,
+    return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, shuffle=True,
+                                       collate_fn=collate_fn, num_workers=num_workers, generator=g,
                                        drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
 
 
@@ -494,6 +544,8 @@ class Trainer:
         running: dict[str, list[float]] = {}
         while self.state.step < cfg.max_steps:
             self.train_loader.set_epoch(epoch)
+            if hasattr(self.train_loader.dataset, "set_epoch"):
+                self.train_loader.dataset.set_epoch(epoch)
             loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
             skip = 0
             for batch in loader:
