@@ -168,6 +168,12 @@ def test_iu_xray_mesh_agreement(load_benchmark):
     ("Right chest tube in place.", 1.0),
     ("Chest tube in place, ET tube removed.", 1.0),  # one device stays
     ("Septal lines are present.", None),  # lines without tubes are not devices
+    # IU X-ray wording the first rules missed (MeSH codes them as devices)
+    ("Stable positioning of the dual-XXXX cardiac XXXX device.", 1.0),
+    ("Note is XXXX of an XXXX closure device which appears appropriate.", 1.0),
+    ("VP shunt tubing is identified.", 1.0),
+    ("No evidence of left-to-right shunt.", None),  # physiology, not a device
+    ("No support device.", 0.0),
 ])
 def test_tubes_and_their_removal_read_as_support_devices(text, expected):
     value = ReportLabeler().label(text).labels["Support Devices"]

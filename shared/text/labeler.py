@@ -109,6 +109,9 @@ _MENTIONS: dict[str, re.Pattern[str]] = {
         # a bare "tube(s)" is a device in a chest film report ("no tube", "tube removed"), and so are
         # "lines" when they stand with tubes ("no lines or tubes", "tubes and lines removed")
         r"\btubes?\b", r"\blines? (?:and|or|and/or) tubes?\b", r"\btubes? (?:and|or|and/or) lines?\b",
+        # any "device" on a chest film ("dual-XXXX cardiac XXXX device", "closure device", "electronic
+        # device"), and shunt catheters (a bare "shunt" is also physiology: "left-to-right shunt")
+        r"\bdevices?\b", r"\b(?:vp|ventriculoperitoneal) shunt\b", r"\bshunt (?:tubing|catheter)s?\b",
         # IU X-ray anonymisation often hides the device word: "left chest XXXX with tip in the SVC".
         r"\btips? (?:project\w*|in|at|overl\w*|terminat\w*|is|are|near|within|in the)\b",
     ),

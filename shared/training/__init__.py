@@ -1,8 +1,15 @@
 """The one Accelerate training loop every trainer in the suite uses."""
 
 from ..registry import Registry
-from .loop import (EpochSeededDataset, NonFiniteLossError, TrainConfig, Trainer, TrainResult, seed_everything,
-                   training_loader)
+from .loop import (
+    EpochSeededDataset,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    seed_everything,
+    training_loader,
+)
 
 __all__ = ["EpochSeededDataset", "NonFiniteLossError", "TrainConfig", "Trainer", "TrainResult", "seed_everything",
            "training_loader", "TRAINERS"]
