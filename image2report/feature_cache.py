@@ -22,18 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.data.shard_cache import module_digest
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GridFeatureCache", "CachedFeatureDataset", "collate_cached", "feature_cache_key"]
-
-
-def _tensor_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def feature_cache_key(model: torch.nn.Module, dataset: ReportImageDataset, image_size: int,
@@ -42,7 +35,7 @@ def feature_cache_key(model: torch.nn.Module, dataset: ReportImageDataset, image
     h = hashlib.sha256()
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for rec in dataset.records
              for p in rec["paths"][: dataset.max_views]]
-    meta = {"tower": _tensor_digest(model.image_encoder), "grid_size": model.config.grid_size,
+    meta = {"tower": module_digest(model.image_encoder), "grid_size": model.config.grid_size,
             "annotation": hashlib.sha256(dataset.annotation.read_bytes()).hexdigest(),
             "ids": [rec["id"] for rec in dataset.records], "image_size": image_size, "resize": resize,
             "max_views": dataset.max_views, "files": files}

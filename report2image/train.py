@@ -16,9 +16,10 @@ saved folders (``best``, ``final``) are complete ``ReportToCXRPipeline`` folders
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ from shared.backbone.clip import RadCLIP, build_backbone
 from shared.config import atomic_write_text
 from shared.data.config import DataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.data.shard_cache import ShardedCache, files_digest, module_digest
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
+from shared.training.loop import save_folder_atomically
 from shared.zoo import resolve_zoo
 
 from .autoencoder import AutoencoderLossConfig, fit_autoencoder
@@ -50,13 +53,17 @@ from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
-           "noise_scheduler", "CachedPairs", "training_target", "min_snr_weights"]
+           "noise_scheduler", "CachedPairs", "training_target", "min_snr_weights", "TextEncoderSwapExperiment",
+           "swap_text_encoder", "check_text_encoder_swap"]
 
 
 @dataclass
 class DiffusionDataConfig(DataConfig):
     #: validation studies whose denoising loss selects the checkpoint
     val_samples: int = 64
+    #: a folder for the frozen models' outputs as memory-mapped shards, computed once by every process
+    #: (None: in memory, as for small data); see :class:`CachedPairs`
+    feature_cache: str | None = None
 
 
 @dataclass
@@ -185,45 +192,98 @@ class DiffusionPairs(Dataset):
 
 class CachedPairs(Dataset):
     """What the frozen models make of every training pair, computed once: the autoencoder's
-    latent distribution (mean, std), the backbone's text tokens and image embedding. The images
-    stay in memory for the (trained) identity encoder. Items carry the keys the UNet stage reads."""
+    latent distribution (mean, std), the backbone's text tokens and image embedding, and the image
+    itself (for the trained identity encoder). Items carry the keys the UNet stage reads.
+
+    In memory by default; with ``cache_dir`` the rows go to a :class:`~shared.data.shard_cache.ShardedCache`
+    under it (every ``accelerate`` process computes its share of the shards on its device; training reads
+    them memory-mapped, so memory stays flat as the data set grows), keyed by the data (annotation, ids,
+    image files, size) and the frozen models' weights. A ``shard_size`` that is a multiple of ``batch_size``
+    (the defaults: 4096, 64) runs the frozen models on the same batches as in memory, so the rows are the
+    same floats either way.
+    """
 
     @torch.no_grad()
     def __init__(self, pairs: DiffusionPairs, vae: AutoencoderKL, backbone: RadCLIP, image_embeds: bool,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, cache_dir: str | None = None, shard_size: int = 4096) -> None:
         self.pairs = pairs
-        images, means, stds, tokens, masks, embeds = [], [], [], [], [], []
-        for k in range(0, len(pairs), batch_size):
-            items = [pairs.base[i] for i in range(k, min(k + batch_size, len(pairs)))]
-            x = torch.stack([it["images"][0] for it in items])
+        self.with_embeds = image_embeds
+        self.cache: ShardedCache | None = None
+        if cache_dir is not None:
+            self.cache = self._sharded(vae, backbone, batch_size, cache_dir, shard_size)
+            return
+        rows = self._compute(vae, backbone, range(len(pairs)), batch_size, torch.device("cpu"))
+        self.images, self.latent_mean, self.latent_std = rows["image"], rows["latent_mean"], rows["latent_std"]
+        self.tokens, self.mask = rows["tokens"], rows["mask"]
+        self.image_embeds = rows.get("image_embeds")
+
+    def _compute(self, vae: AutoencoderKL, backbone: RadCLIP, items: range, batch_size: int,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+        """The rows of ``items``: {name: (len(items), ...)} on the CPU, computed on ``device``."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for k in range(items.start, items.stop, batch_size):
+            batch = [self.pairs.base[i] for i in range(k, min(k + batch_size, items.stop))]
+            x = torch.stack([it["images"][0] for it in batch]).to(device)
             dist = vae.encode(x).latent_dist
-            tok, mask = backbone_text_features(backbone, [it["report"] for it in items], torch.device("cpu"))
-            images.append(x)
-            means.append(dist.mean)
-            stds.append(dist.std)
-            tokens.append(tok)
-            masks.append(mask)
-            if image_embeds:
-                embeds.append(backbone_image_embeds(backbone, x))
-        self.images, self.latent_mean, self.latent_std = torch.cat(images), torch.cat(means), torch.cat(stds)
-        self.tokens, self.mask = torch.cat(tokens), torch.cat(masks)
-        self.image_embeds = torch.cat(embeds) if image_embeds else None
+            tok, mask = backbone_text_features(backbone, [it["report"] for it in batch], device)
+            row = {"image": x, "latent_mean": dist.mean, "latent_std": dist.std, "tokens": tok, "mask": mask}
+            if self.with_embeds:
+                row["image_embeds"] = backbone_image_embeds(backbone, x)
+            for name, value in row.items():
+                out.setdefault(name, []).append(value.cpu())
+        return {name: torch.cat(values) for name, values in out.items()}
+
+    def _sharded(self, vae: AutoencoderKL, backbone: RadCLIP, batch_size: int, cache_dir: str,
+                 shard_size: int) -> ShardedCache:
+        from accelerate import PartialState
+
+        base = self.pairs.base
+        description = {
+            "kind": "diffusion_pairs", "annotation": hashlib.sha256(base.annotation.read_bytes()).hexdigest(),
+            "ids": hashlib.sha256("\n".join(r["id"] for r in base.records).encode()).hexdigest(),
+            "files": files_digest([r["paths"][0] for r in base.records]), "image_size": base[0]["images"].shape[-1],
+            "vae": module_digest(vae), "backbone": module_digest(backbone), "image_embeds": self.with_embeds,
+            "context_length": backbone.context_length}
+        device = PartialState().device
+        vae.to(device)
+        backbone.to(device)
+        try:
+            return ShardedCache.build(cache_dir, description, len(self.pairs),
+                                      lambda items: self._compute(vae, backbone, items, batch_size, device),
+                                      shard_size)
+        finally:
+            vae.to("cpu")
+            backbone.to("cpu")
+
+    def identity_images(self, indices: Sequence[int]) -> torch.Tensor:
+        """The images (B, 1, S, S) of studies ``indices`` (the identity bank is filled from them)."""
+        if self.cache is not None:
+            return torch.stack([self.cache[int(i)]["image"] for i in indices])
+        return self.images[list(indices)]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"index": torch.tensor(index), "latent_mean": self.latent_mean[index],
-                "latent_std": self.latent_std[index], "tokens": self.tokens[index], "mask": self.mask[index],
-                "identity_image": self.images[self.pairs.partner[index]],
+        partner = self.pairs.partner[index]
+        if self.cache is not None:
+            row = self.cache[index]
+            identity = row["image"] if partner == index else self.cache[partner]["image"]
+        else:
+            row = {"latent_mean": self.latent_mean[index], "latent_std": self.latent_std[index],
+                   "tokens": self.tokens[index], "mask": self.mask[index]}
+            if self.image_embeds is not None:
+                row["image_embeds"] = self.image_embeds[index]
+            identity = self.images[partner]
+        item = {"index": torch.tensor(index), "latent_mean": row["latent_mean"], "latent_std": row["latent_std"],
+                "tokens": row["tokens"], "mask": row["mask"], "identity_image": identity,
                 "patient_id": self.pairs.base.records[index]["patient_id"],
                 "attributes": self.pairs.attributes[index], "labels": self.pairs.labels[index]}
-        if self.image_embeds is not None:
-            item["image_embeds"] = self.image_embeds[index]
+        if self.with_embeds:
+            item["image_embeds"] = row["image_embeds"]
         return item
 
 
-# -- stage 1: autoencoder ---------------------------------------------------------------
 def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: AutoencoderTrainConfig, output_dir: Path,
                       seed: int) -> AutoencoderKL:
     """Stage 1 inside ``radloop train diffusion`` (:func:`report2image.autoencoder.fit_autoencoder` with
@@ -332,8 +392,8 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
                                 signal=lcfg.filter_signal if mcfg.use_refiner else "loss") \
         if lcfg.noise_filter else None
     # 3. the frozen models' outputs, once: latent distributions, text tokens, image embeddings
-    cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner)
-    bank = cached.images[train_ds.partner[: min(64, len(train_ds))]]
+    cached = CachedPairs(train_ds, vae, backbone, image_embeds=mcfg.use_refiner, cache_dir=data.feature_cache)
+    bank = cached.identity_images(train_ds.partner[: min(64, len(train_ds))])
     model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank, lcfg.prediction_type)
     objective = DiffusionLoss(lcfg.refiner_weight, lcfg.group_weight, lcfg.independence_weight, nfilter)
     # 4. the training step and the validation score
@@ -422,3 +482,49 @@ def _write_filter_report(nfilter: LatentNoiseFilter, ds: DiffusionPairs, out: Pa
                "scores": {ids[i]: round(float(nfilter.score[i]), 4) for i in seen},
                "alignment_scores": {ids[i]: round(float(nfilter.align_score[i]), 4) for i in seen}}
     atomic_write_text(out / "noise_filter.json", json.dumps(payload, indent=1) + "\n")
+
+
+@dataclass
+class TextEncoderSwapExperiment:
+    """A trained pipeline with another text encoder: nothing is trained (``train.output_dir`` receives
+    ``best/`` and ``final/``, the same folder, so the zoo exports it like any run)."""
+
+    pipeline: str = "zoo:ldm64"
+    #: a RadCLIP with the pipeline text encoder's image tower and text widths (e.g. a text_align student of it)
+    text_encoder: str = "zoo:radclip_small_iu"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/swap_text_encoder"))
+
+
+def check_text_encoder_swap(old: RadCLIP, new: RadCLIP) -> None:
+    """Raise a one-line ValueError unless ``new`` can replace ``old`` under a trained UNet and conditioner:
+    the same text width, joint-embedding size and context length, and the same image tower (the
+    conditioner's identity bank and refiner read image embeddings)."""
+    for attr in ("text_width", "embed_dim", "context_length"):
+        if getattr(old, attr) != getattr(new, attr):
+            raise ValueError(f"the new text encoder's {attr} is {getattr(new, attr)}, the pipeline's "
+                             f"{getattr(old, attr)}: the conditioner cannot read it")
+    new_state = new.state_dict()
+    for name, value in old.state_dict().items():
+        if name.startswith("clip.text."):
+            continue
+        other = new_state.get(name)
+        if other is None or other.shape != value.shape or not torch.allclose(other.float(), value.float(), atol=1e-3):
+            raise ValueError(f"the new text encoder's image side differs from the pipeline's at '{name}': "
+                             "swap only a text tower fine-tuned from the pipeline's own backbone")
+
+
+@TRAINERS.register("swap_text_encoder", help="a trained report -> CXR pipeline with another compatible text encoder",
+                   meta={"experiment": TextEncoderSwapExperiment, "metric": "none (nothing is trained)"})
+def swap_text_encoder(cfg: TextEncoderSwapExperiment) -> TrainResult:
+    pipe = ReportToCXRPipeline.from_pretrained(resolve_zoo(cfg.pipeline))
+    encoder = RadCLIP.from_pretrained(resolve_zoo(cfg.text_encoder)).eval()
+    check_text_encoder_swap(pipe.text_encoder, encoder)
+    pipe.register_modules(text_encoder=encoder)
+    out = Path(cfg.train.output_dir)
+    for name in ("best", "final"):
+        save_folder_atomically(pipe.save_pretrained, out / name)
+    atomic_write_text(out / "train_result.json", json.dumps(
+        {"steps": 0, "best_metric": None, "best_step": None, "select_metric": None,
+         "pipeline": cfg.pipeline, "text_encoder": cfg.text_encoder}, indent=1) + "\n")
+    logger.info("%s with the text encoder of %s written to %s", cfg.pipeline, cfg.text_encoder, out)
+    return TrainResult(steps=0, best_metric=None, best_step=None, output_dir=str(out))

@@ -49,3 +49,17 @@ def test_noise_filter_statistics_are_gathered_from_every_rank(tmp_path):
     for k, v in single.state_dict().items():
         torch.testing.assert_close(r0[k], v, rtol=0, atol=0)
         torch.testing.assert_close(r1[k], v, rtol=0, atol=0)
+
+
+def test_every_process_builds_its_share_of_a_sharded_cache(tmp_path):
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29519", str(ROOT / "tests" / "dist_shard_cache_run.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"cache{r}.json").read_text()) for r in (0, 1))
+    assert r0["computed"] == [[0, 2], [4, 6], [8, 9]] and r1["computed"] == [[2, 4], [6, 8]]
+    assert r0["rows"] == r1["rows"] == [10.0 * i for i in range(9)]

@@ -456,3 +456,44 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     entries = json.loads(zoo_results.read_text())["entries"]
     assert set(entries) == {"radclip_small", "autoencoder64", "judge64", "ldm64"}
     assert entries["ldm64"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
+
+
+def test_sharded_pair_cache_gives_the_in_memory_items_and_is_reused(tmp_path, tiny_synth):
+    from report2image.train import CachedPairs, DiffusionPairs
+
+    data, _ = tiny_synth
+    pipe = tiny_pipeline()
+    pipe.vae.eval(), pipe.text_encoder.eval()  # frozen models run in eval mode (batch norm: running statistics)
+    pairs = DiffusionPairs(str(data / "annotation.json"), "train", 32)
+    # shards a multiple of the batch: the same batches as in memory, so the same floats
+    memory = CachedPairs(pairs, pipe.vae, pipe.text_encoder, image_embeds=True, batch_size=8)
+    sharded = CachedPairs(pairs, pipe.vae, pipe.text_encoder, image_embeds=True, batch_size=8,
+                          cache_dir=str(tmp_path / "c"), shard_size=16)
+    assert len(list((tmp_path / "c").glob("*/shard_*.safetensors"))) == -(-len(pairs) // 16) > 1
+    for i in (0, 5, len(pairs) - 1):
+        a, b = memory[i], sharded[i]
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
+    assert torch.equal(memory.identity_images([3, 1]), sharded.identity_images([3, 1]))
+    # the same data and models: read back, nothing computed; another model: a new cache
+    CachedPairs(pairs, pipe.vae, pipe.text_encoder, image_embeds=True, cache_dir=str(tmp_path / "c"), shard_size=16)
+    assert len(list((tmp_path / "c").iterdir())) == 1
+    torch.nn.init.zeros_(pipe.vae.encoder.conv_in.weight)
+    CachedPairs(pairs, pipe.vae, pipe.text_encoder, image_embeds=True, cache_dir=str(tmp_path / "c"), shard_size=16)
+    assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+def test_train_diffusion_on_a_sharded_cache_matches_the_in_memory_run(tmp_path, tiny_synth):
+    from radloop.cli import main
+
+    data, _ = tiny_synth
+    common = ["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+              "data.batch_size=8", "autoencoder.steps=1", "autoencoder.batch_size=8", "train.max_steps=2",
+              "train.eval_every=2", "train.progress=false"]
+    assert main([*common, f"train.output_dir={tmp_path / 'mem'}"]) == 0
+    assert main([*common, f"train.output_dir={tmp_path / 'disk'}", f"data.feature_cache={tmp_path / 'cache'}"]) == 0
+    a = ReportToCXRPipeline.from_pretrained(tmp_path / "mem" / "final").unet.state_dict()
+    b = ReportToCXRPipeline.from_pretrained(tmp_path / "disk" / "final").unet.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
