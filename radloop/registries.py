@@ -23,6 +23,7 @@ REGISTERING_MODULES = (
     "shared.backbone.train",
     "shared.backbone.pretrain",
     "shared.backbone.train_tower",
+    "shared.backbone.text_align",
     "image2report",
     "image2report.train",
     "report2image.models",

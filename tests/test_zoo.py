@@ -121,6 +121,22 @@ def test_export_and_train_refuse_what_is_missing(tiny_zoo, tmp_path):
         load_index(tmp_path / "bad.yaml")
 
 
+def test_an_entry_that_learned_real_text_names_it_and_its_licence(tmp_path):
+    from radloop.zoo import render_card
+    from shared.config import ConfigError
+
+    meta = {"name": "x", "dataset": "d", "command": "c", "recipe": "r", "trainer": "text_align"}
+    assert "CC BY-NC-ND 4.0" not in render_card(meta, tmp_path / "none.json")
+    card = render_card({**meta, "real_text": "iu_xray_reports"}, tmp_path / "none.json")
+    assert "IU X-ray" in card and "CC BY-NC-ND 4.0" in card and "non-commercial research only" in card
+    (tmp_path / "r.yaml").write_text("")
+    (tmp_path / "index.yaml").write_text(
+        "dataset: d\ndata: r.yaml\ndata_dir: x\ntest_data: r.yaml\ntest_data_dir: y\n"
+        "entries: {a: {trainer: t, recipe: r.yaml, real_text: mimic}}\n")
+    with pytest.raises(ConfigError, match="unknown real_text 'mimic'"):
+        load_index(tmp_path / "index.yaml")
+
+
 def test_zoo_list_names_every_recipe(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out

@@ -61,12 +61,13 @@ def config_image_size(model_cfg: dict[str, Any]) -> int:
 
 @dataclass
 class BackboneOutput(BaseOutput):
-    """Unit-norm embeddings (B, E), token features, and the contrastive temperature."""
+    """Unit-norm embeddings (B, E), token features, and the contrastive temperature; a modality the
+    forward pass was not given is None (as open_clip's ``CLIP.forward(image=None, text=...)``)."""
 
-    image_embeds: torch.Tensor
-    text_embeds: torch.Tensor
-    image_tokens: torch.Tensor
-    text_tokens: torch.Tensor
+    image_embeds: torch.Tensor | None
+    text_embeds: torch.Tensor | None
+    image_tokens: torch.Tensor | None
+    text_tokens: torch.Tensor | None
     logit_scale: torch.Tensor
     image_label_logits: torch.Tensor | None = None
     text_label_logits: torch.Tensor | None = None
@@ -149,15 +150,21 @@ class RadCLIP(RadLoopModel):
         # head reach confident logits at ordinary learning rates.
         return self.label_head(embeds * embeds.shape[-1] ** 0.5)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> BackboneOutput:
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor | None = None) -> BackboneOutput:
+        """images (B, in_chans, S, S) and/or input_ids (B, T); either may be None (one tower runs, e.g. a
+        text-only fine-tune through a DDP wrapper, which only ``forward`` passes through)."""
+        if images is None and input_ids is None:
+            raise ValueError("RadCLIP.forward needs images, input_ids or both")
+        image_embeds = image_tokens = text_embeds = text_tokens = None
         # 1. image tower: pooled embedding and patch tokens
-        image_embeds, image_tokens = self.encode_image(images)
+        if images is not None:
+            image_embeds, image_tokens = self.encode_image(images)
+            image_embeds = nn.functional.normalize(image_embeds, dim=-1)
         # 2. text tower: pooled (at <eos>) embedding and token features
-        text_embeds, text_tokens = self.encode_text(input_ids)
-        # 3. unit-norm embeddings and the learned temperature for the contrastive loss
-        image_embeds = nn.functional.normalize(image_embeds, dim=-1)
-        text_embeds = nn.functional.normalize(text_embeds, dim=-1)
-        # 4. the shared findings head, when there is one
+        if input_ids is not None:
+            text_embeds, text_tokens = self.encode_text(input_ids)
+            text_embeds = nn.functional.normalize(text_embeds, dim=-1)
+        # 3. the shared findings head on the unit-norm embeddings, when there is one
         with_head = self.label_head is not None
         return BackboneOutput(
             image_embeds=image_embeds,
@@ -165,8 +172,8 @@ class RadCLIP(RadLoopModel):
             image_tokens=image_tokens,
             text_tokens=text_tokens,
             logit_scale=self.clip.logit_scale.exp(),
-            image_label_logits=self.label_logits(image_embeds) if with_head else None,
-            text_label_logits=self.label_logits(text_embeds) if with_head else None,
+            image_label_logits=self.label_logits(image_embeds) if with_head and image_embeds is not None else None,
+            text_label_logits=self.label_logits(text_embeds) if with_head and text_embeds is not None else None,
         )
 
     def load_open_clip_weights(self, source: str | os.PathLike[str]) -> dict[str, int]:
