@@ -49,3 +49,17 @@ def test_an_interrupted_build_computes_only_the_missing_shards(tmp_path):
 def test_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="length >= 1"):
         ShardedCache.build(tmp_path, "d", 0, _compute([]))
+
+
+def test_scale_benchmark_measures_both_cache_modes(tiny_synth, tmp_path, load_benchmark):
+    bench = load_benchmark("scale_synth")
+    data, _ = tiny_synth
+    from shared.data.prepare import prepare_dataset
+
+    prepare_dataset(data / "annotation.json", tmp_path / "prepared", size=64, progress=False)
+    annotation = str(tmp_path / "prepared" / "annotation.json")
+    sharded = bench.measure(annotation, "sharded", str(tmp_path / "cache"), "zoo:radclip_small", "zoo:autoencoder64", 2)
+    memory = bench.measure(annotation, "memory", None, "zoo:radclip_small", "zoo:autoencoder64", 2)
+    assert sharded["studies"] == memory["studies"] > 0 and list((tmp_path / "cache").glob("*/manifest.json"))
+    for row in (sharded, memory):
+        assert row["read_samples_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["build_seconds"] >= 0
