@@ -10,15 +10,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_training_keeps_ranks_in_sync(tmp_path, tiny_synth):
-    out, _ = tiny_synth
+def _launch(script: str, port: int, *args: str) -> None:
+    """Run ``tests/<script> args`` as 2 gloo processes through ``accelerate launch``; fail with its stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29517", str(ROOT / "tests" / "dist_backbone_run.py"),
-           str(out / "annotation.json"), str(tmp_path)]
+           "--main_process_port", str(port), str(ROOT / "tests" / script), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_training_keeps_ranks_in_sync(tmp_path, tiny_synth):
+    out, _ = tiny_synth
+    _launch("dist_backbone_run.py", 29517, str(out / "annotation.json"), str(tmp_path))
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert r0["world"] == r1["world"] == 2
     for k in r0["state"]:
@@ -29,12 +33,7 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path, tiny_synth):
 def test_noise_filter_statistics_are_gathered_from_every_rank(tmp_path):
     from report2image.noise_filter import LatentNoiseFilter
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29518", str(ROOT / "tests" / "dist_noise_filter_run.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch("dist_noise_filter_run.py", 29518, str(tmp_path))
     r0, r1 = torch.load(tmp_path / "filter0.pt"), torch.load(tmp_path / "filter1.pt")
     # one process seeing rank 0's then rank 1's share of every batch
     sys.path.insert(0, str(ROOT / "tests"))
@@ -54,12 +53,7 @@ def test_noise_filter_statistics_are_gathered_from_every_rank(tmp_path):
 def test_every_process_builds_its_share_of_a_sharded_cache(tmp_path):
     import json
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29519", str(ROOT / "tests" / "dist_shard_cache_run.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch("dist_shard_cache_run.py", 29519, str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"cache{r}.json").read_text()) for r in (0, 1))
     assert r0["computed"] == [[0, 2], [4, 6], [8, 9]] and r1["computed"] == [[2, 4], [6, 8]]
     assert r0["rows"] == r1["rows"] == [10.0 * i for i in range(9)]

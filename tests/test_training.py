@@ -66,16 +66,16 @@ def test_training_reduces_the_loss(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def _run_killed_at_step_seven(folder, steps):
-    """Start a run into ``folder`` that dies during its 7th micro-step."""
-    killed = _trainer(folder, steps)
+def _run_killed_at_step_seven(folder, steps, make=None, loss=_loss):
+    """Start a run into ``folder`` (``make(folder)`` builds its trainer) that dies during its 7th micro-step."""
+    killed = make(folder) if make is not None else _trainer(folder, steps)
     calls = {"n": 0}
 
     def dies_at_seven(model, batch):
         calls["n"] += 1
         if calls["n"] == 7:
             raise KeyboardInterrupt
-        return _loss(model, batch)
+        return loss(model, batch)
 
     killed.loss_fn = dies_at_seven
     with pytest.raises(KeyboardInterrupt):
@@ -125,17 +125,8 @@ def test_resume_is_bit_identical_with_random_augmentation_and_dropout(tmp_path):
         return Trainer(TinyRegressor(), training_loader(_Jittered(), 8, seed=0), _dropout_loss, cfg)
 
     trainer(tmp_path / "full").train()
-    killed, calls = trainer(tmp_path / "part"), {"n": 0}
-
-    def dies_at_seven(model, batch):  # 5 batches an epoch: step 7 resumes one batch into epoch 2
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return _dropout_loss(model, batch)
-
-    killed.loss_fn = dies_at_seven
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
+    # 5 batches an epoch: killed during step 7, the run resumes from step 6, one batch into epoch 2
+    _run_killed_at_step_seven(tmp_path / "part", 9, make=trainer, loss=_dropout_loss)
     torch.manual_seed(123)  # whatever the global RNG holds, the checkpoint's states are what count
     trainer(tmp_path / "part").train()
     full, part = _params(tmp_path / "full" / "final"), _params(tmp_path / "part" / "final")
