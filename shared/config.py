@@ -194,11 +194,26 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask): mkstemp's temp files are 0o600, and a
+    renamed temp file would otherwise keep that (outputs readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A temp file ``.<name>.<random><suffix>`` beside ``path`` with the ordinary file mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, _file_mode())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temp file ``.<name>.<random>`` beside ``path`` and rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -214,8 +229,7 @@ def atomic_save_image(image: Any, path: str | os.PathLike[str]) -> None:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = _temp_beside(path, path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format=Image.registered_extensions()[path.suffix.lower()])

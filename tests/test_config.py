@@ -87,6 +87,23 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+def test_atomic_writes_get_the_ordinary_file_mode(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from shared.config import atomic_save_image
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        atomic_save_image(Image.new("L", (4, 4)), tmp_path / "b.png")
+    finally:
+        os.umask(old)
+    # like open(..., "w") under umask 022, not mkstemp's owner-only 0600
+    assert {(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {0o644}
+
+
 @dataclass
 class Train:
     mixed_precision: str = "bf16"
