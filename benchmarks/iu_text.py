@@ -2,7 +2,8 @@
 
     python benchmarks/iu_text.py [--backbones zoo:radclip_small zoo:radclip_small_iu] \\
         [--synth runs/zoo/data/synthcxr64_test] [--pipeline zoo:ldm64] [--judge zoo:judge64] [--n 754] \\
-        [--json benchmarks/results/iu_text_cpu2.json]
+        [--json benchmarks/results/iu_text_cpu2.json] \\
+        [--zoo-results benchmarks/results/zoo_synthcxr64_cpu2.json]
 
 On the IU X-ray test reports (split by report id, never trained on) and the fresh SynthCXR test set
 (``configs/zoo/test_data.yaml``, seed 1001), per backbone:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -45,11 +47,14 @@ from shared.text.labeler import ReportLabeler
 from shared.zoo import resolve_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
+#: findings with fewer positive reports than this are left out of ``mauc_20plus``
+MIN_POSITIVES = 20
 
 
 def _round(x: Any) -> Any:
+    """4 decimals; NaN (a finding no report of the set states has no AUC) becomes JSON null."""
     if isinstance(x, float):
-        return round(x, 4)
+        return None if math.isnan(x) else round(x, 4)
     if isinstance(x, dict):
         return {k: _round(v) for k, v in x.items()}
     return x
@@ -61,15 +66,51 @@ def generation_mauc(pipe: ReportToCXRPipeline, judge: Judge, reports: list[str],
     start = time.perf_counter()
     images = pipe.generate_batched(reports, 50, seed, 20, 5.0, output_type="pt")
     scores = judge(images).numpy()
-    auc = multilabel_auroc(scores, (labels == 1).astype(float), CHEXPERT_LABELS)
+    positives = (labels == 1).astype(float)
+    auc = multilabel_auroc(scores, positives, CHEXPERT_LABELS)
+    per = {k.removeprefix("auroc/"): v for k, v in auc.items() if k.startswith("auroc/")}
+    counts = dict(zip(CHEXPERT_LABELS, positives.sum(0).astype(int).tolist(), strict=True))
+    # an AUC over 2-16 positive reports moves by tenths between runs: the macro over the well-populated
+    # findings is the number to compare backbones by
+    common = [k for k, c in counts.items() if c >= MIN_POSITIVES and not math.isnan(per[k])]
     return {"n": len(reports), "mauc": auc["mauc"], "classes": auc["mauc_classes"],
-            "auroc": {k.removeprefix("auroc/"): v for k, v in auc.items() if k.startswith("auroc/")},
+            f"mauc_{MIN_POSITIVES}plus": float(np.mean([per[k] for k in common])) if common else None,
+            f"classes_{MIN_POSITIVES}plus": common, "auroc": per, "positives": counts,
             "seconds": time.perf_counter() - start}
+
+
+_TEXT_ROWS = {"unk_share": "IU running words read as `<unk>`", "zero_shot_mauc": "zero-shot finding mAUC",
+              "head_mauc": "findings-head mAUC", "nn_top5": "same findings among 5 nearest SynthCXR reports",
+              "nn_top5_abnormal": "same findings among 5 nearest, reports with a finding"}
+
+
+def zoo_real_text(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows the zoo's model cards quote (:func:`radloop.zoo.real_text_metrics`): every ``text_align`` zoo
+    entry among the backbones, beside the first backbone (the one it was built from)."""
+    from radloop.zoo import load_index
+
+    backbones, command = result["backbones"], result["command"]
+    base = next(iter(backbones))
+    out: dict[str, dict[str, Any]] = {}
+    for name, recipe in load_index().entries.items():
+        if recipe.real_text is not None and recipe.trainer == "text_align" and f"zoo:{name}" in backbones:
+            this, ref = backbones[f"zoo:{name}"]["text"], backbones[base]["text"]
+            rows = {label: [this[k], ref[k]] for k, label in _TEXT_ROWS.items()}
+            rows["chance of the two above"] = [f"{this['nn_chance']} / {this['nn_chance_abnormal']}"] * 2
+            gen, gen_ref = backbones[f"zoo:{name}"].get("generation"), backbones[base].get("generation")
+            for key, label in (("iu_test", "IU X-ray test"), ("synthcxr_test", "SynthCXR test")):
+                if gen and gen_ref:  # the pipeline's UNet and conditioner with this text encoder swapped in
+                    rows[f"judge mAUC on {result['pipeline']} images from {label} reports "
+                         f"(findings with >= {MIN_POSITIVES} positives)"] = [
+                        gen[key][f"mauc_{MIN_POSITIVES}plus"], gen_ref[key][f"mauc_{MIN_POSITIVES}plus"]]
+            out[name] = {"base": base.removeprefix("zoo:"), "rows": rows, "command": command}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", nargs="+", default=["zoo:radclip_small", "zoo:radclip_small_iu"])
+    parser.add_argument("--backbones", nargs="+", default=["zoo:radclip_small", "zoo:radclip_small_iu"],
+                        help="the first is the base the zoo cards compare the others with")
     parser.add_argument("--synth", default="runs/zoo/data/synthcxr64_test", help="a SynthCXR folder never trained on")
     parser.add_argument("--archive", help="NLMCXR_reports.tgz (default: the torchxrayvision wheel's)")
     parser.add_argument("--pipeline", help="a report -> CXR pipeline (e.g. zoo:ldm64); generation is skipped without")
@@ -78,6 +119,8 @@ def main() -> None:
     parser.add_argument("--synth-n", dest="synth_n", type=int, default=3000, help="SynthCXR reports for the text side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
+    parser.add_argument("--zoo-results", dest="zoo_results",
+                        help="merge the model cards' rows into this zoo results file (its 'real_text' block)")
     args = parser.parse_args()
 
     iu_test = [r.text for r in split_iu_reports(read_iu_reports(args.archive))["test"]]
@@ -89,6 +132,8 @@ def main() -> None:
         "synth_reports": len(synth), "synth_data": args.synth,
         "command": " ".join(["python", "benchmarks/iu_text.py", *sys.argv[1:]]), "backbones": {}}
     pipe = ReportToCXRPipeline.from_pretrained(resolve_zoo(args.pipeline)) if args.pipeline else None
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
     judge = Judge.from_pretrained(resolve_zoo(args.judge)) if pipe is not None else None
     n = min(args.n, len(iu_test), len(synth))
     for name in args.backbones:
@@ -104,10 +149,15 @@ def main() -> None:
     if pipe is not None:
         result["pipeline"] = args.pipeline
         result["judge"] = args.judge
-    text = json.dumps(result, indent=1)
+    text = json.dumps(result, indent=1, allow_nan=False)
     print(text)
     if args.json:
         atomic_write_text(Path(args.json), text + "\n")
+    if args.zoo_results:
+        path = Path(args.zoo_results)
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.setdefault("real_text", {}).update(zoo_real_text(result))
+        atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
 
 
 if __name__ == "__main__":

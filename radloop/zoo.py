@@ -29,7 +29,7 @@ from shared.zoo import ENTRY_FILE, zoo_root
 logger = logging.getLogger(__name__)
 
 __all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "render_card", "refresh_card",
-           "list_entries", "ensure_data", "RESULTS_FILE"]
+           "list_entries", "ensure_data", "real_text_metrics", "RESULTS_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the zoo benchmark's results (``benchmarks/zoo_synth.py``); cards quote it
@@ -257,6 +257,23 @@ def entry_metrics(name: str, results: Path = RESULTS_FILE) -> dict[str, Any] | N
     return read_json(results).get("entries", {}).get(name)
 
 
+def real_text_metrics(name: str, results: Path = RESULTS_FILE) -> dict[str, Any] | None:
+    """``benchmarks/iu_text.py``'s measurements of one entry on real report text, if the results file has them:
+    ``{"base": NAME, "rows": {metric: [this entry, base]}, "command": ...}``."""
+    if not results.is_file():
+        return None
+    return read_json(results).get("real_text", {}).get(name)
+
+
+def _real_text_lines(name: str, real: dict[str, Any]) -> list[str]:
+    base = real.get("base", "base")
+    lines = [f"On real report wording (IU X-ray test reports, split by report id, never trained on), "
+             f"`{real.get('command', 'python benchmarks/iu_text.py')}`:", "",
+             f"| metric | {name} | {base} |", "|---|---|---|"]
+    lines += [f"| {k} | {v[0]} | {v[1]} |" for k, v in real.get("rows", {}).items()]
+    return lines
+
+
 def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     """Decoder metrics (``<name>_greedy`` / ``<name>_beam3``) as a table beside the most-common-report
     floor; every other measurement as a list item."""
@@ -277,7 +294,6 @@ def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
 
 def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     """The model card (Markdown) of a zoo entry from its ``zoo_entry.json`` facts and measured metrics."""
-    minutes = meta.get("train_seconds")
     data = meta.get("data", {})
     lines = [
         f"# {meta['name']} ({meta['dataset']})", "",
@@ -289,8 +305,7 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         f"| needs | {', '.join('zoo:' + n for n in meta.get('needs', [])) or '-'} |",
         f"| data | SynthCXR, `{data.get('config', '?')}`: {data.get('patients', '?')} patients x "
         f"{data.get('studies_per_patient', '?')} studies, {data.get('size', '?')} px, seed {data.get('seed', '?')} |",
-        f"| training | {meta.get('steps', '?')} steps, best validation at step {meta.get('best_step', '?')}, "
-        + (f"{minutes / 60:.1f} min on the project's 2-core CPU |" if minutes else "time not recorded |"),
+        _training_line(meta),
         f"| parameters | {meta.get('parameters', 0) / 1e6:.2f} M, stored as {meta.get('weights_dtype')} |",
         f"| code | git {meta.get('git_sha', '?')[:12]} |", "",
     ]
@@ -300,9 +315,14 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         lines += [f"On the fresh SynthCXR test set (`configs/zoo/test_data.yaml`, seed 1001, never trained on), "
                   f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
         lines += _metric_lines(metrics, read_json(results).get("floor_most_common_training_report", {}))
-    else:
+    real = real_text_metrics(meta["name"], results)
+    if real:
+        if metrics:
+            lines.append("")
+        lines += _real_text_lines(meta["name"], real)
+    if not metrics and not real:
         lines += ["Not benchmarked yet: `make zoo` runs the zoo benchmarks (`benchmarks/zoo_synth.py`, "
-                  "`benchmarks/diffusion_synth.py`), then `radloop zoo card NAME`."]
+                  "`benchmarks/diffusion_synth.py`, `benchmarks/iu_text.py`), then `radloop zoo card NAME`."]
     curve = meta.get("validation_curve")
     if curve:
         keys = [k for k in curve[0] if k.startswith("val/") and k.removeprefix("val/") not in _CURVE_SKIP
@@ -320,6 +340,14 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     if meta.get("real_text"):
         lines[-1:-1] = [f"Real report text: {REAL_TEXT[meta['real_text']]}", ""]
     return "\n".join(lines)
+
+
+def _training_line(meta: dict[str, Any]) -> str:
+    if meta.get("steps") == 0:  # e.g. swap_text_encoder: assembled from trained entries
+        return f"| training | none: assembled from {', '.join('zoo:' + n for n in meta.get('needs', []))} |"
+    minutes = meta.get("train_seconds")
+    return (f"| training | {meta.get('steps', '?')} steps, best validation at step {meta.get('best_step', '?')}, "
+            + (f"{minutes / 60:.1f} min on the project's 2-core CPU |" if minutes else "time not recorded |"))
 
 
 def _load_line(meta: dict[str, Any]) -> str:

@@ -171,3 +171,54 @@ def test_swap_text_encoder_refuses_another_backbone(tmp_path):
     wider = build_backbone("radclip_small", pipe.text_encoder.tokenizer)
     with pytest.raises(ValueError, match="text_width"):
         check_text_encoder_swap(pipe.text_encoder, wider)
+
+
+def test_iu_text_benchmark_scores_backbones_and_writes_the_card_rows(tiny_synth, teacher, tmp_path, monkeypatch,
+                                                                     load_benchmark):
+    import json
+    import sys
+
+    from evaluation.classifier import Judge, build_classifier
+    from radloop.zoo import render_card
+    from tests.test_report2image import tiny_pipeline
+
+    data, _ = tiny_synth
+    model, folder = teacher
+    extend_vocabulary(model, IU_STYLE * 3, min_freq=3).save_pretrained(tmp_path / "student")
+    bench = load_benchmark("iu_text")
+    monkeypatch.setattr(sys, "argv", ["iu_text.py", "--backbones", str(folder), str(tmp_path / "student"),
+                                      "--synth", str(data), "--archive", str(iu_archive(tmp_path / "iu.tgz", 200)),
+                                      "--json", str(tmp_path / "out.json")])
+    bench.main()
+    out = json.loads((tmp_path / "out.json").read_text())
+    rows = out["backbones"]
+    assert out["iu_test_reports"] > 0 and list(rows) == [str(folder), str(tmp_path / "student")]
+    base, student = rows[str(folder)], rows[str(tmp_path / "student")]
+    assert student["vocab"] > base["vocab"] and "generation" not in base  # no --pipeline: text side only
+    base, student = base["text"], student["text"]
+    assert student["unk_share"] < base["unk_share"]
+
+    # generation: one image per report, scored against the reports' labels; rare findings kept out of the 20+ macro
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    judge = Judge(build_classifier("classifier_tiny", image_size=pipe.image_size).eval())
+    labels = ReportLabeler().label_batch(IU_STYLE * 3)
+    gen = bench.generation_mauc(pipe, judge, IU_STYLE * 3, labels, seed=0)
+    assert gen["n"] == 24 and gen["positives"]["Cardiomegaly"] == int((labels[:, 2] == 1).sum()) == 6
+    assert gen["classes_20plus"] == [] and gen["mauc_20plus"] is None  # no finding has 20 positive reports
+
+    # the zoo card's rows for a text_align entry of the index, beside the first backbone
+    text = {**student, "zero_shot_auroc": {}}
+    sets = ("iu_test", "synthcxr_test")
+    result = {"command": "python benchmarks/iu_text.py", "pipeline": "zoo:ldm64", "backbones": {
+        "zoo:radclip_small": {"text": base, "generation": {k: {"mauc_20plus": 0.5} for k in sets}},
+        "zoo:radclip_small_iu": {"text": text, "generation": {k: {"mauc_20plus": 0.6} for k in sets}}}}
+    card_rows = bench.zoo_real_text(result)
+    assert set(card_rows) == {"radclip_small_iu"} and card_rows["radclip_small_iu"]["base"] == "radclip_small"
+    got = card_rows["radclip_small_iu"]["rows"]
+    assert got["IU running words read as `<unk>`"] == [student["unk_share"], base["unk_share"]]
+    assert [v for k, v in got.items() if k.startswith("judge mAUC on zoo:ldm64 images from IU")] == [[0.6, 0.5]]
+    (tmp_path / "zoo.json").write_text(json.dumps({"real_text": card_rows}))
+    meta = {"name": "radclip_small_iu", "dataset": "d", "command": "c", "recipe": "r", "trainer": "text_align"}
+    card = render_card(meta, tmp_path / "zoo.json")
+    assert "| metric | radclip_small_iu | radclip_small |" in card and "Not benchmarked yet" not in card
