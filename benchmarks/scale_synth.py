@@ -10,11 +10,13 @@ Per size N (a SynthCXR set at 64 px, ``patients = N / 3``, generated once under 
 * ``cache``: the diffusion trainer's frozen outputs of the training split (:class:`report2image.train.CachedPairs`:
   autoencoder latents, text tokens, image embeddings, images) built into memory-mapped shards
   (``data.feature_cache``) and, beside it, in memory as without a cache: build seconds, size on disk, and the
-  **peak resident memory** of the process that built and then read it (each measurement in a fresh process);
+  peak memory of the process that built and then read it (each measurement in a fresh process): ``peak_rss_mb``,
+  the resident size, which counts the pages of the memory-mapped shards a read touched (page cache the kernel
+  drops under pressure), and ``peak_anon_mb``, the process's own memory (sampled every 50 ms);
 * ``read``: training-order reads through the trainer's loader (batch 64, shuffled) for ``--read-batches``
   batches: samples/s from the shards vs from memory.
 
-The target: peak memory with the sharded cache stays flat as N grows; in memory it grows with N.
+The target: the process's own memory with the sharded cache stays flat as N grows; in memory it grows with N.
 Prints one JSON object.
 """
 
@@ -38,6 +40,37 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _anon_mb() -> float:
+    """Resident anonymous memory (MB): the process's own heap, not the pages of memory-mapped files, which the
+    kernel counts in the resident size too but can drop and re-read at will."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _AnonPeak:
+    """The largest :func:`_anon_mb` seen, sampled every 50 ms by a daemon thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _anon_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _anon_mb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _anon_mb())
+
+
 def _dir_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -55,6 +88,7 @@ def measure(annotation: str, mode: str, cache_dir: str | None, backbone: str, au
     from shared.zoo import resolve_zoo
 
     torch.manual_seed(0)
+    anon = _AnonPeak()
     pairs = DiffusionPairs(annotation, "train", 64)
     vae = AutoencoderKL.from_pretrained(resolve_zoo(autoencoder)).eval()
     clip = RadCLIP.from_pretrained(resolve_zoo(backbone)).eval()
@@ -69,7 +103,7 @@ def measure(annotation: str, mode: str, cache_dir: str | None, backbone: str, au
             break
     read = time.perf_counter() - start
     return {"studies": len(pairs), "build_seconds": round(build, 1), "read_samples_per_s": round(seen / read, 1),
-            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_anon_mb": round(anon.stop(), 1)}
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -113,18 +147,18 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/scale_synth.py", *sys.argv[1:]]), "sizes": {}}
     for n in args.sizes:
         data = work / f"synth{n}"
-        start = time.perf_counter()
+        start, synth_s = time.perf_counter(), None  # None: the set was already there (same seed, same studies)
         if not (data / "annotation.json").is_file():
             generate_dataset(data, SynthConfig(patients=max(n // 3, 1), studies_per_patient=3, size=64, seed=5000 + n,
                                                workers=os.cpu_count() or 1), progress=False)
-        synth_s = time.perf_counter() - start
+            synth_s = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         prepare_dataset(data / "annotation.json", work / f"prepared{n}", size=64, workers=os.cpu_count() or 1,
                         progress=False)
         prepare_s = time.perf_counter() - start
         annotation = work / f"prepared{n}" / "annotation.json"
         cache_dir = work / f"cache{n}"
-        row: dict[str, Any] = {"synth_seconds": round(synth_s, 1), "prepare_seconds": round(prepare_s, 1),
+        row: dict[str, Any] = {"synth_seconds": synth_s, "prepare_seconds": round(prepare_s, 1),
                                "sharded": _in_subprocess(annotation, "sharded", cache_dir, args)}
         row["sharded"]["cache_mb"] = round(_dir_mb(cache_dir), 1)
         row["sharded_reused"] = _in_subprocess(annotation, "sharded", cache_dir, args)
