@@ -32,6 +32,7 @@ from evaluation.classifier import Judge
 from evaluation.image_eval import build_feature_extractor, load_image_set
 from evaluation.images import extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
+from radloop.zoo import merge_results
 from report2image import ReportToCXRPipeline
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
@@ -304,11 +305,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.zoo_results:
-        path = Path(args.zoo_results)
-        merged = json.loads(path.read_text()) if path.is_file() else {}
         command = "python benchmarks/diffusion_synth.py " + " ".join(sys.argv[1:])
-        merged.setdefault("entries", {}).update(zoo_entry_metrics(result, command))
-        path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
+        merge_results("entries", zoo_entry_metrics(result, command), Path(args.zoo_results))
 
 
 if __name__ == "__main__":

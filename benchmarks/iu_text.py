@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.classifier import Judge
+from radloop.zoo import load_index, merge_results
 from report2image import ReportToCXRPipeline
 from shared.backbone.clip import RadCLIP
 from shared.backbone.text_align import text_side_metrics
@@ -85,9 +86,8 @@ _TEXT_ROWS = {"unk_share": "IU running words read as `<unk>`", "zero_shot_mauc":
 
 
 def zoo_real_text(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The rows the zoo's model cards quote (:func:`radloop.zoo.real_text_metrics`): every ``text_align`` zoo
+    """The rows the zoo's model cards quote (:func:`radloop.zoo.merge_results`): every ``text_align`` zoo
     entry among the backbones, beside the first backbone (the one it was built from)."""
-    from radloop.zoo import load_index
 
     backbones, command = result["backbones"], result["command"]
     base = next(iter(backbones))
@@ -98,8 +98,8 @@ def zoo_real_text(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             rows = {label: [this[k], ref[k]] for k, label in _TEXT_ROWS.items()}
             rows["chance of the two above"] = [f"{this['nn_chance']} / {this['nn_chance_abnormal']}"] * 2
             gen, gen_ref = backbones[f"zoo:{name}"].get("generation"), backbones[base].get("generation")
-            for key, label in (("iu_test", "IU X-ray test"), ("synthcxr_test", "SynthCXR test")):
-                if gen and gen_ref:  # the pipeline's UNet and conditioner with this text encoder swapped in
+            if gen and gen_ref:  # the pipeline's UNet and conditioner with this text encoder swapped in
+                for key, label in (("iu_test", "IU X-ray test"), ("synthcxr_test", "SynthCXR test")):
                     rows[f"judge mAUC on {result['pipeline']} images from {label} reports "
                          f"(findings with >= {MIN_POSITIVES} positives)"] = [
                         gen[key][f"mauc_{MIN_POSITIVES}plus"], gen_ref[key][f"mauc_{MIN_POSITIVES}plus"]]
@@ -154,10 +154,7 @@ def main() -> None:
     if args.json:
         atomic_write_text(Path(args.json), text + "\n")
     if args.zoo_results:
-        path = Path(args.zoo_results)
-        merged = json.loads(path.read_text()) if path.is_file() else {}
-        merged.setdefault("real_text", {}).update(zoo_real_text(result))
-        atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
+        merge_results("real_text", zoo_real_text(result), Path(args.zoo_results))
 
 
 if __name__ == "__main__":

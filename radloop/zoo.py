@@ -29,7 +29,7 @@ from shared.zoo import ENTRY_FILE, zoo_root
 logger = logging.getLogger(__name__)
 
 __all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "render_card", "refresh_card",
-           "list_entries", "ensure_data", "real_text_metrics", "RESULTS_FILE"]
+           "list_entries", "ensure_data", "merge_results", "RESULTS_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the zoo benchmark's results (``benchmarks/zoo_synth.py``); cards quote it
@@ -250,19 +250,13 @@ def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def entry_metrics(name: str, results: Path = RESULTS_FILE) -> dict[str, Any] | None:
-    """The zoo benchmark's measurements of one entry, if the results file has them."""
-    if not results.is_file():
-        return None
-    return read_json(results).get("entries", {}).get(name)
-
-
-def real_text_metrics(name: str, results: Path = RESULTS_FILE) -> dict[str, Any] | None:
-    """``benchmarks/iu_text.py``'s measurements of one entry on real report text, if the results file has them:
-    ``{"base": NAME, "rows": {metric: [this entry, base]}, "command": ...}``."""
-    if not results.is_file():
-        return None
-    return read_json(results).get("real_text", {}).get(name)
+def merge_results(block: str, rows: dict[str, Any], results: Path = RESULTS_FILE) -> None:
+    """Merge a benchmark's per-entry rows into one block of the zoo results file that the cards quote:
+    ``entries`` (SynthCXR test set: ``benchmarks/zoo_synth.py``, ``benchmarks/diffusion_synth.py``) or
+    ``real_text`` (``benchmarks/iu_text.py``: ``{"base": NAME, "rows": {metric: [entry, base]}, "command"}``)."""
+    merged = read_json(results) if results.is_file() else {}
+    merged.setdefault(block, {}).update(rows)
+    atomic_write_text(results, json.dumps(merged, indent=1, default=float) + "\n")
 
 
 def _real_text_lines(name: str, real: dict[str, Any]) -> list[str]:
@@ -294,6 +288,7 @@ def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
 
 def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     """The model card (Markdown) of a zoo entry from its ``zoo_entry.json`` facts and measured metrics."""
+    minutes = meta.get("train_seconds")
     data = meta.get("data", {})
     lines = [
         f"# {meta['name']} ({meta['dataset']})", "",
@@ -305,17 +300,19 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         f"| needs | {', '.join('zoo:' + n for n in meta.get('needs', [])) or '-'} |",
         f"| data | SynthCXR, `{data.get('config', '?')}`: {data.get('patients', '?')} patients x "
         f"{data.get('studies_per_patient', '?')} studies, {data.get('size', '?')} px, seed {data.get('seed', '?')} |",
-        _training_line(meta),
+        f"| training | {meta.get('steps', '?')} steps, best validation at step {meta.get('best_step', '?')}, "
+        + (f"{minutes / 60:.1f} min on the project's 2-core CPU |" if minutes else "time not recorded |"),
         f"| parameters | {meta.get('parameters', 0) / 1e6:.2f} M, stored as {meta.get('weights_dtype')} |",
         f"| code | git {meta.get('git_sha', '?')[:12]} |", "",
     ]
-    metrics = entry_metrics(meta["name"], results)
+    measured = read_json(results) if results.is_file() else {}
+    metrics = measured.get("entries", {}).get(meta["name"])
     lines += ["## Measured", ""]
     if metrics:
         lines += [f"On the fresh SynthCXR test set (`configs/zoo/test_data.yaml`, seed 1001, never trained on), "
                   f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
-        lines += _metric_lines(metrics, read_json(results).get("floor_most_common_training_report", {}))
-    real = real_text_metrics(meta["name"], results)
+        lines += _metric_lines(metrics, measured.get("floor_most_common_training_report", {}))
+    real = measured.get("real_text", {}).get(meta["name"])
     if real:
         if metrics:
             lines.append("")
@@ -340,14 +337,6 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
     if meta.get("real_text"):
         lines[-1:-1] = [f"Real report text: {REAL_TEXT[meta['real_text']]}", ""]
     return "\n".join(lines)
-
-
-def _training_line(meta: dict[str, Any]) -> str:
-    if meta.get("steps") == 0:  # e.g. swap_text_encoder: assembled from trained entries
-        return f"| training | none: assembled from {', '.join('zoo:' + n for n in meta.get('needs', []))} |"
-    minutes = meta.get("train_seconds")
-    return (f"| training | {meta.get('steps', '?')} steps, best validation at step {meta.get('best_step', '?')}, "
-            + (f"{minutes / 60:.1f} min on the project's 2-core CPU |" if minutes else "time not recorded |"))
 
 
 def _load_line(meta: dict[str, Any]) -> str:
