@@ -5,7 +5,8 @@
 
 * generation from test reports (DPM-Solver++ 20 steps, guidance 3): classifier mAUC against the
   generator's ground-truth image labels (beside the classifier's mAUC on the real test images, the
-  ceiling), FID/KID in the backbone's image-embedding space beside the real-vs-real split-half floor;
+  ceiling), FID/KID in the backbone's image-embedding space and in the judge's pooled features, each beside
+  its real-vs-real split-half floor;
 * counterfactual edits against SynthCXR's true counterfactuals: flip rate, SSIM to the truth and
   outside the true edit's region, for plain DDIM inversion, masked editing (DiffEdit mask, no
   identity tokens) and masked editing with the source's identity tokens;
@@ -66,6 +67,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--edit-steps", dest="edit_steps", type=int, default=50)
     parser.add_argument("--edit-guidance", dest="edit_guidance", type=float, default=2.0,
                         help="guidance of the edits (the zoo's: 5, with strength 0.9, picked on validation edits)")
+    parser.add_argument("--edit-mask-threshold", dest="edit_mask_threshold", type=float, default=3.0,
+                        help="threshold ratio of the DiffEdit mask (higher: tighter)")
+    parser.add_argument("--edit-mask-dilate", dest="edit_mask_dilate", type=int, default=0,
+                        help="latent pixels the DiffEdit mask is grown by")
     parser.add_argument("--train-data", dest="train_data",
                         help="the data the pipeline trained on: its train split names the rarest findings and "
                              "holds the noise filter's truth (default --data)")
@@ -79,6 +84,11 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _per_finding(auc: dict[str, float]) -> dict[str, float]:
+    """``multilabel_auroc``'s ``auroc/<finding>`` entries as {finding: AUROC rounded to 3 places}."""
+    return {k.split("/", 1)[1]: round(v, 3) for k, v in auc.items() if k.startswith("auroc/")}
+
+
 def score_generation(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge, backbone: str, guidance: float,
                      seed: int, ddim_steps: int = 50) -> dict:
     """Generation from the first ``n`` test reports: speed, the judge's mAUC, FID; DDIM speed on a subset."""
@@ -90,11 +100,11 @@ def score_generation(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge
     gen_auc = multilabel_auroc(judge(fake).numpy(), labels, CHEXPERT_LABELS)
     real_auc = multilabel_auroc(judge(real["images"][:n]).numpy(), labels, CHEXPERT_LABELS)
     out.update(n_generated=n, mauc_generated=gen_auc["mauc"], mauc_real_ceiling=real_auc["mauc"],
-               auroc_generated={k.split("/", 1)[1]: round(v, 3) for k, v in gen_auc.items()
-                                if k.startswith("auroc/")})
-    extractor = build_feature_extractor(f"backbone:{backbone}")
-    fid = fid_report(extract_features(extractor, real["images"]), extract_features(extractor, fake))
-    out.update({f"backbone_{k}": v for k, v in fid.items()})
+               auroc_generated=_per_finding(gen_auc))
+    for space, extractor in (("backbone", build_feature_extractor(f"backbone:{backbone}")),
+                             ("judge", build_feature_extractor("classifier", judge.classifier))):
+        fid = fid_report(extract_features(extractor, real["images"]), extract_features(extractor, fake))
+        out.update({f"{space}_{k}": v for k, v in fid.items()})
     # samplers: 20-step DPM-Solver++ above; DDIM (50 steps unless told) on a subset
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     m = min(50, n)
@@ -104,12 +114,24 @@ def score_generation(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judge
     return out
 
 
+def flip_rate_by_edit(flips: list[float], added: list[list[str]], removed: list[list[str]]) -> dict[str, dict]:
+    """Flip rate per kind of edit ("+Pneumothorax", "-Cardiomegaly", ...): which findings the edits fail to draw
+    or erase. {kind: {"n": edits, "flip_rate": rate}}, most frequent kind first."""
+    groups: dict[str, list[float]] = {}
+    for flip, add, rem in zip(flips, added, removed, strict=True):
+        kind = " ".join([f"+{n}" for n in add] + [f"-{n}" for n in rem])
+        groups.setdefault(kind, []).append(flip)
+    return {k: {"n": len(v), "flip_rate": round(float(np.mean(v)), 3)}
+            for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1]))}
+
+
 #: counterfactual editing variants: (name, mask, use_identity)
 EDIT_VARIANTS = (("inversion", None, True), ("masked", "auto", False), ("masked_identity", "auto", True))
 
 
 def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, judge: Judge, seed: int,
-                          strengths: list[float], steps: int, guidance: float = 2.0) -> dict:
+                          strengths: list[float], steps: int, guidance: float = 2.0, mask_threshold_ratio: float = 3.0,
+                          mask_dilate: int = 0) -> dict:
     """Each editing variant at each strength against the true counterfactual, and the unchanged source."""
     edits = counterfactual_edits(data, "test", edits_n, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
@@ -123,9 +145,11 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
             start = time.perf_counter()
             edit = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
                                        strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                                       output_type="pt", mask=mask, use_identity=identity)
+                                       output_type="pt", mask=mask, use_identity=identity,
+                                       mask_threshold_ratio=mask_threshold_ratio, mask_dilate=mask_dilate)
             cf = counterfactual_metrics(source, edit.images, truth, judge, added, removed)
             row = {k: v for k, v in cf.items() if k != "per_edit"}
+            row["flip_rate_by_edit"] = flip_rate_by_edit(cf["per_edit"]["flip"], added, removed)
             row["seconds_per_edit"] = round((time.perf_counter() - start) / len(edits), 2)
             if edit.masks is not None:
                 row["mask_area"] = float(edit.masks.mean())
@@ -133,6 +157,7 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
     source_cf = counterfactual_metrics(source, source, truth, judge, added, removed)
     out["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
     out["counterfactual_guidance"] = guidance
+    out["counterfactual_mask"] = {"threshold_ratio": mask_threshold_ratio, "dilate": mask_dilate}
     return out
 
 
@@ -168,12 +193,14 @@ def score_autoencoder(pipe: ReportToCXRPipeline, real: dict, n: int, judge: Judg
     images, labels = real["images"][:n], real["labels"][:n]
     recon = (reconstruct(pipe.vae, images * 2 - 1) + 1) / 2
     scores = pair(recon, images)  # what report2image.autoencoder.reconstruction_scores computes, without a 2nd pass
-    auc_recon = multilabel_auroc(judge(recon).numpy(), labels, CHEXPERT_LABELS)["mauc"]
-    auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)["mauc"]
+    auc_recon = multilabel_auroc(judge(recon).numpy(), labels, CHEXPERT_LABELS)
+    auc_real = multilabel_auroc(judge(images).numpy(), labels, CHEXPERT_LABELS)
     clean, keep = clean_renders(data, real["ids"][:n], images.shape[-1])
 
-    return {"n": n, **scores, "judge_mauc_reconstructed": auc_recon, "judge_mauc_real": auc_real,
-            "mauc_gap": auc_real - auc_recon, "n_undegraded": len(keep),
+    # per finding too: which findings the autoencoder loses (thin lines, fine texture)
+    return {"n": n, **scores, "judge_mauc_reconstructed": auc_recon["mauc"], "judge_mauc_real": auc_real["mauc"],
+            "mauc_gap": auc_real["mauc"] - auc_recon["mauc"], "auroc_reconstructed": _per_finding(auc_recon),
+            "auroc_real": _per_finding(auc_real), "n_undegraded": len(keep),
             "noise_free_render_vs_real": pair(clean, images[keep]),
             "reconstruction_vs_noise_free_render": pair(recon[keep], clean)}
 
@@ -255,6 +282,7 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     entries["judge64"] = {"mauc_real_test": _r(result["mauc_real_ceiling"]), "command": command}
     ldm = {"guidance_scale": result["guidance_scale"], "mauc_generated": _r(result["mauc_generated"]),
            "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
+           "judge_fid_over_floor": _r(result.get("judge_fid_over_floor")),
            "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result.get("ddim50_images_per_s")}
     for key, row in result.items():
         if key.startswith("counterfactual_") and isinstance(row, dict) and "flip_rate" in row \
@@ -292,7 +320,8 @@ def main() -> None:
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,
                                    args.guidance, args.seed, args.ddim_steps))
     result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed, args.edit_strengths,
-                                        args.edit_steps, args.edit_guidance))
+                                        args.edit_steps, args.edit_guidance, args.edit_mask_threshold,
+                                        args.edit_mask_dilate))
     train_data = Path(args.train_data) if args.train_data else data
     # 5. long-tail initial-noise optimisation; 6. the noise filter's flags
     if not args.skip_noise_opt:

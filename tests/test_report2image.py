@@ -178,18 +178,42 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     assert (out / "generated_0002.png").is_file()
 
 
-@pytest.mark.parametrize("switch", ["model.use_identity=false", "model.use_refiner=false"])
-def test_train_diffusion_ablation_arms_two_steps(tmp_path, tiny_synth, switch):
-    """Each ablation arm of benchmarks/diffusion_ablation.py trains and saves a loadable pipeline."""
+@pytest.mark.parametrize("arm", ["no_disentanglement", "no_vision_aware_text", "no_v_prediction", "no_min_snr",
+                                 "no_ema", "no_attributes"])
+def test_train_diffusion_ablation_arms_one_step(tmp_path, tiny_synth, load_benchmark, arm):
+    """Each ablation arm of benchmarks/diffusion_ablation.py trains and saves a loadable pipeline with its switch
+    off, on top of the zoo recipe's v-prediction, Min-SNR and EMA."""
     from radloop.cli import main
 
+    switches = load_benchmark("diffusion_ablation").ARMS[arm]
     data, _ = tiny_synth
     run = tmp_path / "diff"
     assert main(["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
                  "data.batch_size=8", "autoencoder.steps=1", "autoencoder.batch_size=8", "train.max_steps=1",
-                 "train.eval_every=1", "train.progress=false", switch, f"train.output_dir={run}"]) == 0
+                 "train.eval_every=1", "train.progress=false", "loss.prediction_type=v_prediction",
+                 "loss.snr_gamma=5", "train.ema_decay=0.9", *switches, f"train.output_dir={run}"]) == 0
     pipe = ReportToCXRPipeline.from_pretrained(run / "final")
-    assert pipe.conditioner.config.use_identity == (switch != "model.use_identity=false")
+    assert pipe.conditioner.config.use_identity == (arm != "no_disentanglement")
+    assert pipe.conditioner.config.use_refiner == (arm != "no_vision_aware_text")
+    assert pipe.conditioner.config.use_attributes == (arm != "no_attributes")
+    assert pipe.scheduler.config.prediction_type == ("epsilon" if arm == "no_v_prediction" else "v_prediction")
+    train = json.loads((run / "train_config.json").read_text())
+    assert train["ema_decay"] == (None if arm == "no_ema" else 0.9)
+
+
+def test_diffusion_ablation_scores_each_arm_with_arguments_the_benchmark_takes(load_benchmark, monkeypatch):
+    ablation = load_benchmark("diffusion_ablation")
+    synth = load_benchmark("diffusion_synth")
+    monkeypatch.setattr("sys.argv", ["diffusion_ablation.py", "--data", "D", "--test-data", "T", "--backbone", "B",
+                                     "--classifier", "C", "--autoencoder", "A", "--max-steps", "7", "--guidance", "5",
+                                     "--edit-strengths", "0.7", "0.9", "--arms", "no_min_snr"])
+    args = ablation._parse_args()
+    assert ablation.train_overrides(args, "no_min_snr", ablation.Path("R"))[-2:] == ["train.max_steps=7",
+                                                                                      "loss.snr_gamma=null"]
+    monkeypatch.setattr("sys.argv", ["diffusion_synth.py", *ablation.score_args(args, ablation.Path("R"))])
+    parsed = synth._parse_args()
+    assert (parsed.pipeline, parsed.data, parsed.train_data, parsed.guidance) == ("R/best", "T", "D", 5.0)
+    assert parsed.edit_strengths == [0.7, 0.9] and parsed.edit_guidance == 2.0
 
 
 def test_train_autoencoder_two_steps_then_diffusion_with_v_prediction_min_snr_and_ema(tmp_path, tiny_synth):
@@ -218,6 +242,36 @@ def test_train_autoencoder_two_steps_then_diffusion_with_v_prediction_min_snr_an
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     pipe.set_progress_bar_config(disable=True)
     assert pipe(REPORTS[:1], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 32, 32)
+
+
+def test_autoencoder_decoder_only_fine_tuning_keeps_the_latents(tmp_path, tiny_synth, capsys):
+    """model.decoder_only: the encoder (so every UNet's latents) and the scaling factor stay; the decoder learns."""
+    from diffusers import AutoencoderKL
+
+    from radloop.cli import main
+    from report2image.models import build_autoencoder, load_ldm_config
+
+    data, _ = tiny_synth
+    torch.manual_seed(0)
+    start = build_autoencoder(load_ldm_config("ldm_tiny"))
+    start.register_to_config(scaling_factor=0.7)
+    start.save_pretrained(tmp_path / "start")
+    common = ["train", "autoencoder", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+              "data.batch_size=8", "data.val_samples=8", "train.max_steps=2", "train.eval_every=1",
+              "train.learning_rate=0.01", "train.progress=false"]
+    assert main([*common, f"model.init_from={tmp_path / 'start'}", "model.decoder_only=true",
+                 f"train.output_dir={tmp_path / 'ft'}"]) == 0
+    tuned = AutoencoderKL.from_pretrained(tmp_path / "ft" / "final")
+    before, after = start.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert tuned.config.scaling_factor == 0.7
+    # the switch without a start point is a one-line error
+    assert main([*common, "model.decoder_only=true", f"train.output_dir={tmp_path / 'bad'}"]) == 2
+    assert "model.decoder_only needs model.init_from" in capsys.readouterr().err
+    assert main([*common, f"model.init_from={tmp_path / 'nowhere'}", f"train.output_dir={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.init_from" in err and "nowhere" in err and len(err.strip().splitlines()) == 1
 
 
 def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
@@ -362,6 +416,15 @@ def test_diffedit_mask_is_binary_at_image_size_and_empty_for_the_same_report():
     auto = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
                                num_inference_steps=2, output_type="pt")
     assert auto.masks is not None and auto.masks.shape == (3, 1, 32, 32)
+    # the auto mask's settings reach edit_mask: a higher threshold gives a subset of the default (ratio 3, no
+    # dilation), a dilated mask a strict superset
+    tight = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
+                                num_inference_steps=2, output_type="pt", mask_threshold_ratio=6.0)
+    assert torch.equal(tight.masks, pipe.edit_mask(images, REPORTS, ["No pleural effusion."] * 3, threshold_ratio=6.0))
+    assert bool((tight.masks <= auto.masks).all())
+    grown = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
+                                num_inference_steps=2, output_type="pt", mask_dilate=1)
+    assert float(grown.masks.sum()) > float(auto.masks.sum()) and bool((auto.masks <= grown.masks).all())
 
 
 def test_v_prediction_target_and_min_snr_weights_by_hand():
@@ -444,15 +507,26 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
         "diffusion_synth.py", "--pipeline", str(tmp_path / "pipe"), "--data", str(data), "--classifier",
         str(tmp_path / "judge"), "--backbone", str(tmp_path / "backbone"), "--n", "6", "--edits", "2",
         "--edit-steps", "2", "--ddim-steps", "2", "--autoencoder-n", "6", "--guidance-grid", "1.5", "3", "--val-n", "4",
-        "--skip-noise-opt", "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results)])
+        "--skip-noise-opt", "--edit-mask-threshold", "4", "--edit-mask-dilate", "0",
+        "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results)])
     bench.main()
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["guidance_scale"] in (1.5, 3.0) and set(result["guidance_tuning"]["mauc_by_scale"]) == {"1.5", "3.0"}
     assert {"psnr", "ssim", "judge_mauc_real", "noise_free_render_vs_real"} <= set(result["autoencoder"])
+    # per finding, on the real images and on their reconstructions
+    assert set(result["autoencoder"]["auroc_reconstructed"]) == set(result["autoencoder"]["auroc_real"])
+    assert "Pleural Effusion" in result["autoencoder"]["auroc_real"]
     variants = [k for k in result if k.startswith("counterfactual_") and "strength" in k]
     assert sorted(variants) == ["counterfactual_inversion_strength_0.7", "counterfactual_masked_identity_strength_0.7",
                                 "counterfactual_masked_strength_0.7"]
     assert "mask_area" in result["counterfactual_masked_strength_0.7"]
+    assert result["counterfactual_mask"] == {"threshold_ratio": 4.0, "dilate": 0}
+    by_edit = result["counterfactual_masked_strength_0.7"]["flip_rate_by_edit"]
+    assert sum(row["n"] for row in by_edit.values()) == 2 and all(k[0] in "+-" for k in by_edit)
+    assert bench.flip_rate_by_edit([1.0, 0.0, 1.0], [["A"], ["A"], []], [[], [], ["B"]]) == {
+        "+A": {"n": 2, "flip_rate": 0.5}, "-B": {"n": 1, "flip_rate": 1.0}}
+    # FID in both feature spaces, each over its own real-vs-real floor
+    assert {"backbone_fid_over_floor", "judge_fid_over_floor", "judge_fid_floor"} <= set(result)
     entries = json.loads(zoo_results.read_text())["entries"]
     assert set(entries) == {"radclip_small", "autoencoder64", "judge64", "ldm64"}
     assert entries["ldm64"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
