@@ -55,6 +55,11 @@ class AutoencoderDataConfig(DataConfig):
 class AutoencoderModelConfig:
     #: the latent-diffusion config whose ``vae`` part is built (``load_ldm_config``)
     name: str = "ldm_small"
+    #: start from this trained AutoencoderKL (a folder or ``zoo:`` name) instead of random weights
+    init_from: str | None = None
+    #: train the decoder only: the encoder, and so the latents every UNet on it was trained on, stay as they are
+    #: (its ``scaling_factor`` is kept too); needs ``init_from``
+    decoder_only: bool = False
 
 
 @dataclass
@@ -188,10 +193,16 @@ def latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
 
 
 def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Tensor | None,
-                    loss_cfg: AutoencoderLossConfig, tcfg: TrainConfig, batch_size: int, num_workers: int = 0
-                    ) -> TrainResult:
+                    loss_cfg: AutoencoderLossConfig, tcfg: TrainConfig, batch_size: int, num_workers: int = 0,
+                    decoder_only: bool = False) -> TrainResult:
     """Train ``vae`` on ``{"image": ...}`` items; select by validation PSNR when ``val_images`` are given;
-    then write ``scaling_factor`` into the saved ``best`` and ``final`` folders."""
+    then write ``scaling_factor`` into the saved ``best`` and ``final`` folders (with ``decoder_only``, only the
+    decoder learns and ``vae``'s own ``scaling_factor`` is kept: the latents do not change)."""
+    if decoder_only:
+        # the posterior (encoder + quant_conv) is frozen; post_quant_conv and the decoder learn
+        vae.encoder.requires_grad_(False)
+        if getattr(vae, "quant_conv", None) is not None:
+            vae.quant_conv.requires_grad_(False)
     tower = _perceptual_tower(loss_cfg.perceptual_tower) if loss_cfg.perceptual_weight > 0 else None
     objective = AutoencoderLoss(loss_cfg, tower)
 
@@ -210,7 +221,8 @@ def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Ten
     for name in ("best", "final"):
         if (out / name).is_dir():
             saved = AutoencoderKL.from_pretrained(out / name)
-            saved.register_to_config(scaling_factor=latent_scale(saved, sample))
+            scale = vae.config.scaling_factor if decoder_only else latent_scale(saved, sample)
+            saved.register_to_config(scaling_factor=scale)
             saved.save_pretrained(out / name)
     return result
 
@@ -220,6 +232,8 @@ def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Ten
 def train_autoencoder(cfg: AutoencoderExperiment) -> TrainResult:
     # seed before any model is built: its initial weights must not depend on what ran before in this process
     seed_everything(cfg.train.seed)
+    if cfg.model.decoder_only and not cfg.model.init_from:
+        raise ValueError("model.decoder_only needs model.init_from (the trained autoencoder whose decoder learns)")
     ldm = load_ldm_config(cfg.model.name)
     size = int(ldm["image_size"])
     train_ds = ImagesOnly(cfg.data.annotation, "train", size, cfg.data.image_root, preload=True,
@@ -230,5 +244,15 @@ def train_autoencoder(cfg: AutoencoderExperiment) -> TrainResult:
                         allow_outside_root=cfg.data.allow_outside_root)
     n_val = min(cfg.data.val_samples, len(val_ds))
     val_images = torch.stack([val_ds[i]["image"] for i in range(n_val)]) if n_val else None
-    return fit_autoencoder(build_autoencoder(ldm), train_ds, val_images, cfg.loss, cfg.train, cfg.data.batch_size,
-                           cfg.data.num_workers)
+    if cfg.model.init_from:
+        start = Path(resolve_zoo(cfg.model.init_from))
+        if not (start / "config.json").is_file():
+            raise FileNotFoundError(f"model.init_from {cfg.model.init_from}: no saved autoencoder in {start}")
+        vae = AutoencoderKL.from_pretrained(start)
+        if vae.config.sample_size != size:
+            raise ValueError(f"model.init_from {cfg.model.init_from}: an autoencoder for {vae.config.sample_size} px, "
+                             f"but {cfg.model.name} is {size} px")
+    else:
+        vae = build_autoencoder(ldm)
+    return fit_autoencoder(vae, train_ds, val_images, cfg.loss, cfg.train, cfg.data.batch_size,
+                           cfg.data.num_workers, decoder_only=cfg.model.decoder_only)
