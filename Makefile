@@ -43,8 +43,10 @@ zoo: install
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
 	$(BIN)/python benchmarks/zoo_synth.py --json benchmarks/results/zoo_synthcxr64_cpu2.json
 	$(BIN)/python benchmarks/diffusion_synth.py --pipeline zoo:ldm64 --data runs/zoo/data/synthcxr64_test \
-		--classifier zoo:judge64 --backbone zoo:radclip_small --run-dir runs/zoo/ldm64 --guidance-grid 1.5 3 5 \
-		--val-data runs/zoo/data/synthcxr64 --autoencoder-n 300 --out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json
+		--classifier zoo:judge64 --backbone zoo:radclip_small --run-dir runs/zoo/ldm64 --guidance-grid 1.5 3 5 7 \
+		--val-data runs/zoo/data/synthcxr64 --train-data runs/zoo/data/synthcxr64 --val-n 100 --autoencoder-n 300 \
+		--n 300 --edits 64 --edit-strengths 0.9 1.0 --edit-guidance 5 \
+		--out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json --zoo-results benchmarks/results/zoo_synthcxr64_cpu2.json
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
 bench: install
