@@ -120,8 +120,8 @@ class AutoencoderLoss(nn.Module):
 
     Args:
         cfg: the weights (a term with weight 0 is neither computed nor logged, except L1 and KL).
-        tower: the frozen image tower for the perceptual term (``forward_features``-style callable
-            mapping (B, 1, S, S) in [-1, 1] to a feature map), or None.
+        tower: the frozen image tower for the perceptual term (a callable mapping (B, 1, S, S) in [-1, 1] to
+            features, e.g. :func:`_perceptual_tower`'s grid tokens), or None.
     """
 
     def __init__(self, cfg: AutoencoderLossConfig, tower: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -159,12 +159,13 @@ def _perceptual_tower(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     from shared.backbone.clip import RadCLIP
 
     backbone = RadCLIP.from_pretrained(resolve_zoo(name)).eval().requires_grad_(False)
-    visual = backbone.visual
 
     def features(x: torch.Tensor) -> torch.Tensor:
+        """images (B, 1, S, S) in [-1, 1] -> the tower's grid tokens (B, L, W): local features, not the pooled
+        embedding, so that where a line or nodule is drawn matters."""
         if x.shape[-1] != backbone.image_size:
             x = F.interpolate(x, size=(backbone.image_size,) * 2, mode="bilinear", align_corners=False)
-        return visual.forward_features(x)
+        return backbone.encode_image(x)[1]
 
     return features
 

@@ -465,6 +465,24 @@ def test_autoencoder_loss_terms_and_perfect_reconstruction():
         AutoencoderLoss(AutoencoderLossConfig(perceptual_weight=1.0))
 
 
+def test_autoencoder_perceptual_term_uses_a_saved_radclip_tower(tmp_path):
+    """The perceptual term loads a saved RadCLIP (here the tiny pipeline's) and compares its grid tokens: zero for
+    a perfect reconstruction, positive for a blurred one, and its gradient reaches the reconstruction."""
+    from report2image.autoencoder import AutoencoderLoss, AutoencoderLossConfig, _perceptual_tower
+
+    tiny_pipeline().text_encoder.save_pretrained(tmp_path / "tower")
+    tower = _perceptual_tower(str(tmp_path / "tower"))
+    loss = AutoencoderLoss(AutoencoderLossConfig(perceptual_weight=1.0, perceptual_tower=str(tmp_path / "tower")),
+                           tower)
+    x = torch.rand(2, 1, 48, 48) * 2 - 1  # not the tower's size: resized
+    assert float(loss(x, x, torch.zeros(2))["perceptual"]) == pytest.approx(0.0, abs=1e-6)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1).requires_grad_(True)
+    worse = loss(blurred, x, torch.zeros(2))
+    assert float(worse["perceptual"]) > 0
+    worse["loss"].backward()
+    assert blurred.grad is not None and float(blurred.grad.abs().sum()) > 0
+
+
 def test_generate_image_rerun_skips_finished_batches_and_refuses_another_request(tmp_path, capsys):
     """Killed and run again, `radloop generate image` redoes only the unfinished batches (same pixels);
     the same folder with another request is refused; no temp file is left behind."""
