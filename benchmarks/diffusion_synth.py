@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
 
 from evaluation.classifier import Judge
 from evaluation.image_eval import build_feature_extractor, load_image_set
@@ -63,6 +63,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--val-data", dest="val_data", help="the data whose val split tunes guidance (default --data)")
     parser.add_argument("--autoencoder-n", dest="autoencoder_n", type=int, default=0,
                         help="test images whose reconstructions are scored (0: skip)")
+    parser.add_argument("--vae", help="score with this autoencoder in place of the pipeline's (a fine-tuned decoder "
+                                      "of the same latents: `radloop train autoencoder` with model.decoder_only)")
+    parser.add_argument("--autoencoder-only", dest="autoencoder_only", action="store_true",
+                        help="score the reconstructions (--autoencoder-n) and stop")
     parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+", default=[0.7])
     parser.add_argument("--edit-steps", dest="edit_steps", type=int, default=50)
     parser.add_argument("--edit-guidance", dest="edit_guidance", type=float, default=2.0,
@@ -81,7 +85,21 @@ def _parse_args() -> argparse.Namespace:
                              "results file, which the model cards quote (radloop zoo card NAME)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.autoencoder_only and (not args.autoencoder_n or args.zoo_results):
+        parser.error("--autoencoder-only needs --autoencoder-n and no --zoo-results (the cards need every block)")
+    return args
+
+
+def swap_autoencoder(pipe: ReportToCXRPipeline, path: str) -> None:
+    """Put the autoencoder at ``path`` into ``pipe``; refused unless it shares the pipeline's latent space (same
+    latent channels and ``scaling_factor``: a fine-tuned decoder on the same encoder)."""
+    vae = AutoencoderKL.from_pretrained(resolve_zoo(path)).to(pipe.device, pipe.vae.dtype)
+    for key in ("latent_channels", "scaling_factor", "sample_size"):
+        if vae.config[key] != pipe.vae.config[key]:
+            raise SystemExit(f"--vae {path}: {key} {vae.config[key]} differs from the pipeline's "
+                             f"{pipe.vae.config[key]}: not the latent space its UNet learnt")
+    pipe.register_modules(vae=vae)
 
 
 def _per_finding(auc: dict[str, float]) -> dict[str, float]:
@@ -293,6 +311,14 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     return entries
 
 
+def _write(result: dict, out: str | None) -> None:
+    """Print the result as JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
 def main() -> None:
     args = _parse_args()
     torch.manual_seed(args.seed)
@@ -300,7 +326,10 @@ def main() -> None:
     args.backbone = str(resolve_zoo(args.backbone))
     pipe = ReportToCXRPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "machine": "2-core CPU, no GPU",
+    if args.vae:
+        swap_autoencoder(pipe, args.vae)
+    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "vae": args.vae,
+                    "machine": "2-core CPU, no GPU",
                     "conditioner": {k: pipe.conditioner.config[k]
                                     for k in ("use_refiner", "use_attributes", "use_identity")}}
     real = load_image_set(data / "annotation.json", "test", pipe.image_size, "file")
@@ -310,6 +339,9 @@ def main() -> None:
     if args.autoencoder_n:
         result["autoencoder"] = score_autoencoder(pipe, real, min(args.autoencoder_n, len(real["reports"])), judge,
                                                   data)
+    if args.autoencoder_only:
+        _write(result, args.out)
+        return
     if args.guidance_grid:
         val_data = Path(args.val_data) if args.val_data else data
         result["guidance_tuning"] = tune_guidance(pipe, val_data, args.guidance_grid, args.val_n, judge, args.seed)
@@ -329,10 +361,7 @@ def main() -> None:
                                                                 args.seed)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
         result["noise_filter"] = score_noise_filter(Path(args.run_dir), train_data)
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    _write(result, args.out)
     if args.zoo_results:
         command = "python benchmarks/diffusion_synth.py " + " ".join(sys.argv[1:])
         merge_results("entries", zoo_entry_metrics(result, command), Path(args.zoo_results))

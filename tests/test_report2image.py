@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -425,6 +426,39 @@ def test_diffedit_mask_is_binary_at_image_size_and_empty_for_the_same_report():
     grown = pipe.counterfactual(images, ["No pleural effusion."] * 3, source_reports=REPORTS, strength=0.5,
                                 num_inference_steps=2, output_type="pt", mask_dilate=1)
     assert float(grown.masks.sum()) > float(auto.masks.sum()) and bool((auto.masks <= grown.masks).all())
+
+
+def test_diffusion_benchmark_scores_a_swapped_decoder_and_refuses_another_latent_space(
+        tmp_path, monkeypatch, tiny_synth, load_benchmark):
+    """--vae puts a fine-tuned decoder of the same latents into the pipeline (--autoencoder-only scores just the
+    reconstructions); an autoencoder with another scaling factor is refused by name."""
+    from evaluation.classifier import build_classifier
+
+    data, _ = tiny_synth
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    build_classifier("classifier_tiny", image_size=32).save_pretrained(tmp_path / "judge")
+    decoder = copy.deepcopy(pipe.vae)
+    with torch.no_grad():
+        decoder.decoder.conv_out.bias.add_(0.5)  # a different decoder, the same encoder
+    decoder.save_pretrained(tmp_path / "decoder")
+    bench = load_benchmark("diffusion_synth")
+    argv = ["diffusion_synth.py", "--pipeline", str(tmp_path / "pipe"), "--data", str(data), "--classifier",
+            str(tmp_path / "judge"), "--backbone", str(tmp_path / "pipe" / "text_encoder"), "--autoencoder-n", "4",
+            "--autoencoder-only"]
+    results = {}
+    for name, vae in (("own", []), ("decoder", ["--vae", str(tmp_path / "decoder")])):
+        monkeypatch.setattr("sys.argv", [*argv, *vae, "--out", str(tmp_path / f"{name}.json")])
+        bench.main()
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert set(results["own"]) >= {"autoencoder", "vae"} and "guidance_scale" not in results["own"]
+    assert results["decoder"]["vae"] == str(tmp_path / "decoder")
+    assert results["decoder"]["autoencoder"]["psnr"] != results["own"]["autoencoder"]["psnr"]
+    decoder.register_to_config(scaling_factor=float(pipe.vae.config.scaling_factor) * 2)
+    decoder.save_pretrained(tmp_path / "other")
+    monkeypatch.setattr("sys.argv", [*argv, "--vae", str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match="scaling_factor"):
+        bench.main()
 
 
 def test_v_prediction_target_and_min_snr_weights_by_hand():
