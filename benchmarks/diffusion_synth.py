@@ -35,10 +35,11 @@ from evaluation.images import extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
 from radloop.zoo import merge_results
 from report2image import ReportToCXRPipeline
+from shared.config import read_json
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
-from shared.zoo import resolve_zoo
+from shared.zoo import ENTRY_FILE, resolve_zoo
 
 
 def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,
@@ -55,7 +56,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--backbone", required=True, help="RadCLIP folder whose image tower gives FID features")
     parser.add_argument("--run-dir", dest="run_dir", help="the training run (for noise_filter.json)")
     parser.add_argument("--n", type=int, default=300, help="test reports to generate from")
-    parser.add_argument("--edits", type=int, default=64)
+    parser.add_argument("--edits", type=int, default=64, help="counterfactual edits scored (0: skip them)")
     parser.add_argument("--guidance", type=float, default=3.0, help="the scale when no --guidance-grid is given")
     parser.add_argument("--guidance-grid", dest="guidance_grid", type=float, nargs="*", default=[],
                         help="scales tried on validation reports; the best (judge mAUC) is used on the test set")
@@ -81,10 +82,17 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--ddim-steps", dest="ddim_steps", type=int, default=50, help="DDIM steps of the speed row")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--zoo-results", dest="zoo_results",
-                        help="merge the zoo entries' measurements (autoencoder64, judge64, ldm64) into this zoo "
+                        help="merge the zoo entries' measurements (the autoencoder's, judge64, ldm64) into this zoo "
                              "results file, which the model cards quote (radloop zoo card NAME)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
+    parser.add_argument("--rare-data", dest="rare_data",
+                        help="the data whose test reports the initial-noise optimisation study draws from (default "
+                             "--data; configs/zoo/rare_test_data.yaml holds 100+ of each rare finding)")
+    parser.add_argument("--rare-positives", dest="rare_positives", type=int,
+                        help="test reports per rare finding (default: every one)")
+    parser.add_argument("--rare-negatives", dest="rare_negatives", type=int,
+                        help="test reports with none of the rare findings (default: as many as the positives)")
     args = parser.parse_args()
     if args.autoencoder_only and (not args.autoencoder_n or args.zoo_results):
         parser.error("--autoencoder-only needs --autoencoder-n and no --zoo-results (the cards need every block)")
@@ -235,9 +243,26 @@ def tune_guidance(pipe: ReportToCXRPipeline, data: Path, grid: list[float], n: i
     return {"n_val": len(reports), "mauc_by_scale": per, "best": best}
 
 
+def rare_selection(labels: np.ndarray, idx: list[int], positives: int | None = None, negatives: int | None = None
+                   ) -> tuple[list[int], list[int]]:
+    """Rows of ``labels`` (N, C) for the rare-finding study: the first rows positive for each column of ``idx``
+    until that column has ``positives`` of them (all when None; a row may count for two), and the first
+    ``negatives`` rows positive for none (default: as many as the positives, at least 16)."""
+    pos: list[int] = []
+    for j in idx:
+        have = sum(int(labels[i, j] == 1) for i in pos)
+        want = len(labels) if positives is None else max(positives - have, 0)
+        pos += [i for i in range(len(labels)) if labels[i, j] == 1 and i not in pos][:want]
+    neg = [i for i in range(len(labels)) if not (labels[i, idx] == 1).any()]
+    return pos, neg[: negatives or max(len(pos), 16)]
+
+
 def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: dict, judge: Judge, guidance: float,
-                             seed: int) -> dict:
-    """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without."""
+                             seed: int, positives: int | None = None, negatives: int | None = None) -> dict:
+    """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without.
+
+    The reports are the test reports of ``real`` with one of those findings -- at most ``positives`` per finding,
+    all when None -- and ``negatives`` reports with none of them (default: as many as the positives)."""
     train_counts = {name: 0 for name in CHEXPERT_LABELS}
     for rec in read_attributes(train_data):
         if rec["split"] == "train":
@@ -245,9 +270,7 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
                 train_counts[name] += int(v == 1)
     rare = [k for k, v in sorted(train_counts.items(), key=lambda kv: kv[1]) if k != "No Finding" and v > 0][:3]
     idx = [CHEXPERT_LABELS.index(r) for r in rare]
-    # every test report with a rare finding, plus as many without
-    pos = [i for i in range(len(real["reports"])) if (real["labels"][i, idx] == 1).any()]
-    neg = [i for i in range(len(real["reports"])) if i not in set(pos)][: max(len(pos), 16)]
+    pos, neg = rare_selection(real["labels"], idx, positives, negatives)
     sel = pos + neg
     sub_reports = [real["reports"][i] for i in sel]
     sub_labels = real["labels"][sel]
@@ -265,7 +288,8 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
     per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
                   "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
                   "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
-    return {"rare_findings": per, "n_images": len(sel), "seconds_per_image": round(opt_seconds / len(sel), 2),
+    return {"rare_findings": per, "n_images": len(sel), "n_without_rare_findings": len(neg),
+            "seconds_per_image": round(opt_seconds / len(sel), 2),
             "score": "backbone image-report cosine (not the judging classifier)"}
 
 
@@ -286,17 +310,27 @@ def _r(x: Any) -> Any:
     return round(x, 4) if isinstance(x, float) else x
 
 
+def autoencoder_entry(pipeline: str, vae: str | None) -> str:
+    """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s, else the one the pipeline entry
+    names as its vae (``radloop zoo swap-decoder``), else ``autoencoder64``."""
+    if vae:
+        return vae.removeprefix("zoo:").split("/")[-1]
+    entry = Path(resolve_zoo(pipeline)) / ENTRY_FILE
+    named = read_json(entry).get("vae", {}).get("entry") if entry.is_file() else None
+    return named.removeprefix("zoo:") if named else "autoencoder64"
+
+
 def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     """The measurements of each diffusion zoo entry, as the model cards list them."""
     entries: dict[str, dict] = {}
     ae = result.get("autoencoder")
     if ae:
-        entries["autoencoder64"] = {"psnr_db": _r(ae["psnr"]), "ssim": _r(ae["ssim"]),
-                                    "judge_mauc_reconstructed": _r(ae["judge_mauc_reconstructed"]),
-                                    "judge_mauc_real": _r(ae["judge_mauc_real"]),
-                                    "noise_free_render_vs_real": {k: _r(v) for k, v in
-                                                                  ae["noise_free_render_vs_real"].items()},
-                                    "command": command}
+        name = result["autoencoder_entry"]
+        entries[name] = {"psnr_db": _r(ae["psnr"]), "ssim": _r(ae["ssim"]),
+                         "judge_mauc_reconstructed": _r(ae["judge_mauc_reconstructed"]),
+                         "judge_mauc_real": _r(ae["judge_mauc_real"]),
+                         "noise_free_render_vs_real": {k: _r(v) for k, v in ae["noise_free_render_vs_real"].items()},
+                         "command": command}
     entries["judge64"] = {"mauc_real_test": _r(result["mauc_real_ceiling"]), "command": command}
     ldm = {"guidance_scale": result["guidance_scale"], "mauc_generated": _r(result["mauc_generated"]),
            "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
@@ -307,6 +341,10 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
                 and key != "counterfactual_identity_baseline":
             ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
                                                          ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
+    rare = result.get("noise_optimisation", {}).get("rare_findings", {})
+    if rare:
+        ldm["rare_findings_auc_plain_to_optimised"] = {k: f"{x['auc_plain']} -> {x['auc_optimised']} "
+                                                          f"({x['positives']} positives)" for k, x in rare.items()}
     entries["ldm64"] = {**ldm, "command": command}
     return entries
 
@@ -329,6 +367,7 @@ def main() -> None:
     if args.vae:
         swap_autoencoder(pipe, args.vae)
     result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "vae": args.vae,
+                    "autoencoder_entry": autoencoder_entry(args.pipeline, args.vae),
                     "machine": "2-core CPU, no GPU",
                     "conditioner": {k: pipe.conditioner.config[k]
                                     for k in ("use_refiner", "use_attributes", "use_identity")}}
@@ -351,14 +390,18 @@ def main() -> None:
     # 3. generation from test reports (judge, FID, sampler speed); 4. counterfactuals
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,
                                    args.guidance, args.seed, args.ddim_steps))
-    result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed, args.edit_strengths,
-                                        args.edit_steps, args.edit_guidance, args.edit_mask_threshold,
-                                        args.edit_mask_dilate))
+    if args.edits:
+        result.update(score_counterfactuals(pipe, data, args.edits, judge, args.seed, args.edit_strengths,
+                                            args.edit_steps, args.edit_guidance, args.edit_mask_threshold,
+                                            args.edit_mask_dilate))
     train_data = Path(args.train_data) if args.train_data else data
     # 5. long-tail initial-noise optimisation; 6. the noise filter's flags
     if not args.skip_noise_opt:
-        result["noise_optimisation"] = score_noise_optimisation(pipe, train_data, real, judge, args.guidance,
-                                                                args.seed)
+        rare = load_image_set(Path(args.rare_data) / "annotation.json", "test", pipe.image_size, "file") \
+            if args.rare_data else real
+        result["noise_optimisation"] = score_noise_optimisation(pipe, train_data, rare, judge, args.guidance,
+                                                                args.seed, args.rare_positives, args.rare_negatives)
+        result["noise_optimisation"]["data"] = args.rare_data or str(data)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
         result["noise_filter"] = score_noise_filter(Path(args.run_dir), train_data)
     _write(result, args.out)

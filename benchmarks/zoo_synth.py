@@ -50,8 +50,13 @@ DECODER_KEYS = ["bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro
                 "truth_ce_macro_f1", "unique_report_rate"]
 
 
+def _ref(name: str) -> str:
+    """A zoo entry's name as ``zoo:NAME``; a saved folder (a path, e.g. another training seed's run) as it is."""
+    return name if "/" in name else f"zoo:{name}"
+
+
 def score_backbone(name: str, test_ds: ReportImageDataset, truth: np.ndarray) -> dict[str, Any]:
-    model = RadCLIP.from_pretrained(f"zoo:{name}").eval()
+    model = RadCLIP.from_pretrained(_ref(name)).eval()
     t0 = time.perf_counter()
     img, txt = embed_dataset(model, test_ds)
     embed_s = time.perf_counter() - t0
@@ -77,7 +82,7 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
                   labeler: ReportLabeler, out_dir: Path) -> dict[str, Any]:
     from image2report.generator import ReportGenerator
 
-    gen = ReportGenerator.from_pretrained(f"zoo:{name}")
+    gen = ReportGenerator.from_pretrained(_ref(name))
     images = torch.stack([s["images"] for s in test])
     ids = [s["study_id"] for s in test]
     out: dict[str, Any] = {}
@@ -86,7 +91,7 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
         texts = gen.generate(images, num_beams=beams)
         out[f"{mode}_reports_per_s"] = round(len(texts) / (time.perf_counter() - t0), 2)
         preds = dict(zip(ids, texts, strict=True))
-        (out_dir / f"{name}_test_{mode}.json").write_text(json.dumps(preds, indent=1))
+        (out_dir / f"{name.strip('/').replace('/', '_')}_test_{mode}.json").write_text(json.dumps(preds, indent=1))
         scores = score(preds, refs, truth, labeler)
         for k in DECODER_KEYS:
             if k in scores:
@@ -94,9 +99,28 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
     return out
 
 
+def seed_summary(entries: dict[str, dict[str, Any]], classes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation of each decoder metric over the entries of one model class (the zoo
+    entry and runs of other training seeds), for every class scored more than once."""
+    groups: dict[str, list[str]] = {}
+    for name, cls in classes.items():
+        groups.setdefault(cls, []).append(name)
+    out: dict[str, dict[str, Any]] = {}
+    for cls, names in groups.items():
+        if len(names) < 2:
+            continue
+        keys = [k for k, v in entries[names[0]].items() if k.endswith(("_greedy", "_beam3"))
+                and isinstance(v, (int, float))]
+        out[cls] = {"entries": names, **{k: {"mean": round(float(np.mean([entries[n][k] for n in names])), 4),
+                                             "sd": round(float(np.std([entries[n][k] for n in names], ddof=1)), 4)}
+                                         for k in keys}}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--entries", nargs="+", help="zoo entries (default: every trained entry of the index)")
+    p.add_argument("--entries", nargs="+", help="zoo entries (default: every trained entry of the index), or saved "
+                                                "model folders (a path: e.g. runs of other training seeds)")
     p.add_argument("--json", help="also write the result here (the model cards read it)")
     p.add_argument("--out-dir", default="runs/zoo/bench", help="generated test reports land here")
     p.add_argument("--limit-test", dest="limit_test", type=int, help="score the first N test studies (smoke runs)")
@@ -119,13 +143,15 @@ def main() -> None:
     labeler = ReportLabeler()
     command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
     entries: dict[str, Any] = {}
+    classes: dict[str, str] = {}
     for name in names:
-        kind = read_json(Path(resolve_zoo(f"zoo:{name}")) / "config.json").get("_class_name")
+        kind = read_json(Path(resolve_zoo(_ref(name))) / "config.json").get("_class_name")
         t0 = time.perf_counter()
         if kind == "RadCLIP":
             entries[name] = score_backbone(name, test_ds, truth)
         else:
             entries[name] = score_decoder(name, test, refs, truth, labeler, out_dir)
+            classes[name] = kind
         entries[name]["command"] = command
         logging.warning("%s scored in %.0f s", name, time.perf_counter() - t0)
     most_common = Counter(e["report"] for e in read_json(train_data / "annotation.json")["train"]).most_common(1)[0][0]
@@ -142,6 +168,9 @@ def main() -> None:
                                               **{k: round(float(floor[k]), 4) for k in DECODER_KEYS if k in floor}},
         "entries": entries,
     }
+    seeds = seed_summary(entries, classes)
+    if seeds:
+        result["seeds_by_model_class"] = seeds
     text = json.dumps(result, indent=1)
     if args.json:
         previous = read_json(args.json) if Path(args.json).is_file() else {}

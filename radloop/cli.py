@@ -324,6 +324,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         target = zoo.train_entry(args.name, overrides=args.overrides)
     elif args.zoo_verb == "export":
         target = zoo.export_entry(args.name, args.run)
+    elif args.zoo_verb == "swap-decoder":
+        target = zoo.swap_decoder(args.name, args.source)
     else:
         target = zoo.refresh_card(args.name)
     _echo(f"zoo:{args.name} -> {target}")
@@ -463,6 +465,11 @@ def _add_zoo(verbs: argparse._SubParsersAction) -> None:
     p = zoo.add_parser("export", help="write a finished run's best weights into the zoo (fp16, model card)")
     p.add_argument("name")
     p.add_argument("--run", help="the run folder (default runs/zoo/NAME)")
+    p.set_defaults(func=cmd_zoo)
+    p = zoo.add_parser("swap-decoder", help="give a diffusion entry the autoencoder of another entry that encodes "
+                                            "identically (a decoder-only fine-tune), without retraining its UNet")
+    p.add_argument("name", help="the pipeline entry (e.g. ldm64)")
+    p.add_argument("source", help="the autoencoder entry (e.g. autoencoder64_ft)")
     p.set_defaults(func=cmd_zoo)
     p = zoo.add_parser("card", help="re-write an entry's model card with the zoo benchmark's results")
     p.add_argument("name")

@@ -238,6 +238,65 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
     return target
 
 
+#: weights that make an autoencoder's latents: what a decoder-only fine-tune leaves untouched
+_ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+
+
+def _encoder_tensors(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, Any] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update({k: v for k, v in load_file(str(file)).items() if k.startswith(_ENCODER_PREFIXES)})
+    return tensors
+
+
+def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Path | None = None) -> Path:
+    """Put the autoencoder entry ``source`` into the pipeline entry ``name`` as its ``vae``, without retraining
+    the UNet: refused unless ``source`` encodes exactly as the pipeline's autoencoder does (the same encoder and
+    ``quant_conv`` tensors, latent channels and scaling factor -- a decoder-only fine-tune, so every latent
+    the UNet learnt from is unchanged). The entry file records the swap and the card is re-written."""
+    import torch
+
+    index = index or load_index()
+    folder, src = index.folder(name, root), index.folder(source, root)
+    for entry, path in ((name, folder), (source, src)):
+        if not (path / ENTRY_FILE).is_file():
+            raise FileNotFoundError(f"zoo entry '{entry}' is not in {path.parent} (radloop zoo train {entry})")
+    vae = folder / "vae"
+    if not (vae / "config.json").is_file():
+        raise ConfigError(f"zoo entry '{name}' has no vae component ({vae}): not a diffusion pipeline")
+    old_cfg, new_cfg = read_json(vae / "config.json"), read_json(src / "config.json")
+    for key in ("_class_name", "latent_channels", "scaling_factor"):
+        if old_cfg.get(key) != new_cfg.get(key):
+            raise ConfigError(f"zoo:{source} {key}={new_cfg.get(key)!r} differs from zoo:{name}'s vae "
+                              f"({old_cfg.get(key)!r}): not the latent space its UNet learnt")
+    old_enc, new_enc = _encoder_tensors(vae), _encoder_tensors(src)
+    differ = sorted(k for k in old_enc.keys() | new_enc.keys()
+                    if k not in old_enc or k not in new_enc or not torch.equal(old_enc[k], new_enc[k]))
+    if not old_enc or differ:
+        raise ConfigError(f"zoo:{source}'s encoder differs from zoo:{name}'s vae ({len(differ)} tensors, e.g. "
+                          f"{differ[:1]}): only a decoder-only fine-tune keeps the UNet's latents")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    shutil.rmtree(tmp / "vae")
+    (tmp / "vae").mkdir()
+    for item in src.iterdir():
+        if item.name in ("config.json",) or item.suffix == ".safetensors":
+            shutil.copy2(item, tmp / "vae" / item.name)
+    meta = read_json(folder / ENTRY_FILE)
+    meta["needs"] = index.get(name).needs
+    meta["vae"] = {"entry": f"zoo:{source}", "swapped_at_git_sha": _git_sha(),
+                   "note": "the UNet was trained on the latents of the vae it replaced; the encoder is the same"}
+    atomic_write_text(tmp / ENTRY_FILE, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(tmp / "README.md", render_card(meta))
+    shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    logger.info("zoo:%s now decodes with zoo:%s", name, source)
+    return folder
+
+
 def _synth_facts(config: Path) -> dict[str, Any]:
     try:
         synth = yaml.safe_load(config.read_text())["synth"]
@@ -305,6 +364,10 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         f"| parameters | {meta.get('parameters', 0) / 1e6:.2f} M, stored as {meta.get('weights_dtype')} |",
         f"| code | git {meta.get('git_sha', '?')[:12]} |", "",
     ]
+    if meta.get("vae"):
+        lines[-1:-1] = [f"| vae | `{meta['vae']['entry']}`, swapped in at git {meta['vae']['swapped_at_git_sha'][:12]} "
+                        f"(`radloop zoo swap-decoder {meta['name']} {meta['vae']['entry'].removeprefix('zoo:')}`): "
+                        f"{meta['vae']['note']} |"]
     measured = read_json(results) if results.is_file() else {}
     metrics = measured.get("entries", {}).get(meta["name"])
     lines += ["## Measured", ""]

@@ -582,6 +582,27 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     entries = json.loads(zoo_results.read_text())["entries"]
     assert set(entries) == {"radclip_small", "autoencoder64", "judge64", "ldm64"}
     assert entries["ldm64"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
+    # the autoencoder's scores go to the entry that decodes: --vae's, else the one the pipeline entry names
+    assert bench.autoencoder_entry(str(tmp_path / "pipe"), "zoo:autoencoder64_ft") == "autoencoder64_ft"
+    assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder64"
+    (tmp_path / "pipe" / "zoo_entry.json").write_text(json.dumps({"vae": {"entry": "zoo:ae_ft"}}))
+    assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "ae_ft"
+
+
+def test_rare_finding_selection_caps_positives_per_finding_and_takes_clean_negatives(load_benchmark):
+    """The initial-noise optimisation study's reports: up to N positives per rare finding (a report with two counts
+    for both) and negatives that carry none of the rare findings."""
+    import numpy as np
+
+    bench = load_benchmark("diffusion_synth")
+    labels = np.zeros((10, 3))
+    labels[[0, 2, 4, 6], 0] = 1  # finding 0 in rows 0, 2, 4, 6
+    labels[[2, 3, 5], 1] = 1  # finding 1 in rows 2 (with finding 0), 3, 5
+    labels[7, 2] = 1  # a common finding: not studied, so row 7 is a negative
+    pos, neg = bench.rare_selection(labels, [0, 1], positives=2, negatives=3)
+    assert pos == [0, 2, 3] and neg == [1, 7, 8]
+    pos, neg = bench.rare_selection(labels, [0, 1])
+    assert pos == [0, 2, 4, 6, 3, 5] and neg == [1, 7, 8, 9]  # every positive; negatives up to their number
 
 
 def test_sharded_pair_cache_gives_the_in_memory_items_and_is_reused(tmp_path, tiny_synth):
