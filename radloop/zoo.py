@@ -28,8 +28,8 @@ from shared.zoo import ENTRY_FILE, zoo_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "render_card", "refresh_card",
-           "list_entries", "ensure_data", "merge_results", "RESULTS_FILE"]
+__all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "swap_decoder", "render_card",
+           "refresh_card", "list_entries", "ensure_data", "merge_results", "RESULTS_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the zoo benchmark's results (``benchmarks/zoo_synth.py``); cards quote it
@@ -283,7 +283,7 @@ def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Pa
     shutil.rmtree(tmp / "vae")
     (tmp / "vae").mkdir()
     for item in src.iterdir():
-        if item.name in ("config.json",) or item.suffix == ".safetensors":
+        if item.name == "config.json" or item.suffix == ".safetensors":
             shutil.copy2(item, tmp / "vae" / item.name)
     meta = read_json(folder / ENTRY_FILE)
     meta["needs"] = index.get(name).needs
