@@ -248,12 +248,15 @@ def rare_selection(labels: np.ndarray, idx: list[int], positives: int | None = N
     """Rows of ``labels`` (N, C) for the rare-finding study: the first rows positive for each column of ``idx``
     until that column has ``positives`` of them (all when None; a row may count for two), and the first
     ``negatives`` rows positive for none (default: as many as the positives, at least 16)."""
+    hit = labels[:, idx] == 1  # (N, K)
+    taken = np.zeros(len(labels), dtype=bool)
     pos: list[int] = []
-    for j in idx:
-        have = sum(int(labels[i, j] == 1) for i in pos)
-        want = len(labels) if positives is None else max(positives - have, 0)
-        pos += [i for i in range(len(labels)) if labels[i, j] == 1 and i not in pos][:want]
-    neg = [i for i in range(len(labels)) if not (labels[i, idx] == 1).any()]
+    for k in range(len(idx)):
+        want = len(labels) if positives is None else max(positives - int(hit[taken, k].sum()), 0)
+        rows = np.flatnonzero(hit[:, k] & ~taken)[:want]
+        taken[rows] = True
+        pos += rows.tolist()
+    neg = np.flatnonzero(~hit.any(axis=1)).tolist()
     return pos, neg[: negatives or max(len(pos), 16)]
 
 

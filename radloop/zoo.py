@@ -198,6 +198,22 @@ def _run_facts(run: Path) -> dict[str, Any]:
     return facts
 
 
+def _staging(target: Path) -> Path:
+    """An empty sibling folder path where an entry is assembled before :func:`_install_entry` puts it in place."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _install_entry(tmp: Path, target: Path, meta: dict[str, Any]) -> None:
+    """Write the entry file and model card into the assembled folder ``tmp``, then let it replace ``target``."""
+    atomic_write_text(tmp / ENTRY_FILE, json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(tmp / "README.md", render_card(meta))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
 def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: ZooIndex | None = None,
                  root: Path | None = None) -> Path:
     """Write ``<run>/best`` (default ``runs/zoo/<name>``) into the zoo as fp16 with its entry file and card."""
@@ -210,8 +226,7 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
     if config is None:
         raise FileNotFoundError(f"{best}: no saved model to export (train it: radloop zoo train {name})")
     target = index.folder(name, root)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(target)
     tmp.mkdir(parents=True)
     params = 0
     for item in sorted(best.rglob("*")):
@@ -229,11 +244,7 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
             "data": {"config": _rel(index.data), **_synth_facts(index.data)},
             **({"real_text": recipe.real_text} if recipe.real_text else {}),
             "parameters": params, "weights_dtype": "float16", "git_sha": _git_sha(), **facts}
-    atomic_write_text(tmp / ENTRY_FILE, json.dumps(meta, indent=1) + "\n")
-    atomic_write_text(tmp / "README.md", render_card(meta))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    _install_entry(tmp, target, meta)
     logger.info("exported %s to %s (%.1f MB)", name, target, _folder_mb(target))
     return target
 
@@ -277,8 +288,7 @@ def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Pa
     if not old_enc or differ:
         raise ConfigError(f"zoo:{source}'s encoder differs from zoo:{name}'s vae ({len(differ)} tensors, e.g. "
                           f"{differ[:1]}): only a decoder-only fine-tune keeps the UNet's latents")
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(folder)
     shutil.copytree(folder, tmp)
     shutil.rmtree(tmp / "vae")
     (tmp / "vae").mkdir()
@@ -289,10 +299,7 @@ def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Pa
     meta["needs"] = index.get(name).needs
     meta["vae"] = {"entry": f"zoo:{source}", "swapped_at_git_sha": _git_sha(),
                    "note": "the UNet was trained on the latents of the vae it replaced; the encoder is the same"}
-    atomic_write_text(tmp / ENTRY_FILE, json.dumps(meta, indent=1) + "\n")
-    atomic_write_text(tmp / "README.md", render_card(meta))
-    shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    _install_entry(tmp, folder, meta)
     logger.info("zoo:%s now decodes with zoo:%s", name, source)
     return folder
 
