@@ -35,6 +35,7 @@ from evaluation.images import extract_features, fid_report
 from evaluation.loop import counterfactual_metrics
 from radloop.zoo import merge_results
 from report2image import ReportToCXRPipeline
+from report2image.autoencoder import latent_space_mismatch
 from shared.config import read_json
 from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
@@ -100,13 +101,12 @@ def _parse_args() -> argparse.Namespace:
 
 
 def swap_autoencoder(pipe: ReportToCXRPipeline, path: str) -> None:
-    """Put the autoencoder at ``path`` into ``pipe``; refused unless it shares the pipeline's latent space (same
-    latent channels and ``scaling_factor``: a fine-tuned decoder on the same encoder)."""
+    """Put the autoencoder at ``path`` into ``pipe``; refused unless it encodes exactly as the pipeline's
+    (:func:`~report2image.autoencoder.latent_space_mismatch`: a fine-tuned decoder on the same encoder)."""
     vae = AutoencoderKL.from_pretrained(resolve_zoo(path)).to(pipe.device, pipe.vae.dtype)
-    for key in ("latent_channels", "scaling_factor", "sample_size"):
-        if vae.config[key] != pipe.vae.config[key]:
-            raise SystemExit(f"--vae {path}: {key} {vae.config[key]} differs from the pipeline's "
-                             f"{pipe.vae.config[key]}: not the latent space its UNet learnt")
+    why = latent_space_mismatch(pipe.vae, vae)
+    if why:
+        raise SystemExit(f"--vae {path}: {why}: not the latent space the pipeline's UNet learnt")
     pipe.register_modules(vae=vae)
 
 
@@ -314,10 +314,13 @@ def _r(x: Any) -> Any:
 
 
 def autoencoder_entry(pipeline: str, vae: str | None) -> str:
-    """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s, else the one the pipeline entry
-    names as its vae (``radloop zoo swap-decoder``), else ``autoencoder64``."""
+    """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s (a ``zoo:`` name or a zoo folder;
+    any other saved folder keeps its path, as ``zoo_synth.py`` names runs), else the one the pipeline entry names
+    as its vae (``radloop zoo swap-decoder``), else ``autoencoder64``."""
     if vae:
-        return vae.removeprefix("zoo:").split("/")[-1]
+        if vae.startswith("zoo:"):
+            return vae.removeprefix("zoo:")
+        return Path(vae).name if (Path(vae) / ENTRY_FILE).is_file() else vae
     entry = Path(resolve_zoo(pipeline)) / ENTRY_FILE
     named = read_json(entry).get("vae", {}).get("entry") if entry.is_file() else None
     return named.removeprefix("zoo:") if named else "autoencoder64"

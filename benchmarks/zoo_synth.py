@@ -99,12 +99,13 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
     return out
 
 
-def seed_summary(entries: dict[str, dict[str, Any]], classes: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Mean and sample standard deviation of each decoder metric over the entries of one model class (the zoo
-    entry and runs of other training seeds), for every class scored more than once."""
+def seed_summary(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation of each decoder metric over the entries of one model class (their
+    ``model_class``: the zoo entry and runs of other training seeds), for every class scored more than once."""
     groups: dict[str, list[str]] = {}
-    for name, cls in classes.items():
-        groups.setdefault(cls, []).append(name)
+    for name, entry in entries.items():
+        if "model_class" in entry:
+            groups.setdefault(entry["model_class"], []).append(name)
     out: dict[str, dict[str, Any]] = {}
     for cls, names in groups.items():
         if len(names) < 2:
@@ -143,15 +144,13 @@ def main() -> None:
     labeler = ReportLabeler()
     command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
     entries: dict[str, Any] = {}
-    classes: dict[str, str] = {}
     for name in names:
         kind = read_json(Path(resolve_zoo(_ref(name))) / "config.json").get("_class_name")
         t0 = time.perf_counter()
         if kind == "RadCLIP":
             entries[name] = score_backbone(name, test_ds, truth)
         else:
-            entries[name] = score_decoder(name, test, refs, truth, labeler, out_dir)
-            classes[name] = kind
+            entries[name] = {"model_class": kind, **score_decoder(name, test, refs, truth, labeler, out_dir)}
         entries[name]["command"] = command
         logging.warning("%s scored in %.0f s", name, time.perf_counter() - t0)
     most_common = Counter(e["report"] for e in read_json(train_data / "annotation.json")["train"]).most_common(1)[0][0]
@@ -168,15 +167,14 @@ def main() -> None:
                                               **{k: round(float(floor[k]), 4) for k in DECODER_KEYS if k in floor}},
         "entries": entries,
     }
-    seeds = seed_summary(entries, classes)
+    if args.json and Path(args.json).is_file():
+        # scoring some entries keeps the others' earlier results, and the seed summary covers them all
+        result["entries"] = {**read_json(args.json).get("entries", {}), **entries}
+    seeds = seed_summary(result["entries"])
     if seeds:
         result["seeds_by_model_class"] = seeds
     text = json.dumps(result, indent=1)
     if args.json:
-        previous = read_json(args.json) if Path(args.json).is_file() else {}
-        # scoring some entries keeps the others' earlier results
-        result["entries"] = {**previous.get("entries", {}), **entries}
-        text = json.dumps(result, indent=1)
         Path(args.json).write_text(text + "\n")
     print(text)
 

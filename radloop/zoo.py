@@ -249,25 +249,14 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
     return target
 
 
-#: weights that make an autoencoder's latents: what a decoder-only fine-tune leaves untouched
-_ENCODER_PREFIXES = ("encoder.", "quant_conv.")
-
-
-def _encoder_tensors(folder: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    tensors: dict[str, Any] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update({k: v for k, v in load_file(str(file)).items() if k.startswith(_ENCODER_PREFIXES)})
-    return tensors
-
-
 def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Path | None = None) -> Path:
     """Put the autoencoder entry ``source`` into the pipeline entry ``name`` as its ``vae``, without retraining
     the UNet: refused unless ``source`` encodes exactly as the pipeline's autoencoder does (the same encoder and
     ``quant_conv`` tensors, latent channels and scaling factor -- a decoder-only fine-tune, so every latent
     the UNet learnt from is unchanged). The entry file records the swap and the card is re-written."""
-    import torch
+    from diffusers import AutoencoderKL
+
+    from report2image.autoencoder import latent_space_mismatch
 
     index = index or load_index()
     folder, src = index.folder(name, root), index.folder(source, root)
@@ -277,17 +266,13 @@ def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Pa
     vae = folder / "vae"
     if not (vae / "config.json").is_file():
         raise ConfigError(f"zoo entry '{name}' has no vae component ({vae}): not a diffusion pipeline")
-    old_cfg, new_cfg = read_json(vae / "config.json"), read_json(src / "config.json")
-    for key in ("_class_name", "latent_channels", "scaling_factor"):
-        if old_cfg.get(key) != new_cfg.get(key):
-            raise ConfigError(f"zoo:{source} {key}={new_cfg.get(key)!r} differs from zoo:{name}'s vae "
-                              f"({old_cfg.get(key)!r}): not the latent space its UNet learnt")
-    old_enc, new_enc = _encoder_tensors(vae), _encoder_tensors(src)
-    differ = sorted(k for k in old_enc.keys() | new_enc.keys()
-                    if k not in old_enc or k not in new_enc or not torch.equal(old_enc[k], new_enc[k]))
-    if not old_enc or differ:
-        raise ConfigError(f"zoo:{source}'s encoder differs from zoo:{name}'s vae ({len(differ)} tensors, e.g. "
-                          f"{differ[:1]}): only a decoder-only fine-tune keeps the UNet's latents")
+    if read_json(src / "config.json").get("_class_name") != "AutoencoderKL":
+        raise ConfigError(f"zoo:{source} is a {read_json(src / 'config.json').get('_class_name')}, not an "
+                          "AutoencoderKL")
+    why = latent_space_mismatch(AutoencoderKL.from_pretrained(vae), AutoencoderKL.from_pretrained(src))
+    if why:
+        raise ConfigError(f"zoo:{source} does not encode as zoo:{name}'s vae: {why}; only a decoder-only "
+                          "fine-tune keeps the latents its UNet learnt")
     tmp = _staging(folder)
     shutil.copytree(folder, tmp)
     shutil.rmtree(tmp / "vae")

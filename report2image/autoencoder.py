@@ -42,7 +42,7 @@ from .models import build_autoencoder, load_ldm_config
 logger = logging.getLogger(__name__)
 
 __all__ = ["AutoencoderExperiment", "AutoencoderLossConfig", "AutoencoderLoss", "ImagesOnly", "train_autoencoder",
-           "fit_autoencoder", "latent_scale", "reconstruct", "reconstruction_scores"]
+           "fit_autoencoder", "latent_scale", "latent_space_mismatch", "reconstruct", "reconstruction_scores"]
 
 
 @dataclass
@@ -191,6 +191,29 @@ def latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
     """1 / std of the posterior means of ``images`` (N, 1, S, S): the latents' ``scaling_factor``."""
     latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
     return float(1.0 / latents.std().clamp_min(1e-6))
+
+
+#: weights that make an autoencoder's latents: what a decoder-only fine-tune leaves untouched
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+
+
+def latent_space_mismatch(reference: AutoencoderKL, candidate: AutoencoderKL) -> str | None:
+    """Why ``candidate`` does not encode exactly as ``reference`` (a UNet trained on ``reference``'s latents
+    would not fit it), or None when it does: the class, latent channels, scaling factor and every encoder and
+    ``quant_conv`` tensor must be equal (compared in float32, so an fp16 file matches its float32 copy). A
+    decoder-only fine-tune (``model.decoder_only``) passes."""
+    if type(reference) is not type(candidate):
+        return f"a {type(candidate).__name__}, not a {type(reference).__name__}"
+    for key in ("latent_channels", "scaling_factor"):
+        if reference.config.get(key) != candidate.config.get(key):
+            return f"{key} {candidate.config.get(key)!r} differs from {reference.config.get(key)!r}"
+    ref, cand = ({k: v for k, v in vae.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+                 for vae in (reference, candidate))
+    differ = sorted(k for k in ref.keys() | cand.keys() if k not in ref or k not in cand
+                    or not torch.equal(ref[k].float().cpu(), cand[k].float().cpu()))
+    if differ:
+        return f"the encoder differs ({len(differ)} tensors, e.g. {differ[0]})"
+    return None
 
 
 def fit_autoencoder(vae: AutoencoderKL, train_ds: Dataset, val_images: torch.Tensor | None,

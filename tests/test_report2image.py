@@ -587,6 +587,9 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder64"
     (tmp_path / "pipe" / "zoo_entry.json").write_text(json.dumps({"vae": {"entry": "zoo:ae_ft"}}))
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "ae_ft"
+    # a zoo folder by path is its entry; a training run's folder keeps its path (not "best")
+    assert bench.autoencoder_entry("x", str(tmp_path / "pipe")) == "pipe"
+    assert bench.autoencoder_entry("x", "runs/ae_ft/best") == "runs/ae_ft/best"
 
 
 def test_rare_finding_selection_caps_positives_per_finding_and_takes_clean_negatives(load_benchmark):
