@@ -255,6 +255,9 @@ def test_decoder_step_speed_times_the_three_ways(load_benchmark):
     model.freeze_visual()
     grid = model.tower_grid(torch.randn(2, 1, 32, 32)).detach()
     assert bench.time_steps(model, None, grid[:, None], ids, None, 1) > 0
+    warmup: list[float] = []  # through a wrapper (as torch.compile's), the warm-up steps' seconds reported
+    assert bench.time_steps(model, None, grid[:, None], ids, None, 1, lambda *a, **k: model(*a, **k), warmup) > 0
+    assert len(warmup) == 1 and warmup[0] > 0
 
 
 def test_zoo_train_makes_the_data_then_a_backbone_then_a_decoder_on_it(tmp_path, monkeypatch):
