@@ -35,7 +35,7 @@ def time_steps(model: torch.nn.Module, images: torch.Tensor | None, features: to
     extra = {"labels": labels} if labels is not None else {}
     if features is not None:
         extra["features"] = features
-    run = run or model
+    run = model if run is None else run
     model.train()
     start = time.perf_counter()
     for i in range(steps + 5):
