@@ -14,7 +14,9 @@ print JSON.
 Every arm trains the UNet stage of ``--config`` from the same autoencoder with one switch off, then runs
 ``benchmarks/diffusion_synth.py`` on its ``best`` pipeline (test split of ``--test-data``). Arms whose
 ``<out>/<arm>/best`` already exists are only scored, so a long ablation can run over several sessions.
-One training seed per arm.
+``--full-pipeline zoo:ldm64`` scores the shipped entry as the ``full`` arm instead of training the same recipe
+again (its noise-filter flags are then not re-read: they live in the entry's training run). One training seed
+per arm.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, help="generation guidance (default: diffusion_synth.py's)")
     parser.add_argument("--edit-guidance", dest="edit_guidance", type=float)
     parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+")
+    parser.add_argument("--full-pipeline", dest="full_pipeline",
+                        help="score this pipeline (e.g. zoo:ldm64, trained by --config) as the full arm, untrained")
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
     return parser.parse_args()
 
@@ -70,12 +74,17 @@ def train_overrides(args: argparse.Namespace, arm: str, run: Path) -> list[str]:
             *([f"train.max_steps={args.max_steps}"] if args.max_steps else []), *ARMS[arm]]
 
 
-def score_args(args: argparse.Namespace, run: Path) -> list[str]:
-    """The ``benchmarks/diffusion_synth.py`` arguments that score one arm's ``best`` pipeline."""
+def arm_pipeline(args: argparse.Namespace, arm: str, run: Path) -> str:
+    """The pipeline an arm is scored on: its own ``best``, or ``--full-pipeline`` for the full arm."""
+    return args.full_pipeline if arm == "full" and args.full_pipeline else str(run / "best")
+
+
+def score_args(args: argparse.Namespace, arm: str, run: Path) -> list[str]:
+    """The ``benchmarks/diffusion_synth.py`` arguments that score one arm's pipeline."""
     optional = {"--guidance": args.guidance, "--edit-guidance": args.edit_guidance}
-    return ["--pipeline", str(run / "best"), "--data", args.test_data or args.data, "--train-data", args.data,
-            "--classifier", args.classifier, "--backbone", args.backbone, "--run-dir", str(run), "--n", str(args.n),
-            "--edits", str(args.edits),
+    return ["--pipeline", arm_pipeline(args, arm, run), "--data", args.test_data or args.data,
+            "--train-data", args.data, "--classifier", args.classifier, "--backbone", args.backbone,
+            "--run-dir", str(run), "--n", str(args.n), "--edits", str(args.edits),
             *[x for k, v in optional.items() if v is not None for x in (k, str(v))],
             *(["--edit-strengths", *map(str, args.edit_strengths)] if args.edit_strengths else []),
             *(["--skip-noise-opt"] if args.skip_noise_opt else [])]
@@ -87,14 +96,15 @@ def main() -> None:
     for arm in args.arms:
         run = Path(args.out) / arm
         train_seconds = None
-        if not (run / "best").is_dir():
+        if arm_pipeline(args, arm, run) == str(run / "best") and not (run / "best").is_dir():
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "radloop", "train", "diffusion", "--config", args.config,
                             *train_overrides(args, arm, run)], check=True)
             train_seconds = round(time.perf_counter() - start, 1)
-        score = subprocess.run([sys.executable, "benchmarks/diffusion_synth.py", *score_args(args, run)],
+        score = subprocess.run([sys.executable, "benchmarks/diffusion_synth.py", *score_args(args, arm, run)],
                                check=True, capture_output=True, text=True).stdout
-        results[arm] = {"overrides": ARMS[arm], "unet_train_seconds": train_seconds, **json.loads(score)}
+        results[arm] = {"overrides": ARMS[arm], "pipeline": arm_pipeline(args, arm, run),
+                        "unet_train_seconds": train_seconds, **json.loads(score)}
         print(json.dumps({arm: results[arm]}, default=float), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "diffusion_ablation_synthcxr", "config": args.config, "max_steps": args.max_steps,
                       "arms": results}, indent=1, default=float))

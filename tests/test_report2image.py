@@ -211,10 +211,15 @@ def test_diffusion_ablation_scores_each_arm_with_arguments_the_benchmark_takes(l
     args = ablation._parse_args()
     assert ablation.train_overrides(args, "no_min_snr", ablation.Path("R"))[-2:] == ["train.max_steps=7",
                                                                                       "loss.snr_gamma=null"]
-    monkeypatch.setattr("sys.argv", ["diffusion_synth.py", *ablation.score_args(args, ablation.Path("R"))])
+    arm_args = ablation.score_args(args, "no_min_snr", ablation.Path("R"))
+    monkeypatch.setattr("sys.argv", ["diffusion_synth.py", *arm_args])
     parsed = synth._parse_args()
     assert (parsed.pipeline, parsed.data, parsed.train_data, parsed.guidance) == ("R/best", "T", "D", 5.0)
     assert parsed.edit_strengths == [0.7, 0.9] and parsed.edit_guidance == 2.0
+    # the full arm scores the shipped entry when asked to; the other arms still train their own
+    args.full_pipeline = "zoo:ldm64"
+    assert ablation.arm_pipeline(args, "full", ablation.Path("F")) == "zoo:ldm64"
+    assert ablation.arm_pipeline(args, "no_min_snr", ablation.Path("R")) == "R/best"
 
 
 def test_train_autoencoder_two_steps_then_diffusion_with_v_prediction_min_snr_and_ema(tmp_path, tiny_synth):
