@@ -15,8 +15,10 @@ Every arm trains the UNet stage of ``--config`` from the same autoencoder with o
 ``benchmarks/diffusion_synth.py`` on its ``best`` pipeline (test split of ``--test-data``). Arms whose
 ``<out>/<arm>/best`` already exists are only scored, so a long ablation can run over several sessions.
 ``--full-pipeline zoo:ldm64`` scores the shipped entry as the ``full`` arm instead of training the same recipe
-again (its noise-filter flags are then not re-read: they live in the entry's training run). One training seed
-per arm.
+again (its noise-filter flags are then not re-read: they live in the entry's training run).
+``--raw-weights ARM`` also scores ARM's raw (non-EMA) weights of its last checkpoint as the arm ``ARM+raw_weights``:
+the EMA never feeds back into training, so this is the "EMA weights for sampling" switch without a second run.
+One training seed per arm.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ ARMS = {
 }
 
 
+#: suffix of the arms that score an arm's raw (non-EMA) weights
+RAW = "+raw_weights"
+
+
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/synth/diffusion.yaml", help="the recipe every arm starts from")
@@ -63,6 +69,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--edit-strengths", dest="edit_strengths", type=float, nargs="+")
     parser.add_argument("--full-pipeline", dest="full_pipeline",
                         help="score this pipeline (e.g. zoo:ldm64, trained by --config) as the full arm, untrained")
+    parser.add_argument("--raw-weights", dest="raw_weights", nargs="*", default=[], choices=list(ARMS),
+                        help="arms whose raw (non-EMA) weights of the last checkpoint are scored too")
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
     return parser.parse_args()
 
@@ -75,8 +83,32 @@ def train_overrides(args: argparse.Namespace, arm: str, run: Path) -> list[str]:
 
 
 def arm_pipeline(args: argparse.Namespace, arm: str, run: Path) -> str:
-    """The pipeline an arm is scored on: its own ``best``, or ``--full-pipeline`` for the full arm."""
+    """The pipeline an arm is scored on: its own ``best``, ``--full-pipeline`` for the full arm, or the raw
+    weights for ``ARM+raw_weights``."""
+    if arm.endswith(RAW):
+        return str(run / "final_raw")
     return args.full_pipeline if arm == "full" and args.full_pipeline else str(run / "best")
+
+
+def raw_weights_pipeline(run: Path) -> Path:
+    """Write ``<run>/final_raw``: ``<run>/final`` (EMA weights) with the UNet and conditioner of the run's last
+    checkpoint, i.e. the weights the optimiser left, and return it. Raises ``FileNotFoundError`` naming the run
+    when it has no ``final`` or no checkpoint."""
+    from safetensors.torch import load_file
+
+    from report2image import ReportToCXRPipeline
+
+    checkpoints = [p for p in (run / "checkpoints").glob("checkpoint_*") if p.name.split("_")[-1].isdigit()]
+    if not (run / "final").is_dir() or not checkpoints:
+        raise FileNotFoundError(f"{run}: --raw-weights needs a finished run (final/) with a checkpoint")
+    last = max(checkpoints, key=lambda p: int(p.name.split("_")[-1]))
+    state = load_file(last / "model.safetensors")
+    pipe = ReportToCXRPipeline.from_pretrained(run / "final")
+    for name in ("unet", "conditioner"):
+        part = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+        getattr(pipe, name).load_state_dict(part)
+    pipe.save_pretrained(run / "final_raw")
+    return run / "final_raw"
 
 
 def score_args(args: argparse.Namespace, arm: str, run: Path) -> list[str]:
@@ -93,9 +125,11 @@ def score_args(args: argparse.Namespace, arm: str, run: Path) -> list[str]:
 def main() -> None:
     args = _parse_args()
     results = {}
-    for arm in args.arms:
-        run = Path(args.out) / arm
+    for arm in [*args.arms, *(a + RAW for a in args.raw_weights)]:
+        run = Path(args.out) / arm.removesuffix(RAW)
         train_seconds = None
+        if arm.endswith(RAW) and not (run / "final_raw").is_dir():
+            raw_weights_pipeline(run)
         if arm_pipeline(args, arm, run) == str(run / "best") and not (run / "best").is_dir():
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "radloop", "train", "diffusion", "--config", args.config,
@@ -103,7 +137,7 @@ def main() -> None:
             train_seconds = round(time.perf_counter() - start, 1)
         score = subprocess.run([sys.executable, "benchmarks/diffusion_synth.py", *score_args(args, arm, run)],
                                check=True, capture_output=True, text=True).stdout
-        results[arm] = {"overrides": ARMS[arm], "pipeline": arm_pipeline(args, arm, run),
+        results[arm] = {"overrides": ARMS[arm.removesuffix(RAW)], "pipeline": arm_pipeline(args, arm, run),
                         "unet_train_seconds": train_seconds, **json.loads(score)}
         print(json.dumps({arm: results[arm]}, default=float), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "diffusion_ablation_synthcxr", "config": args.config, "max_steps": args.max_steps,

@@ -222,6 +222,34 @@ def test_diffusion_ablation_scores_each_arm_with_arguments_the_benchmark_takes(l
     assert ablation.arm_pipeline(args, "no_min_snr", ablation.Path("R")) == "R/best"
 
 
+def test_diffusion_ablation_raw_weights_are_the_last_checkpoints_not_the_ema(tmp_path, tiny_synth, load_benchmark):
+    """--raw-weights scores the optimiser's weights: the last checkpoint's UNet and conditioner inside the run's
+    pipeline, which differ from the EMA weights of ``final``; a run without a checkpoint is refused by name."""
+    from safetensors.torch import load_file
+
+    from radloop.cli import main
+
+    ablation = load_benchmark("diffusion_ablation")
+    data, _ = tiny_synth
+    run = tmp_path / "arm"
+    assert main(["train", "diffusion", "data.annotation=" + str(data / "annotation.json"), "model.name=ldm_tiny",
+                 "data.batch_size=8", "autoencoder.steps=1", "autoencoder.batch_size=8", "train.max_steps=2",
+                 "train.eval_every=2", "train.checkpoint_every=2", "train.progress=false", "train.ema_decay=0.5",
+                 f"train.output_dir={run}"]) == 0
+    raw = ReportToCXRPipeline.from_pretrained(ablation.raw_weights_pipeline(run))
+    ema = ReportToCXRPipeline.from_pretrained(run / "final")
+    state = load_file(run / "checkpoints" / "checkpoint_2" / "model.safetensors")
+    for name, module in raw.unet.state_dict().items():
+        assert torch.equal(module, state[f"unet.{name}"])
+    ema_unet = ema.unet.state_dict()
+    assert any(not torch.equal(v, ema_unet[k]) for k, v in raw.unet.state_dict().items())
+    for name, module in raw.conditioner.state_dict().items():
+        assert torch.equal(module, state[f"conditioner.{name}"])
+    (run / "checkpoints" / "checkpoint_2").rename(run / "checkpoints" / "old")
+    with pytest.raises(FileNotFoundError, match=str(run)):
+        ablation.raw_weights_pipeline(run)
+
+
 def test_train_autoencoder_two_steps_then_diffusion_with_v_prediction_min_snr_and_ema(tmp_path, tiny_synth):
     """The zoo's diffusion chain in small: an autoencoder selected by PSNR, then a v-prediction UNet with
     Min-SNR weights and EMA on it; the saved pipeline's scheduler predicts v."""
