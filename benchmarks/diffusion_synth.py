@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
+from omegaconf import OmegaConf
 
 from evaluation.classifier import Judge
 from evaluation.image_eval import build_feature_extractor, load_image_set
@@ -316,14 +317,21 @@ def _r(x: Any) -> Any:
 def autoencoder_entry(pipeline: str, vae: str | None) -> str:
     """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s (a ``zoo:`` name or a zoo folder;
     any other saved folder keeps its path, as ``zoo_synth.py`` names runs), else the one the pipeline entry names
-    as its vae (``radloop zoo swap-decoder``), else ``autoencoder64``."""
+    as its vae (``radloop zoo swap-decoder``), else the ``model.autoencoder`` of the training run the pipeline was
+    saved by (``<run>/best`` beside ``<run>/config.yaml``), else ``autoencoder64``."""
     if vae:
         if vae.startswith("zoo:"):
             return vae.removeprefix("zoo:")
         return Path(vae).name if (Path(vae) / ENTRY_FILE).is_file() else vae
     entry = Path(resolve_zoo(pipeline)) / ENTRY_FILE
     named = read_json(entry).get("vae", {}).get("entry") if entry.is_file() else None
-    return named.removeprefix("zoo:") if named else "autoencoder64"
+    run_config = Path(pipeline).parent / "config.yaml"
+    if not named and run_config.is_file():
+        # an ablation arm or any other training run: it decodes with the autoencoder it was trained on
+        named = OmegaConf.select(OmegaConf.load(run_config), "model.autoencoder")
+    if not named:
+        return "autoencoder64"
+    return named.removeprefix("zoo:") if named.startswith("zoo:") else named
 
 
 def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:

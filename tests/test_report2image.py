@@ -623,6 +623,12 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     # a zoo folder by path is its entry; a training run's folder keeps its path (not "best")
     assert bench.autoencoder_entry("x", str(tmp_path / "pipe")) == "pipe"
     assert bench.autoencoder_entry("x", "runs/ae_ft/best") == "runs/ae_ft/best"
+    # a training run's pipeline (an ablation arm) decodes with the autoencoder its config names
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  autoencoder: zoo:autoencoder64_ft\n")
+    assert bench.autoencoder_entry(str(tmp_path / "run" / "best"), None) == "autoencoder64_ft"
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  autoencoder: runs/ae/final\n")
+    assert bench.autoencoder_entry(str(tmp_path / "run" / "best"), None) == "runs/ae/final"
 
 
 def test_rare_finding_selection_caps_positives_per_finding_and_takes_clean_negatives(load_benchmark):
