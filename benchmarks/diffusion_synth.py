@@ -323,15 +323,13 @@ def autoencoder_entry(pipeline: str, vae: str | None) -> str:
         if vae.startswith("zoo:"):
             return vae.removeprefix("zoo:")
         return Path(vae).name if (Path(vae) / ENTRY_FILE).is_file() else vae
-    entry = Path(resolve_zoo(pipeline)) / ENTRY_FILE
+    folder = Path(resolve_zoo(pipeline))
+    entry, run_config = folder / ENTRY_FILE, folder.parent / "config.yaml"
     named = read_json(entry).get("vae", {}).get("entry") if entry.is_file() else None
-    run_config = Path(pipeline).parent / "config.yaml"
     if not named and run_config.is_file():
         # an ablation arm or any other training run: it decodes with the autoencoder it was trained on
         named = OmegaConf.select(OmegaConf.load(run_config), "model.autoencoder")
-    if not named:
-        return "autoencoder64"
-    return named.removeprefix("zoo:") if named.startswith("zoo:") else named
+    return named.removeprefix("zoo:") if named else "autoencoder64"
 
 
 def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
