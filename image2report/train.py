@@ -8,8 +8,10 @@ BLEU-4); the best validation checkpoint is kept. The test split is never looked 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from shared.data.config import TextDataConfig
 from shared.data.dataset import ReportImageDataset, collate_samples
+from shared.data.transforms import PreprocessConfig
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
@@ -26,7 +29,7 @@ from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_ev
 
 from .decoding import DecodingConfig
 from .feature_cache import CachedFeatureDataset, GridFeatureCache, collate_cached
-from .generator import ReportGenerator
+from .generator import ReportGenerator, save_inference_settings
 from .models import build_report_model
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     train_ds, val_ds = _dataset(data, "train", True), _dataset(data, "val", False)
     if len(train_ds) == 0:
         raise ValueError(f"{data.annotation} has no training studies")
+    preprocess = PreprocessConfig(data.image_size, data.resize)
     tokenizer = ReportTokenizer.fit(train_ds.reports, min_freq=data.min_freq, dataset=data.dataset,
                                     max_length=data.max_length)
     model = build_report_model(mcfg.name, len(tokenizer), **{"image_size": data.image_size, "max_views": data.max_views,
@@ -134,15 +138,20 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     def eval_val(m: torch.nn.Module) -> dict[str, float]:
         if not val_idx:
             return {"ce_micro_f1": float("nan")}
-        gen = ReportGenerator(m, tokenizer, DecodingConfig(num_beams=1, max_length=data.max_length,
-                                                           no_repeat_ngram_size=cfg.decoding.no_repeat_ngram_size))
+        # greedy (fast) with the recipe's other decoding settings, on the pixels inference will see
+        gen = ReportGenerator(m, tokenizer, dataclasses.replace(cfg.decoding, num_beams=1), preprocess)
         samples = [val_ds[i] for i in val_idx]
         preds = gen.generate_for(samples)
         refs = [s["report"] for s in samples]
         return _val_scores(preds, refs, labeler, data.dataset)
 
+    def save_extra(folder: Path) -> None:
+        # what inference needs travels with the weights: tokenizer, decoding settings, preprocessing
+        tokenizer.save_pretrained(folder)
+        save_inference_settings(folder, cfg.decoding, preprocess)
+
     trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_val, select_metric="ce_micro_f1", select_mode="max",
-                      save_extra=tokenizer.save_pretrained)
+                      save_extra=save_extra)
     return trainer.train()
 
 
@@ -158,19 +167,26 @@ def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler, datas
             "mean_length": float(np.mean([len(x.split()) for x in preds]))}
 
 
-def generate_reports(checkpoint: str, annotation: str, split: str = "test", num_beams: int = 3,
-                     image_size: int | None = None, max_views: int | None = None,
-                     image_root: str | None = None, allow_outside_root: bool = False) -> dict[str, str]:
+def generate_reports(checkpoint: str | ReportGenerator, annotation: str, split: str = "test",
+                     num_beams: int | None = None, image_size: int | None = None, max_views: int | None = None,
+                     image_root: str | None = None, allow_outside_root: bool = False,
+                     decoding: DecodingConfig | None = None) -> dict[str, str]:
     """``{study id: generated report}`` for one split of an annotation (images under ``image_root``; see
-    :class:`ReportImageDataset` for ``allow_outside_root``)."""
-    gen = ReportGenerator.from_pretrained(checkpoint)
-    cfg = gen.model.config
+    :class:`ReportImageDataset` for ``allow_outside_root``).
+
+    ``checkpoint``: a report-model folder, ``zoo:NAME`` or a loaded :class:`ReportGenerator`. Images are made
+    with the model's saved preprocessing (the pixels its checkpoint was chosen on; ``image_size`` replaces its
+    crop side) and decoded with its saved settings (``decoding`` replaces them, ``num_beams`` the beams).
+    """
+    gen = checkpoint if isinstance(checkpoint, ReportGenerator) else ReportGenerator.from_pretrained(checkpoint)
+    pre = gen.preprocess if image_size is None else PreprocessConfig(image_size, None, gen.preprocess.mean,
+                                                                     gen.preprocess.std)
     ds = ReportImageDataset(annotation, split, image_root, allow_outside_root=allow_outside_root,
-                            image_size=image_size or cfg.image_size,
-                            max_views=max_views or cfg.max_views)
+                            image_size=pre.image_size, max_views=max_views or gen.model.config.max_views,
+                            transform=pre.transform(train=False))
     loader = DataLoader(ds, batch_size=32, collate_fn=collate_samples)
     out: dict[str, str] = {}
     for batch in loader:
-        for sid, text in zip(batch["study_id"], gen.generate(batch["images"], num_beams=num_beams), strict=True):
-            out[sid] = text
+        texts = gen.generate(batch["images"], num_beams=num_beams, decoding=decoding)
+        out.update(zip(batch["study_id"], texts, strict=True))
     return out

@@ -344,7 +344,7 @@ def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs:
         else:
             started = time.perf_counter()
             train_report_model(exp)
-            preds = generate_reports(str(run_dir / "best"), str(test), "test", num_beams=exp.decoding.num_beams)
+            preds = generate_reports(str(run_dir / "best"), str(test), "test")  # the recipe's decoding, saved with it
             saved = {"fingerprint": key, "scores": _arm_scores(preds, refs, rare, labeler), "predictions": preds,
                      "minutes": (time.perf_counter() - started) / 60}
             atomic_write_text(done, json.dumps(saved) + "\n")

@@ -108,11 +108,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_reports(args: argparse.Namespace) -> int:
-    from evaluation.reports import evaluate_reports, load_report_map, markdown_table
+    from evaluation.reports import evaluate_reports, load_report_map, load_training_reports, markdown_table
 
     preds, refs = load_report_map(args.pred), load_report_map(args.ref)
+    training = load_training_reports(args.train_reports) if args.train_reports else None
     metrics = evaluate_reports(preds, refs, uncertain=args.uncertain, meteor=False if args.no_meteor else None,
-                               clean=args.dataset)
+                               clean=args.dataset, training_reports=training)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
     _echo(markdown_table(metrics))
@@ -157,10 +158,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_report(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from image2report.generator import ReportGenerator
     from image2report.train import generate_reports
 
-    reports = generate_reports(args.checkpoint, args.annotation, args.split, args.num_beams,
-                               image_root=args.image_root, allow_outside_root=args.allow_outside_root)
+    gen = ReportGenerator.from_pretrained(args.checkpoint)
+    decoding = dataclasses.replace(gen.decoding, **{k: getattr(args, k) for k in DECODING_FLAGS
+                                                    if getattr(args, k) is not None})
+    _echo(f"decoding: {_describe_decoding(decoding)}")
+    reports = generate_reports(gen, args.annotation, args.split, image_root=args.image_root,
+                               allow_outside_root=args.allow_outside_root, decoding=decoding)
     atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
     _echo(f"wrote {len(reports)} generated reports to {args.out}")
     return 0
@@ -417,6 +425,9 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
                    help="clinical efficacy: what an uncertain mention counts as")
     p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="R2Gen cleaning rules")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    p.add_argument("--train-reports", dest="train_reports",
+                   help="the training reports (an annotation.json's train split, or a JSON {id: report}): adds the "
+                        "share of generated sentences found in none of them (template-worded data only)")
     p.set_defaults(func=cmd_evaluate_reports)
 
     p = evaluate.add_parser("images", help="FID/KID (+ floor), conditional FID, MS-SSIM diversity, classifier mAUC",
@@ -476,6 +487,28 @@ def _add_zoo(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_zoo)
 
 
+#: `generate report` flags that override the model's saved decoding settings (unset: the model's value)
+DECODING_FLAGS = ("num_beams", "label_consistent", "max_sentence_repeats", "no_repeat_ngram_size")
+
+
+def _decoding_flags(p: argparse.ArgumentParser) -> None:
+    """Decoding flags whose default is the model's own setting (its generation_config.json)."""
+    p.add_argument("--num-beams", dest="num_beams", type=int, help="1 = greedy (default: the model's)")
+    p.add_argument("--label-consistent", dest="label_consistent", action=argparse.BooleanOptionalAction,
+                   help="refuse sentences that contradict an earlier one (default: the model's)")
+    p.add_argument("--max-sentence-repeats", dest="max_sentence_repeats", type=int,
+                   help="how often one sentence may occur, 0 = no limit (default: the model's)")
+    p.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int,
+                   help="forbid repeating n-grams of this size, 0 = off (default: the model's)")
+
+
+def _describe_decoding(cfg: object) -> str:
+    """One line of the decoding settings a command used."""
+    names = ("num_beams", "max_length", "no_repeat_ngram_size", "whole_sentences", "max_sentence_repeats",
+             "label_consistent", "refuse_restatements")
+    return ", ".join(f"{n}={getattr(cfg, n)}" for n in names)
+
+
 def _add_generate(verbs: argparse._SubParsersAction) -> None:
     """`radloop generate report|image`."""
     generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
@@ -488,7 +521,7 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
                    help="folder the image paths are relative to (default: beside the annotation, or its images/)")
     _outside_root_flag(p)
     p.add_argument("--split", default="test")
-    p.add_argument("--num-beams", dest="num_beams", type=int, default=3, help="1 = greedy")
+    _decoding_flags(p)
     p.add_argument("--out", required=True, help="output JSON")
     p.set_defaults(func=cmd_generate_report)
 

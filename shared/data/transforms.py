@@ -7,9 +7,29 @@ with a little intensity jitter; evaluation resizes and centre-crops.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torchvision import transforms as T
 
-__all__ = ["build_transform"]
+__all__ = ["build_transform", "PreprocessConfig", "PREPROCESS_FILE"]
+
+#: the file of a model folder that holds its :class:`PreprocessConfig`
+PREPROCESS_FILE = "preprocessor_config.json"
+
+
+@dataclass
+class PreprocessConfig:
+    """How a model's input images are made: saved with the model, read by validation and every inference path,
+    so a checkpoint is chosen and scored on the same pixels."""
+
+    image_size: int
+    #: the side before the centre crop (None: resized straight to ``image_size``)
+    resize: int | None = None
+    mean: float = 0.5
+    std: float = 0.5
+
+    def transform(self, train: bool = False) -> T.Compose:
+        return build_transform(self.image_size, self.resize, train=train, mean=self.mean, std=self.std)
 
 
 def build_transform(

@@ -289,9 +289,10 @@ class ReportLabeler:
             return -1.0
         return 1.0
 
-    def label(self, report: str) -> LabelResult:
+    def label(self, report: str, attributes: bool = True) -> LabelResult:
+        """Labels, mentions and (unless ``attributes`` is false: a faster reading) per-finding attributes."""
         mentions: list[Mention] = []
-        attributes: list[FindingAttributes] = []
+        found: list[FindingAttributes] = []
         for clause, sentence in _clauses(report or ""):
             normal_spans: list[tuple[int, int]] = []
             for name, pattern in _NORMAL.items():
@@ -304,13 +305,13 @@ class ReportLabeler:
                         continue
                     value = self._classify(clause, m.start(), m.end())
                     mentions.append(Mention(name, value, m.group(0), clause))
-                    if value != 0.0:
-                        attributes.append(_attributes(name, clause, sentence, value))
+                    if value != 0.0 and attributes:
+                        found.append(_attributes(name, clause, sentence, value))
         per_label: dict[str, list[float]] = {}
         for m in mentions:
             per_label.setdefault(m.label, []).append(m.value)
         labels = finalize_report_labels({k: merge_mentions(v) for k, v in per_label.items()})
-        return LabelResult(labels, mentions, attributes)
+        return LabelResult(labels, mentions, found)
 
     def __call__(self, report: str) -> dict[str, float]:
         return self.label(report).labels
@@ -319,6 +320,24 @@ class ReportLabeler:
         """(N, 14) float32 array: 1, 0, -1, NaN."""
         rows = [self.label(r).vector() for r in reports]
         return np.stack(rows) if rows else np.zeros((0, len(CHEXPERT_LABELS)), dtype=np.float32)
+
+    def sentence_readings(self, report: str) -> list[tuple[str, dict[str, float]]]:
+        """Each sentence of ``report`` with what it says: ``[(sentence, {observation: value})]``.
+
+        A sentence's value of an observation merges its own mentions (positive > uncertain > negative);
+        the report-level rules (the "Lung Opacity" hierarchy, "No Finding") are not applied, so a
+        sentence says only what it words. Sentences are split as :meth:`label` splits them.
+        """
+        out = []
+        for sentence in _SENTENCE.split(_normalise(report or "")):
+            sentence = sentence.strip().strip(".").strip()
+            if not sentence:
+                continue
+            per_label: dict[str, list[float]] = {}
+            for m in self.label(sentence, attributes=False).mentions:
+                per_label.setdefault(m.label, []).append(m.value)
+            out.append((sentence, {k: merge_mentions(v) for k, v in per_label.items()}))
+        return out
 
     def finding_attributes(self, report: str) -> dict[str, FindingAttributes]:
         """The merged attributes of each positive/uncertain finding (first non-empty value wins)."""
