@@ -11,9 +11,10 @@ findings (as ``benchmarks/zoo_synth.py`` scores them), BLEU-4 and reports per se
 set in batches of 32, one process, this machine). The reference reports get the same quality metrics once.
 
 Arms (each a set of :class:`image2report.decoding.DecodingConfig` fields over the defaults, so each change is
-measured alone): ``before`` = the decoding before the sentence rules (trigram block only); ``whole`` = + reports
-end on whole sentences; ``repeats`` = + a sentence at most twice; ``rules`` = + label-consistent (the
-defaults); ``rules_no_ngram`` = the defaults without the trigram block.
+measured alone): ``before`` = the decoding before the sentence rules (R2Gen's trigram block, nothing else);
+``no_ngram`` = without the trigram block; ``whole`` = + reports end on whole sentences; ``repeats`` = + a
+sentence at most twice; ``rules`` = + label-consistent (the defaults); ``rules_ngram3`` = the defaults beside
+the trigram block.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from shared.metrics import clinical_efficacy, nlg_scores
 from shared.metrics.report_quality import report_quality_scores, sentence_set
 from shared.text.labeler import ReportLabeler
 
+_BEFORE = {"no_repeat_ngram_size": 3, "whole_sentences": False, "max_sentence_repeats": 0, "label_consistent": False}
 ARMS: dict[str, dict[str, Any]] = {
-    "before": {"whole_sentences": False, "max_sentence_repeats": 0, "label_consistent": False},
-    "whole": {"max_sentence_repeats": 0, "label_consistent": False},
+    "before": _BEFORE,
+    "no_ngram": {**_BEFORE, "no_repeat_ngram_size": 0},
+    "whole": {**_BEFORE, "no_repeat_ngram_size": 0, "whole_sentences": True},
     "repeats": {"label_consistent": False},
     "rules": {},
-    "rules_no_ngram": {"no_repeat_ngram_size": 0},
+    "rules_ngram3": {"no_repeat_ngram_size": 3},
 }
 MODES = {"greedy": 1, "beam3": 3}
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = time.perf_counter() - t0
                 rows[f"{arm}/{mode}"] = {**score_texts(texts, refs, truth, labeler, known),
                                          "reports_per_s": round(len(texts) / seconds, 2)}
-                (args.out_dir / f"{name}_{arm}_{mode}.json").write_text(json.dumps(dict(zip(ids, texts)), indent=1))
+                preds = dict(zip(ids, texts, strict=True))
+                (args.out_dir / f"{name}_{arm}_{mode}.json").write_text(json.dumps(preds, indent=1))
                 logging.warning("%s %s %s: %s", name, arm, mode, rows[f"{arm}/{mode}"])
         result["entries"][name] = rows
         if args.json:

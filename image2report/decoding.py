@@ -89,9 +89,16 @@ class DecodingConfig:
     #: greedy decoding: how often a report backs up past a refused sentence before it ends before it
     sentence_retries: int = 4
 
-    @property
-    def sentence_rules_on(self) -> bool:
-        return self.max_sentence_repeats > 0 or self.label_consistent or self.refuse_restatements
+    def describe(self) -> str:
+        """One line of the settings a person reading a report wants to know (the CLI and the app show it)."""
+        rules = [name for name, on in (("whole sentences", self.whole_sentences),
+                                       (f"a sentence at most {self.max_sentence_repeats}x", self.max_sentence_repeats),
+                                       ("label-consistent", self.label_consistent),
+                                       ("no restatements", self.refuse_restatements),
+                                       (f"no repeated {self.no_repeat_ngram_size}-grams", self.no_repeat_ngram_size))
+                 if on]
+        mode = "greedy" if self.num_beams == 1 else f"beam search ({self.num_beams} beams)"
+        return f"{mode}, at most {self.max_length} tokens" + (f"; {', '.join(rules)}" if rules else "")
 
 
 def _constrain(tokens: torch.Tensor, log_probs: torch.Tensor, bos: int, eos: int, t: int,

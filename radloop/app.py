@@ -33,7 +33,7 @@ from PIL import Image
 from evaluation.classifier import Judge
 from image2report.generator import ReportGenerator
 from report2image import ReportToCXRPipeline
-from shared.data.dataset import DataError
+from shared.data.dataset import DataError, to_grey
 from shared.data.image_processor import postprocess
 from shared.data.xray_file import read_xray
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
@@ -257,10 +257,12 @@ def generate_images(models: AppModels, report: str, seed: int = 0, steps: int = 
 
 
 @torch.no_grad()
-def describe_image(models: AppModels, image: Image.Image, num_beams: int = 3) -> dict[str, Any]:
-    """X-ray -> report: ``report``, ``highlighted`` segments, ``judge`` probabilities of the image."""
-    x = _tensor01(image, int(models.generator.model.config.image_size))
-    report = models.generator.generate(x * 2 - 1, num_beams=int(num_beams))[0]
+def describe_image(models: AppModels, image: Image.Image, num_beams: int | None = None) -> dict[str, Any]:
+    """X-ray -> report: ``report``, ``highlighted`` segments, ``judge`` probabilities of the image; the image is
+    made with the report model's saved preprocessing and decoded with its saved settings (``num_beams``: None
+    keeps the model's)."""
+    x = models.generator.preprocess.transform(train=False)(to_grey(image))[None]
+    report = models.generator.generate(x, num_beams=None if num_beams is None else int(num_beams))[0]
     probs = _judge(models, _tensor01(image, models.size))[0]
     return {"report": report, "highlighted": highlight_findings(report, models.labeler), "judge": probs,
             "preview": image}
@@ -311,7 +313,7 @@ def round_trip(models: AppModels, report: str | None = None, image: Image.Image 
 
     if report and report.strip():
         gen = generate_images(models, report, seed, steps, n=1)
-        back = describe_image(models, gen["images"][0], num_beams=3)
+        back = describe_image(models, gen["images"][0])
         return {"image": gen["images"][0], "report": back["report"], "highlighted": back["highlighted"],
                 "kept": _label_agreement(models, report, back["report"])}
     if image is None:
@@ -402,7 +404,9 @@ def build_app(models: AppModels) -> Any:
                 with gr.Column():
                     d_file = gr.File(label="X-ray (PNG, JPEG or DICOM)", elem_id="describe_file")
                     d_example = gr.Dropdown(names, label="...or a SynthCXR example", value=None)
-                    d_beams = gr.Slider(1, 5, value=3, step=1, label="Beams (1 = greedy)")
+                    d_beams = gr.Slider(1, 5, value=models.generator.decoding.num_beams, step=1,
+                                        label="Beams (1 = greedy)",
+                                        info=f"the model's decoding: {models.generator.decoding.describe()}")
                     d_button = gr.Button("Write the report", variant="primary", elem_id="describe_button")
                 with gr.Column():
                     d_preview = gr.Image(label="Input", type="pil", interactive=False, height=IMAGE_HEIGHT)

@@ -166,7 +166,7 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
     gen = ReportGenerator.from_pretrained(args.checkpoint)
     decoding = dataclasses.replace(gen.decoding, **{k: getattr(args, k) for k in DECODING_FLAGS
                                                     if getattr(args, k) is not None})
-    _echo(f"decoding: {_describe_decoding(decoding)}")
+    _echo(f"decoding: {decoding.describe()}")
     reports = generate_reports(gen, args.annotation, args.split, image_root=args.image_root,
                                allow_outside_root=args.allow_outside_root, decoding=decoding)
     atomic_write_text(args.out, json.dumps(reports, indent=1) + "\n")
@@ -500,13 +500,6 @@ def _decoding_flags(p: argparse.ArgumentParser) -> None:
                    help="how often one sentence may occur, 0 = no limit (default: the model's)")
     p.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int,
                    help="forbid repeating n-grams of this size, 0 = off (default: the model's)")
-
-
-def _describe_decoding(cfg: object) -> str:
-    """One line of the decoding settings a command used."""
-    names = ("num_beams", "max_length", "no_repeat_ngram_size", "whole_sentences", "max_sentence_repeats",
-             "label_consistent", "refuse_restatements")
-    return ", ".join(f"{n}={getattr(cfg, n)}" for n in names)
 
 
 def _add_generate(verbs: argparse._SubParsersAction) -> None:
