@@ -44,13 +44,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["AppModels", "Example", "load_models", "build_app", "generate_images", "describe_image", "edit_image",
            "round_trip", "highlight_findings", "finding_sentence", "SAMPLERS"]
 
-SAMPLERS = ("DPM-Solver++", "DDIM")
+#: the samplers offered, by the names people know them by -> the pipeline's keys (report2image.SAMPLERS)
+SAMPLERS = {"DPM-Solver++": "dpmsolver++", "DDIM": "ddim"}
 #: pixels an X-ray is shown at (the zoo's are 64 px; the browser scales them up)
 IMAGE_HEIGHT = 256
-#: the zoo diffusion model's guidance, chosen on validation reports (benchmarks/results/zoo_diffusion_*.json)
-GUIDANCE = 5.0
-#: the zoo diffusion model's edit settings, chosen on validation edits (benchmarks/edit_tuning.py)
-EDIT_STRENGTH, EDIT_GUIDANCE = 0.9, 5.0
 SEVERITIES = ("", "small", "mild", "moderate", "large", "severe")
 SIDES = ("", "left", "right", "bilateral")
 #: the first words of each finding in a sentence written by the editor's form
@@ -220,12 +217,9 @@ def _shown(image: Image.Image | None) -> Image.Image | None:
 
 
 def _set_sampler(pipe: ReportToCXRPipeline, sampler: str) -> None:
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     if sampler not in SAMPLERS:
         raise AppError(f"unknown sampler {sampler!r} (choose {', '.join(SAMPLERS)})")
-    cls = DPMSolverMultistepScheduler if sampler == "DPM-Solver++" else DDIMScheduler
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.use_sampler(SAMPLERS[sampler])
 
 
 def difference_map(source: torch.Tensor, edited: torch.Tensor) -> Image.Image:
@@ -240,15 +234,18 @@ def difference_map(source: torch.Tensor, edited: torch.Tensor) -> Image.Image:
 
 # -- the four tabs' work -----------------------------------------------------------------
 @torch.no_grad()
-def generate_images(models: AppModels, report: str, seed: int = 0, steps: int = 20, guidance: float = GUIDANCE,
-                    sampler: str = "DPM-Solver++", n: int = 2) -> dict[str, Any]:
+def generate_images(models: AppModels, report: str, seed: int = 0, steps: int | None = None,
+                    guidance: float | None = None, sampler: str = "DPM-Solver++", n: int = 2) -> dict[str, Any]:
     """Report -> ``n`` X-rays: ``images`` (PIL), ``findings`` (the labeler's reading), ``judge``
-    (mean probability of each finding over the images)."""
+    (mean probability of each finding over the images). Steps and guidance: None, the pipeline's."""
     report = _check_report(report)
-    if not 1 <= int(steps) <= 200:
+    sampling = models.pipeline.sampling
+    steps = sampling.num_inference_steps if steps is None else int(steps)
+    guidance = sampling.guidance_scale if guidance is None else float(guidance)
+    if not 1 <= steps <= 200:
         raise AppError(f"steps must be between 1 and 200, got {steps}")
     _set_sampler(models.pipeline, sampler)
-    out = models.pipeline([report] * int(n), num_inference_steps=int(steps), guidance_scale=float(guidance),
+    out = models.pipeline([report] * int(n), num_inference_steps=steps, guidance_scale=guidance,
                           generator=torch.Generator().manual_seed(int(seed)), output_type="pt")
     probs = _judge(models, out.images)
     mean = {k: round(float(np.mean([p[k] for p in probs])), 3) for k in probs[0]} if probs and probs[0] else {}
@@ -279,18 +276,21 @@ def changed_findings(models: AppModels, source_report: str, new_report: str) -> 
 
 @torch.no_grad()
 def edit_image(models: AppModels, image: Image.Image, source_report: str, new_report: str,
-               strength: float = EDIT_STRENGTH, masked: bool = True, steps: int = 50,
-               true_cf: Image.Image | None = None, guidance: float = EDIT_GUIDANCE) -> dict[str, Any]:
+               strength: float | None = None, masked: bool = True, steps: int | None = None,
+               true_cf: Image.Image | None = None, guidance: float | None = None) -> dict[str, Any]:
     """Counterfactual edit: ``edited``, ``difference`` (RGB map), ``mask`` (or None), ``changes`` rows
-    (finding, change, judge before, judge after, judge on the true counterfactual or "")."""
+    (finding, change, judge before, judge after, judge on the true counterfactual or ""). Strength, steps and
+    guidance: None, the pipeline's edit defaults."""
     source_report, new_report = _check_report(source_report), _check_report(new_report)
     if new_report == source_report:
         raise AppError("the new report is the same as the source report: edit it first")
-    if not 0.1 <= float(strength) <= 1.0:
+    sampling = models.pipeline.sampling
+    strength = sampling.edit_strength if strength is None else float(strength)
+    if not 0.1 <= strength <= 1.0:
         raise AppError(f"strength must be between 0.1 and 1, got {strength}")
     x = _tensor01(image, models.size)
-    out = models.pipeline.counterfactual(x, [new_report], [source_report], strength=float(strength),
-                                         num_inference_steps=int(steps), guidance_scale=float(guidance),
+    out = models.pipeline.counterfactual(x, [new_report], [source_report], strength=strength,
+                                         num_inference_steps=steps, guidance_scale=guidance,
                                          output_type="pt",
                                          mask="auto" if masked else None)
     added, removed = changed_findings(models, source_report, new_report)
@@ -367,6 +367,7 @@ def build_app(models: AppModels) -> Any:
         e.image.save(path)
         return str(path), e.report, e.new_report or "", e.true_cf
 
+    sampling = models.pipeline.sampling  # the sliders start at the pipeline's saved defaults
     with gr.Blocks(title="RadLoop") as page:
         gr.Markdown("# RadLoop\nChest X-rays from reports, reports from X-rays, and counterfactual edits "
                     "(SynthCXR models: synthetic 64 px radiographs, not for clinical use).")
@@ -378,9 +379,12 @@ def build_app(models: AppModels) -> Any:
                                           value="Moderate left pleural effusion. Mild cardiomegaly.")
                     with gr.Row():
                         g_seed = gr.Number(label="Seed", value=0, precision=0)
-                        g_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                        g_guidance = gr.Slider(1.0, 8.0, value=GUIDANCE, step=0.5, label="Guidance")
-                    g_sampler = gr.Dropdown(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
+                        g_steps = gr.Slider(1, 100, value=sampling.num_inference_steps, step=1, label="Steps")
+                        g_guidance = gr.Slider(1.0, 10.0, value=sampling.guidance_scale, step=0.5, label="Guidance",
+                                               info="the pipeline's saved default")
+                    shown = {v: k for k, v in SAMPLERS.items()}  # pipeline key -> the name shown
+                    g_sampler = gr.Dropdown(list(SAMPLERS), value=shown.get(sampling.sampler, "DPM-Solver++"),
+                                            label="Sampler")
                     g_button = gr.Button("Generate", variant="primary", elem_id="gen_button")
                 with gr.Column():
                     g_gallery = gr.Gallery(label="Generated X-rays", columns=2, height=300, elem_id="gen_gallery")
@@ -437,8 +441,9 @@ def build_app(models: AppModels) -> Any:
                         f_side = gr.Dropdown(list(SIDES), value="left", label="Side")
                     f_button = gr.Button("Write this into the edited report")
                     with gr.Row():
-                        e_strength = gr.Slider(0.1, 1.0, value=EDIT_STRENGTH, step=0.05, label="Strength")
-                        e_guidance = gr.Slider(1.0, 10.0, value=EDIT_GUIDANCE, step=0.5, label="Guidance")
+                        e_strength = gr.Slider(0.1, 1.0, value=sampling.edit_strength, step=0.05, label="Strength")
+                        e_guidance = gr.Slider(1.0, 10.0, value=sampling.edit_guidance_scale, step=0.5,
+                                               label="Guidance")
                         e_masked = gr.Checkbox(value=True, label="Keep the rest of the image (DiffEdit mask)")
                     e_button = gr.Button("Edit", variant="primary", elem_id="edit_button")
                 with gr.Column():

@@ -77,8 +77,9 @@ class AugmentExperiment:
     #: resamples of the paired approximate-randomization test against the ``real`` arm (0: no test)
     significance_samples: int = 1000
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    num_inference_steps: int = 20
-    guidance_scale: float = 3.0
+    #: sampling of the synthetic images (None: the pipeline's saved defaults)
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     #: the report-model experiment both arms train with (its ``train.output_dir`` is replaced per arm)
     report: ReportExperiment = field(default_factory=ReportExperiment)
 
@@ -137,8 +138,8 @@ def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, se
 
 
 def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]], out_dir: str | os.PathLike[str],
-                             num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
-                             batch_size: int = 32) -> Path:
+                             num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                             seed: int = 0, batch_size: int = 32) -> Path:
     """Generate one image per report; write ``images/*.png`` and ``synthetic.jsonl`` (split train).
 
     A manifest already in ``out_dir`` with the same reports, sampler settings and seed, whose images
@@ -146,6 +147,14 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
     """
     out = Path(out_dir)
     path = out / "synthetic.jsonl"
+    # unset: the pipeline's sampling defaults, resolved so the stamp names what ran
+    from report2image.pipeline import SamplingConfig
+
+    sampling = getattr(pipe, "sampling", None) or SamplingConfig()
+    if num_inference_steps is None:
+        num_inference_steps = sampling.num_inference_steps
+    if guidance_scale is None:
+        guidance_scale = sampling.guidance_scale
     request = {"reports": reports_by_finding, "num_inference_steps": num_inference_steps,
                "guidance_scale": guidance_scale, "seed": seed}
     stamp = out / "request.json"

@@ -200,14 +200,18 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
 
 def _generate_images(args: argparse.Namespace, reports: list[str], checkpoint: str, out: Path) -> None:
     """The images of one `radloop generate image` request and their ``manifest.jsonl``, into ``out``."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     from report2image import ReportToCXRPipeline
 
+    # unset flags take the pipeline's saved sampling defaults, resolved here so the request names what ran
+    saved = ReportToCXRPipeline.saved_sampling(checkpoint)
+    steps = saved.num_inference_steps if args.steps is None else args.steps
+    guidance = saved.guidance_scale if args.guidance is None else args.guidance
+    sampler = saved.sampler if args.sampler is None else args.sampler
+    _echo(f"sampling: {sampler}, {steps} steps, guidance {guidance}")
     # What this folder's images are of: a rerun of the same request skips the batches already written
     # (each batch is seeded by its start index alone, so the result is the same); another request is refused.
-    request = {"checkpoint": str(args.checkpoint), "reports": reports, "seed": args.seed, "steps": args.steps,
-               "guidance": args.guidance, "sampler": args.sampler, "batch_size": args.batch_size}
+    request = {"checkpoint": str(args.checkpoint), "reports": reports, "seed": args.seed, "steps": steps,
+               "guidance": guidance, "sampler": sampler, "batch_size": args.batch_size}
     request_file = out / ".generate_request.json"
     if request_file.is_file() and json.loads(request_file.read_text()) != request:
         raise FileExistsError(f"{out} holds images of another `radloop generate image` request "
@@ -221,11 +225,10 @@ def _generate_images(args: argparse.Namespace, reports: list[str], checkpoint: s
     if starts:
         pipe = ReportToCXRPipeline.from_pretrained(checkpoint)
         pipe.set_progress_bar_config(disable=True)
-        sampler = {"ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}[args.sampler]
-        pipe.scheduler = sampler.from_config(pipe.scheduler.config)
+        pipe.use_sampler(sampler)
         for k in starts:
             batch = pipe.generate_batched(reports[k:k + args.batch_size], args.batch_size, args.seed + k,
-                                          args.steps, args.guidance, output_type="pil")
+                                          steps, guidance, output_type="pil")
             for name, image in zip(names[k:k + args.batch_size], batch, strict=True):
                 atomic_save_image(image, out / f"{name}.png")
     manifest = [{"id": name, "report": report, "image_path": [f"{name}.png"], "split": "test", "synthetic": True}
@@ -525,9 +528,9 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--reports-file", dest="reports_file", help="a text file, one report a line")
     p.add_argument("--unconditional", type=int, default=0, metavar="N",
                    help="also draw N samples without a report (an empty --report is refused)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="dpmsolver++")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the pipeline's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the pipeline's)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), help="default: the pipeline's")
     p.add_argument("--seed", type=int, default=0, help="the batch from report k on is seeded with seed + k")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder")
@@ -569,8 +572,8 @@ def _add_workflows(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--annotation", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=64, help="studies")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, help="sampler steps (default: the pipeline's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ceiling", action="store_true",
                    help="also with SynthCXR's own renderer in the generator's place (a SynthCXR annotation)")

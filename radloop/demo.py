@@ -180,14 +180,14 @@ def _evaluate(backbone: str, trip: RoundTrip, judge: Judge, test: dict[str, Any]
             "images": {"mauc_generated": auc_gen["mauc"], "mauc_real": auc_real["mauc"], **fid}}
 
 
-def _counterfactuals(pipe: ReportToCXRPipeline, judge: Judge, data: Path, sizes: DemoSizes, seed: int,
-                     strength: float = 0.6, guidance: float = 2.0) -> dict[str, Any]:
-    """Edits of test studies scored against SynthCXR's true counterfactuals (masked editing)."""
+def _counterfactuals(pipe: ReportToCXRPipeline, judge: Judge, data: Path, sizes: DemoSizes,
+                     seed: int) -> dict[str, Any]:
+    """Edits of test studies scored against SynthCXR's true counterfactuals (masked editing, at the pipeline's
+    saved edit strength and guidance)."""
     edits = counterfactual_edits(data, "test", sizes.edits, seed)
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
     edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
-                                 strength=strength, guidance_scale=guidance,
                                  num_inference_steps=max(sizes.sample_steps, 10), output_type="pt").images
     metrics = counterfactual_metrics(source, edited, truth, judge, [e.added for e in edits],
                                      [e.removed for e in edits])
@@ -218,7 +218,7 @@ def _zoo_report_experiment(out: Path, annotation: str, sizes: DemoSizes, seed: i
 
 
 def _augmentation(out: Path, pipe: ReportToCXRPipeline, data: Path, report_exp: ReportExperiment,
-                  sizes: DemoSizes, seed: int, guidance: float = 3.0) -> dict[str, Any]:
+                  sizes: DemoSizes, seed: int, guidance: float | None = None) -> dict[str, Any]:
     aug_report = ReportExperiment(report_exp.data, report_exp.model, report_exp.decoding,
                                   _train_cfg(out / "augment", sizes.augment_report_steps, 5e-4, seed))
     aug_report.train.progress = False
@@ -270,16 +270,15 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     generator = ReportGenerator.from_pretrained(paths["report"],
                                                 DecodingConfig(num_beams=1, max_length=sizes.max_length))
     judge = Judge.from_pretrained(paths["judge"])
-    # guidance: the zoo model's was chosen on validation reports (benchmarks/results/zoo_diffusion_*.json)
-    trip = RoundTrip(pipe, generator, sizes.sample_steps, 5.0 if use_zoo else 3.0, seed)
+    # guidance: the pipeline's saved default (the zoo model's was chosen on validation reports)
+    trip = RoundTrip(pipe, generator, sizes.sample_steps, None, seed)
     test = load_image_set(annotation, "test", sizes.size, "file")
     n = min(sizes.n_eval, len(test["reports"]))
 
     # 6. both directions; 7. counterfactuals; 8. augmentation on the two rarest findings; 9. round trip
     ev = stage("evaluation", lambda: _evaluate(paths["backbone"], trip, judge, test, n))
-    # the zoo model's edit settings were chosen on validation edits (benchmarks/edit_tuning.py)
-    edit = {"strength": 0.9, "guidance": 5.0} if use_zoo else {}
-    cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed, **edit))
+    # edit strength and guidance: the pipeline's saved defaults (the zoo model's chosen on validation edits)
+    cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed))
     aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed, trip.guidance))
     k = min(sizes.roundtrip_n, n)
     rt_reports, rt_images = stage("round trip", lambda: trip.both(test["reports"][:k], test["images"][:k]))

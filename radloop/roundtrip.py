@@ -94,10 +94,14 @@ class TrueRenderer:
 class RoundTrip:
     """Both directions as callables on [0, 1] images (N, 1, S, S) at the report model's size."""
 
-    def __init__(self, pipe: ReportToCXRPipeline, generator: ReportGenerator, num_inference_steps: int = 20,
-                 guidance_scale: float = 3.0, seed: int = 0, num_beams: int = 1, batch_size: int = 32) -> None:
+    def __init__(self, pipe: ReportToCXRPipeline, generator: ReportGenerator, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0, num_beams: int | None = None,
+                 batch_size: int = 32) -> None:
         self.pipe, self.generator = pipe, generator
-        self.steps, self.guidance, self.seed = num_inference_steps, guidance_scale, seed
+        # unset: the pipeline's sampling defaults and the report model's decoding settings
+        self.steps = pipe.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.guidance = pipe.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        self.seed = seed
         self.beams, self.batch = num_beams, batch_size
         self.size = int(generator.model.config.image_size)
 
@@ -132,7 +136,7 @@ def _named(trip: tuple[dict[str, Any], dict[str, Any]], ids: Sequence[str]) -> d
 
 
 def run_roundtrip(diffusion: str, report_model: str, annotation: str, split: str = "test", n: int = 64,
-                  num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+                  num_inference_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
                   ceiling: bool = False) -> dict[str, Any]:
     """Both round trips on the first ``n`` studies of ``split``; the regenerated images are dropped.
 

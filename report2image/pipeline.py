@@ -1,11 +1,14 @@
 """``ReportToCXRPipeline``: reports -> chest X-rays with a latent diffusion model (diffusers).
 
     pipe = ReportToCXRPipeline.from_pretrained("runs/diffusion/final")
-    images = pipe(["Large left pleural effusion."], num_inference_steps=20, guidance_scale=3.0,
-                  generator=torch.Generator().manual_seed(0)).images          # a list of PIL images
+    images = pipe(["Large left pleural effusion."], generator=torch.Generator().manual_seed(0)).images  # PIL images
     batch = pipe.generate_batched(reports, batch_size=32, seed=0, output_type="pt")  # (N, 1, S, S) in [0, 1]
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++
     edited = pipe.counterfactual(pil_image, "No pleural effusion.", strength=0.6).images
+
+Sampling defaults travel with the pipeline (``sampling_config.json``, :class:`SamplingConfig`: guidance, steps,
+edit guidance / strength / steps): every call leaves an argument unset (None) to mean "the pipeline's value".
+The sampler is the saved ``scheduler``.
 
 Images go in as PIL or [0, 1] tensors and come out in the ``output_type`` asked for; the [-1, 1]
 range of the models stays inside (:mod:`shared.data.image_processor`).
@@ -21,12 +24,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMInverseScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    UNet2DConditionModel,
+)
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from PIL import Image
@@ -36,13 +47,37 @@ from shared.backbone.clip import RadCLIP
 from shared.config import read_json
 from shared.data.image_processor import postprocess, preprocess
 from shared.modeling import check_safetensors
+from shared.saved_settings import load_settings, save_settings
 from shared.text.labeler import ReportLabeler
 from shared.zoo import resolve_zoo
 
 from .conditioning import ConditionOutput, ReportConditioner, encode_attributes
 
-__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "CounterfactualOutput", "backbone_text_features",
-           "backbone_image_embeds", "check_pipeline_folder"]
+__all__ = ["ReportToCXRPipeline", "CXRPipelineOutput", "CounterfactualOutput", "SamplingConfig", "SAMPLING_FILE",
+           "SAMPLERS",
+           "backbone_text_features", "backbone_image_embeds", "check_pipeline_folder"]
+
+#: the samplers the CLI and the app offer (:meth:`ReportToCXRPipeline.use_sampler`)
+SAMPLERS = {"dpmsolver++": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
+
+#: the file of a pipeline folder that holds its :class:`SamplingConfig`
+SAMPLING_FILE = "sampling_config.json"
+
+
+@dataclass
+class SamplingConfig:
+    """A pipeline's sampling defaults, saved with it; each default of the suite's sampling lives here."""
+
+    #: classifier-free guidance of generation (1 = off)
+    guidance_scale: float = 3.0
+    num_inference_steps: int = 20
+    #: guidance, strength and steps of counterfactual edits
+    edit_guidance_scale: float = 2.0
+    edit_strength: float = 0.6
+    edit_num_inference_steps: int = 50
+    #: the sampler the CLI and the app switch to (a key of :data:`SAMPLERS`); a bare ``pipe(...)`` call samples
+    #: with the saved ``scheduler`` (diffusers' convention), as counterfactual editing must (DDIM inversion)
+    sampler: str = "dpmsolver++"
 
 #: the (library, class) each component of a saved pipeline may name in ``model_index.json``
 PIPELINE_COMPONENTS: dict[str, set[tuple[str, str]]] = {
@@ -129,6 +164,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder,
                               conditioner=conditioner)
         self._labeler = ReportLabeler()
+        self.sampling = SamplingConfig()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
@@ -147,7 +183,31 @@ class ReportToCXRPipeline(DiffusionPipeline):
         if "torch_dtype" not in kwargs:
             for name in ("vae", "unet", "text_encoder", "conditioner"):
                 getattr(pipe, name).float()
+        if os.path.isdir(path):
+            pipe.sampling = load_settings(path, SAMPLING_FILE, SamplingConfig)
         return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """The components (diffusers' layout) and the sampling defaults (``sampling_config.json``)."""
+        super().save_pretrained(save_directory, **kwargs)
+        save_settings(Path(save_directory), SAMPLING_FILE, self.sampling)
+
+    @staticmethod
+    def saved_sampling(path: str | os.PathLike[str]) -> SamplingConfig:
+        """The sampling defaults saved in a pipeline folder (or ``zoo:NAME``), without loading its weights."""
+        return load_settings(resolve_zoo(path), SAMPLING_FILE, SamplingConfig)
+
+    def use_sampler(self, name: str) -> None:
+        """Sample with ``name`` (a key of :data:`SAMPLERS`) from now on, on the saved scheduler's noise schedule."""
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        self.scheduler = SAMPLERS[name].from_config(self.scheduler.config)
+
+    def _guidance(self, value: float | None) -> float:
+        return self.sampling.guidance_scale if value is None else float(value)
+
+    def _steps(self, value: int | None) -> int:
+        return self.sampling.num_inference_steps if value is None else int(value)
 
     # -- conditioning ------------------------------------------------------------------
     @property
@@ -221,7 +281,8 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
     # -- generation --------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, reports: str | Sequence[str], num_inference_steps: int = 50, guidance_scale: float = 3.0,
+    def __call__(self, reports: str | Sequence[str], num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, identity_images: torch.Tensor | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True
                  ) -> CXRPipelineOutput | tuple:
@@ -229,8 +290,8 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
         Args:
             reports: report text(s).
-            num_inference_steps: sampler steps (the scheduler decides how they are spaced).
-            guidance_scale: classifier-free guidance on the pathology condition (1 = off).
+            num_inference_steps: sampler steps (the scheduler decides how they are spaced); None: the pipeline's.
+            guidance_scale: classifier-free guidance on the pathology condition (1 = off); None: the pipeline's.
             generator: seeds the initial noise (and the identity drawn from the bank).
             identity_images: the patient whose anatomy to keep, as :func:`preprocess` takes them
                 (PIL images or [0, 1] tensors (B, 1, S, S)); default: a random identity from the bank
@@ -243,6 +304,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
             raise ValueError("no reports given")
         if identity_images is not None:
             identity_images = preprocess(identity_images)
+        guidance_scale, num_inference_steps = self._guidance(guidance_scale), self._steps(num_inference_steps)
         hidden, mask = self._guided_condition(reports, identity_images, generator, guidance_scale)
         latents = self.prepare_latents(len(reports), generator) if latents is None else latents.to(self.device)
         latents = self._sample(latents, hidden, mask, guidance_scale, num_inference_steps)
@@ -251,14 +313,14 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def generate_batched(self, reports: Sequence[str], batch_size: int = 32, seed: int = 0,
-                         num_inference_steps: int = 20, guidance_scale: float = 3.0,
+                         num_inference_steps: int | None = None, guidance_scale: float | None = None,
                          latents: torch.Tensor | None = None, output_type: str = "pt", progress: bool = False
                          ) -> torch.Tensor | np.ndarray | list[Image.Image]:
         """One image per report, ``batch_size`` reports at a time, in ``output_type``.
 
         The batch that starts at report ``k`` draws its noise (and bank identity) from
         ``torch.Generator().manual_seed(seed + k)``, so a run is reproducible from ``seed`` alone.
-        ``latents`` (N, C, s, s), when given, are split the same way.
+        ``latents`` (N, C, s, s), when given, are split the same way. Steps and guidance: None, the pipeline's.
         """
         reports = list(reports)
         if not reports:
@@ -372,8 +434,9 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def counterfactual(self, images: torch.Tensor | Sequence[Image.Image], new_reports: str | Sequence[str],
-                       source_reports: str | Sequence[str] | None = None, strength: float = 0.6,
-                       num_inference_steps: int = 50, guidance_scale: float = 2.0, output_type: str = "pil",
+                       source_reports: str | Sequence[str] | None = None, strength: float | None = None,
+                       num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                       output_type: str = "pil",
                        mask: torch.Tensor | str | None = "auto", use_identity: bool = True, feather: int = 1,
                        mask_threshold_ratio: float = 3.0, mask_dilate: int = 0) -> CounterfactualOutput:
         """Keep the patient, change the findings.
@@ -388,6 +451,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
 
         Args:
             images: PIL images or [0, 1] tensors (B, 1, S, S), as :func:`preprocess` takes them.
+            strength, num_inference_steps, guidance_scale: None, the pipeline's ``edit_*`` sampling defaults.
             source_reports: default "No acute cardiopulmonary abnormality." (the inversion only
                 needs a plausible description; the true one inverts more faithfully).
             mask: ``"auto"`` (:meth:`edit_mask`), a (B, 1, S, S) tensor with 1 where the edit may
@@ -400,6 +464,10 @@ class ReportToCXRPipeline(DiffusionPipeline):
         """
         images = preprocess(images)
         source_reports, new_reports = self._report_lists(len(images), new_reports, source_reports)
+        sampling = self.sampling
+        strength = sampling.edit_strength if strength is None else float(strength)
+        guidance_scale = sampling.edit_guidance_scale if guidance_scale is None else float(guidance_scale)
+        num_inference_steps = sampling.edit_num_inference_steps if num_inference_steps is None else num_inference_steps
         if isinstance(mask, str):
             if mask != "auto":
                 raise ValueError(f"mask must be 'auto', a tensor or None, got {mask!r}")
@@ -453,7 +521,7 @@ class ReportToCXRPipeline(DiffusionPipeline):
     def optimize_initial_noise(
         self, reports: str | Sequence[str], score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         steps: int = 5, lr: float = 0.05, prior_weight: float = 1.0, short_steps: int = 4,
-        guidance_scale: float = 3.0, generator: torch.Generator | None = None,
+        guidance_scale: float | None = None, generator: torch.Generator | None = None,
         identity_images: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Initial latents (B, C, s, s) pushed towards the reports' findings, for rare classes.
@@ -462,10 +530,11 @@ class ReportToCXRPipeline(DiffusionPipeline):
         (``short_steps``) and the decoder maximise ``score_fn(images) -> (B,)`` (default: the
         backbone's image-report similarity) under a Gaussian-prior penalty
         ``prior_weight * (|z|^2 / d - 1)^2`` that keeps the noise on the shell where N(0, I) samples
-        lie. Pass the result as ``latents=`` to :meth:`__call__`.
+        lie. Pass the result as ``latents=`` to :meth:`__call__`. ``guidance_scale``: None, the pipeline's.
         """
         from diffusers import DDIMScheduler
 
+        guidance_scale = self._guidance(guidance_scale)
         reports = [reports] if isinstance(reports, str) else list(reports)
         identity_images = None if identity_images is None else preprocess(identity_images)
         score_fn = score_fn or (lambda images: self.report_image_score(images, reports))

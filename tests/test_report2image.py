@@ -686,3 +686,47 @@ def test_train_diffusion_on_a_sharded_cache_matches_the_in_memory_run(tmp_path, 
     b = ReportToCXRPipeline.from_pretrained(tmp_path / "disk" / "final").unet.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_sampling_defaults_travel_with_the_pipeline(tmp_path, caplog):
+    """guidance, steps, edit settings and sampler saved in sampling_config.json; unset arguments take them; a
+    folder saved before the file existed loads with SamplingConfig's defaults and says so."""
+    import logging
+
+    from report2image.pipeline import SAMPLING_FILE, SamplingConfig
+
+    pipe = tiny_pipeline(use_identity=False)
+    pipe.sampling = SamplingConfig(guidance_scale=6.0, num_inference_steps=3, edit_strength=0.5, sampler="ddim")
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / SAMPLING_FILE).read_text())["guidance_scale"] == 6.0
+    again = ReportToCXRPipeline.from_pretrained(tmp_path / "pipe")
+    again.set_progress_bar_config(disable=True)
+    assert again.sampling == pipe.sampling == ReportToCXRPipeline.saved_sampling(tmp_path / "pipe")
+    seeded = {"generator": torch.Generator().manual_seed(0), "output_type": "pt"}
+    implicit = again(REPORTS, **seeded).images
+    explicit = again(REPORTS, num_inference_steps=3, guidance_scale=6.0, generator=torch.Generator().manual_seed(0),
+                     output_type="pt").images
+    torch.testing.assert_close(implicit, explicit)
+    other = again(REPORTS, num_inference_steps=3, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                  output_type="pt").images
+    assert not torch.allclose(implicit, other)
+    (tmp_path / "pipe" / SAMPLING_FILE).unlink()
+    with caplog.at_level(logging.INFO, logger="shared.saved_settings"):
+        old = ReportToCXRPipeline.from_pretrained(tmp_path / "pipe")
+    assert old.sampling == SamplingConfig() and "no sampling_config.json" in caplog.text
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        old.use_sampler("euler")
+
+
+def test_generate_image_takes_the_pipelines_saved_sampling(tmp_path, capsys):
+    from radloop.cli import main
+    from report2image.pipeline import SamplingConfig
+
+    pipe = tiny_pipeline(use_identity=False)
+    pipe.sampling = SamplingConfig(guidance_scale=4.5, num_inference_steps=2, sampler="ddim")
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert main(["generate", "image", "--checkpoint", str(tmp_path / "pipe"), "--report", REPORTS[0],
+                 "--out", str(tmp_path / "gen")]) == 0
+    request = json.loads((tmp_path / "gen" / ".generate_request.json").read_text())
+    assert (request["guidance"], request["steps"], request["sampler"]) == (4.5, 2, "ddim")
+    assert "sampling: ddim, 2 steps, guidance 4.5" in capsys.readouterr().out
