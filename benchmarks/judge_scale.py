@@ -44,10 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_SETS = {"train": "data.yaml", "test": "test_data.yaml", "rare_test": "rare_test_data.yaml"}
 
 
-def render(recipe: str, size: int, out: Path) -> Path:
-    """Render the SynthCXR data set of ``configs/zoo/<recipe>`` at ``size`` px into ``out`` (resumes)."""
+def render(recipe: str, size: int, out: Path, prevalence: dict[str, float] | None = None) -> Path:
+    """Render the SynthCXR data set of ``configs/zoo/<recipe>`` at ``size`` px into ``out`` (resumes);
+    ``prevalence`` raises findings' per-study probability over SynthCXR's defaults."""
     synth = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "zoo" / recipe).synth, resolve=True)
-    cfg = SynthConfig(**{**synth, "size": size})
+    extra = {"prevalence": {**SynthConfig().prevalence, **prevalence}} if prevalence else {}
+    cfg = SynthConfig(**{**synth, "size": size, **extra})
     if not (out / "annotation.json").is_file():
         generate_dataset(out, cfg, progress=False)
     return out / "annotation.json"
@@ -68,11 +70,12 @@ def per_finding(model: Any, annotation: Path, size: int) -> dict[str, Any]:
     }
 
 
-def judge(size: int, runs: Path, annotation: Path, reuse: str | None, overrides: list[str]) -> tuple[Any, dict]:
+def judge(size: int, runs: Path, annotation: Path, reuse: str | None, overrides: list[str],
+          tag: str = "") -> tuple[Any, dict]:
     """A judge at ``size`` px: ``reuse`` loaded as it is, else the judge64 recipe trained at ``size``."""
     if reuse:
         return load_classifier(reuse), {"judge": reuse, "trained_here": False}
-    out = runs / f"judge{size}"
+    out = runs / f"judge{size}{tag}"
     cfg = load_config(ClassifierExperiment(), ROOT / "configs" / "zoo" / "judge64.yaml", [
         f"data.annotation={annotation}", f"data.image_size={size}", f"train.output_dir={out}", *overrides])
     start = time.perf_counter()
@@ -98,20 +101,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="a trained judge for a size instead of training one, e.g. 64=zoo:judge64")
     parser.add_argument("--runs", default="runs/zoo", type=Path)
     parser.add_argument("--target", type=float, default=0.90)
+    parser.add_argument("--train-prevalence", dest="train_prevalence", action="append", default=[], metavar="NAME=P",
+                        help="train on data with this finding this common (repeatable; the test sets keep the "
+                             "natural prevalence), e.g. Fracture=0.3: separates 'invisible at this size' from "
+                             "'too rare to learn'; data and judges get the suffix _enriched")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     parser.add_argument("overrides", nargs="*", help="judge recipe overrides, e.g. train.max_steps=2")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     reuse = dict(item.split("=", 1) for item in args.reuse)
+    prevalence = {k: float(v) for k, v in (item.split("=", 1) for item in args.train_prevalence)}
+    tag = "_enriched" if prevalence else ""
     result: dict[str, Any] = {
         "benchmark": "judge_scale_synthcxr", "machine": "2-core x86_64 CPU", "recipe": "configs/zoo/judge64.yaml",
         "data": {k: f"configs/zoo/{v}" for k, v in DATA_SETS.items()}, "target": args.target,
+        "train_prevalence": prevalence, "recipe_overrides": args.overrides,
         "command": "python benchmarks/judge_scale.py " + " ".join(sys.argv[1:] if argv is None else argv), "sizes": {}}
     for size in args.sizes:
         data = args.runs / "data"
-        paths = {name: render(recipe, size, data / (f"synthcxr{size}" + ("" if name == "train" else f"_{name}")))
+        paths = {name: render(recipe, size, data / (f"synthcxr{size}" + (tag if name == "train" else f"_{name}")),
+                              prevalence if name == "train" else None)
                  for name, recipe in DATA_SETS.items() if name != "train" or str(size) not in reuse}
-        model, info = judge(size, args.runs, paths.get("train", Path()), reuse.get(str(size)), args.overrides)
+        model, info = judge(size, args.runs, paths.get("train", Path()), reuse.get(str(size)), args.overrides, tag)
         row = {**info, "test": per_finding(model, paths["test"], size),
                "rare_test": per_finding(model, paths["rare_test"], size)}
         result["sizes"][str(size)] = row
