@@ -65,7 +65,11 @@ def score_texts(texts: list[str], refs: list[str], truth: Any, labeler: ReportLa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--entries", nargs="+", default=["baseline", "uar", "ifnet", "cmcrl"])
+    p.add_argument("--entries", nargs="+", default=["baseline", "uar", "ifnet", "cmcrl"],
+                   help="zoo entries, or saved report-model folders (a path)")
+    p.add_argument("--test-data", dest="test_data", type=Path, help="a SynthCXR folder (default: the zoo's test set)")
+    p.add_argument("--train-data", dest="train_data", type=Path,
+                   help="the SynthCXR folder whose training reports the novel-sentence rate reads (default: the zoo's)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--limit", type=int, help="the first N test studies (smoke runs)")
@@ -73,14 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("runs/zoo/report_quality"), help="generated reports")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    index = load_index()
-    data, train = ensure_data(index, test=True), ensure_data(index)
+    data = args.test_data or ensure_data(load_index(), test=True)
+    train = args.train_data or ensure_data(load_index())
     test_ds = ReportImageDataset(data / "annotation.json", "test", image_size=64)
     if args.limit:
         test_ds.records = test_ds.records[: args.limit]
-    samples = [test_ds[i] for i in range(len(test_ds))]
-    images = torch.stack([s["images"] for s in samples])
-    ids, refs = [s["study_id"] for s in samples], [s["report"] for s in samples]
+    ids, refs = [r["id"] for r in test_ds.records], [r["report"] for r in test_ds.records]
     truth = truth_labels(data, ids)
     labeler = ReportLabeler()
     train_reports = [e["report"] for e in json.loads((train / "annotation.json").read_text())["train"]]
@@ -95,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         "references": score_texts(refs, refs, truth, labeler, known), "entries": {},
     }
     for name in args.entries:
-        gen = ReportGenerator.from_pretrained(f"zoo:{name}")
+        gen = ReportGenerator.from_pretrained(name if "/" in name else f"zoo:{name}")
+        # the images as the model's saved preprocessing makes them
+        test_ds.transform = gen.preprocess.transform(train=False)
+        test_ds.max_views = gen.model.config.max_views
+        images = torch.stack([test_ds[i]["images"] for i in range(len(test_ds))])
+        name = Path(name).name if "/" in name else name
         gen.generate(images[:32], num_beams=3)  # warm-up (allocator, the rules' sentence cache is filled below)
         rows: dict[str, Any] = {}
         for arm in args.arms:

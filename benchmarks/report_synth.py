@@ -48,8 +48,11 @@ PRETRAINING = {"uar": ("lsu", LSUExperiment, train_lsu, "init_lsu_from"),
                "ifnet_pt": ("ifnet_tower", TowerExperiment, train_tower, "init_visual_from"),
                "baseline_pt": ("ifnet_tower", TowerExperiment, train_tower, "init_visual_from"),
                "ifnet_pt_small": ("ifnet_tower_small", TowerExperiment, train_tower, "init_visual_from")}
+#: report quality beside CE and NLG (shared.metrics.report_quality)
+QUALITY_KEYS = ["self_contradiction_rate", "restatement_rate", "unfinished_rate", "repeated_sentence_report_rate",
+                "novel_sentence_rate"]
 KEYS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1",
-        "truth_ce_micro_f1", "truth_ce_macro_f1", "unique_report_rate"]
+        "truth_ce_micro_f1", "truth_ce_macro_f1", "unique_report_rate", *QUALITY_KEYS]
 
 
 def truth_labels(data: Path, ids: list[str]) -> np.ndarray:
@@ -59,9 +62,10 @@ def truth_labels(data: Path, ids: list[str]) -> np.ndarray:
     return np.array([rows[i] for i in ids])
 
 
-def score(preds: dict[str, str], refs: dict[str, str], truth: np.ndarray, labeler: ReportLabeler) -> dict[str, float]:
+def score(preds: dict[str, str], refs: dict[str, str], truth: np.ndarray, labeler: ReportLabeler,
+          training_reports: list[str] | None = None) -> dict[str, float]:
     ids = sorted(refs)
-    out = evaluate_reports(preds, refs, labeler=labeler)
+    out = evaluate_reports(preds, refs, labeler=labeler, training_reports=training_reports)
     vs_truth = clinical_efficacy(labeler.label_batch([preds[i] for i in ids]), truth)
     out.update({f"truth_{k}": v for k, v in vs_truth.items() if k.startswith(("ce_micro", "ce_macro_f1"))})
     return out

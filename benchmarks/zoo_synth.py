@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from report_synth import score, truth_labels
+from report_synth import QUALITY_KEYS, score, truth_labels
 
 from radloop.zoo import load_index
 from shared.backbone import RadCLIP
@@ -47,7 +47,7 @@ from shared.text.labeler import ReportLabeler
 from shared.zoo import ENTRY_FILE, resolve_zoo
 
 DECODER_KEYS = ["bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1", "truth_ce_micro_f1",
-                "truth_ce_macro_f1", "unique_report_rate"]
+                "truth_ce_macro_f1", "unique_report_rate", *QUALITY_KEYS]
 
 
 def _ref(name: str) -> str:
@@ -79,7 +79,7 @@ def score_backbone(name: str, test_ds: ReportImageDataset, truth: np.ndarray) ->
 
 
 def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.ndarray,
-                  labeler: ReportLabeler, out_dir: Path) -> dict[str, Any]:
+                  labeler: ReportLabeler, out_dir: Path, training_reports: list[str] | None = None) -> dict[str, Any]:
     from image2report.generator import ReportGenerator
 
     gen = ReportGenerator.from_pretrained(_ref(name))
@@ -92,7 +92,7 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
         out[f"{mode}_reports_per_s"] = round(len(texts) / (time.perf_counter() - t0), 2)
         preds = dict(zip(ids, texts, strict=True))
         (out_dir / f"{name.strip('/').replace('/', '_')}_test_{mode}.json").write_text(json.dumps(preds, indent=1))
-        scores = score(preds, refs, truth, labeler)
+        scores = score(preds, refs, truth, labeler, training_reports)
         for k in DECODER_KEYS:
             if k in scores:
                 out[f"{k}_{mode}"] = round(float(scores[k]), 4)
@@ -142,6 +142,7 @@ def main() -> None:
     refs = {s["study_id"]: s["report"] for s in test}
     truth = truth_labels(data, ids)
     labeler = ReportLabeler()
+    training_reports = [e["report"] for e in read_json(train_data / "annotation.json")["train"]]
     command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
     entries: dict[str, Any] = {}
     for name in names:
@@ -150,11 +151,12 @@ def main() -> None:
         if kind == "RadCLIP":
             entries[name] = score_backbone(name, test_ds, truth)
         else:
-            entries[name] = {"model_class": kind, **score_decoder(name, test, refs, truth, labeler, out_dir)}
+            entries[name] = {"model_class": kind,
+                             **score_decoder(name, test, refs, truth, labeler, out_dir, training_reports)}
         entries[name]["command"] = command
         logging.warning("%s scored in %.0f s", name, time.perf_counter() - t0)
-    most_common = Counter(e["report"] for e in read_json(train_data / "annotation.json")["train"]).most_common(1)[0][0]
-    floor = score({i: most_common for i in ids}, refs, truth, labeler)
+    most_common = Counter(training_reports).most_common(1)[0][0]
+    floor = score({i: most_common for i in ids}, refs, truth, labeler, training_reports)
     result = {
         "benchmark": "zoo_synthcxr64",
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",

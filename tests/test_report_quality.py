@@ -270,3 +270,20 @@ def test_unknown_saved_decoding_key_is_one_clear_error(tiny_report_run, tmp_path
     (bad / GENERATION_FILE).write_text(json.dumps({"num_beams": 2, "beam_width": 3}))
     with pytest.raises(ValueError, match=r"generation_config\.json: unknown DecodingConfig key 'beam_width'"):
         ReportGenerator.from_pretrained(bad)
+
+
+def test_report_quality_benchmark_runs_end_to_end(tiny_report_run, tmp_path, load_benchmark):
+    bench = load_benchmark("report_quality")
+    out, best = tiny_report_run
+    result_file = tmp_path / "rq.json"
+    bench.main(["--entries", str(best), "--test-data", str(out), "--train-data", str(out), "--arms", "before",
+                "rules", "--json", str(result_file), "--out-dir", str(tmp_path / "reports")])
+    result = json.loads(result_file.read_text())
+    rows = result["entries"]["best"]
+    assert sorted(rows) == ["before/beam3", "before/greedy", "rules/beam3", "rules/greedy"]
+    for row in rows.values():
+        assert 0 <= row["self_contradiction_rate"] <= 1 and 0 <= row["truth_ce_micro_f1"] <= 1
+        assert row["reports_per_s"] > 0
+    assert rows["rules/greedy"]["unfinished_rate"] == 0  # whole sentences (or nothing) under the defaults
+    assert result["references"]["self_contradiction_rate"] == 0
+    assert (tmp_path / "reports" / "best_rules_beam3.json").is_file()
