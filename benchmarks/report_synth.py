@@ -114,7 +114,8 @@ def run_one(model: str, seed: int, data: Path, out_dir: Path, pretrained: tuple[
         out[f"{mode}_reports_per_s"] = round(len(texts) / (time.perf_counter() - t0), 2)
         preds = dict(zip(ids, texts, strict=True))
         (run / f"test_{mode}.json").write_text(json.dumps(preds, indent=1))
-        out[mode] = {k: round(float(v), 4) for k, v in score(preds, refs, truth, labeler).items()
+        training = [e["report"] for e in read_json(data / "annotation.json")["train"]]
+        out[mode] = {k: round(float(v), 4) for k, v in score(preds, refs, truth, labeler, training).items()
                      if isinstance(v, (int, float))}
     (run / "scores.json").write_text(json.dumps(out, indent=1))
     return out
@@ -156,7 +157,8 @@ def main() -> None:
     ids = [s["study_id"] for s in test]
     truth = truth_labels(data, ids)
     most_common = Counter(e["report"] for e in ann["train"]).most_common(1)[0][0]
-    floor = {k: round(float(v), 4) for k, v in score({i: most_common for i in ids}, refs, truth, labeler).items()
+    floor = {k: round(float(v), 4) for k, v in score({i: most_common for i in ids}, refs, truth, labeler,
+                                                      [e["report"] for e in ann["train"]]).items()
              if isinstance(v, (int, float))}
 
     table: dict[str, Any] = {}
