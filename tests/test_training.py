@@ -363,3 +363,23 @@ def test_kill_benchmark_finds_truncated_files_and_compares_outputs_without_clock
     for name in bench.WORKFLOWS:
         cmd = bench.workflow_command(name, tmp_path, tmp_path / "out")
         assert cmd[1:3] == ["-m", "radloop"] and str(tmp_path / "out") in " ".join(cmd)
+
+
+def test_mixed_precision_auto_is_fp32_without_a_bf16_gpu_and_says_so(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from shared.training.loop import resolve_mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="shared.training.loop"):
+        assert resolve_mixed_precision("auto") == "no"
+    assert "auto: fp32" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "a GPU")
+    assert resolve_mixed_precision("auto") == "bf16"
+    assert resolve_mixed_precision("fp16") == "fp16" and resolve_mixed_precision("no") == "no"
+    with pytest.raises(ValueError, match="train.mixed_precision must be one of .*'bf8'"):
+        resolve_mixed_precision("bf8")
