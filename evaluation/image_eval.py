@@ -37,15 +37,17 @@ __all__ = ["load_image_set", "build_feature_extractor", "evaluate_images"]
 
 def load_image_set(
     manifest: str | os.PathLike[str], split: str | None = None, image_size: int = 128, labels_from: str = "labeler",
-    allow_outside_root: bool = False,
+    allow_outside_root: bool = False, image_root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Images in [0, 1] (N, 1, S, S), reports, ids and labels (N, 14) of an annotation or manifest.
 
     ``labels_from``: ``"labeler"`` (label the reports) or ``"file"`` (the labels beside the annotation).
-    ``allow_outside_root``: let image paths leave the manifest's folder (see :class:`ReportImageDataset`).
+    ``allow_outside_root``: let image paths leave the manifest's folder; ``image_root``: the folder the image paths
+    are relative to (default: beside the manifest, or R2Gen's ``images/``; see :class:`ReportImageDataset`).
     """
     to_tensor = T.Compose([T.Grayscale(1), T.Resize((image_size, image_size), antialias=True), T.ToTensor()])
-    ds = ReportImageDataset(manifest, split, transform=to_tensor, max_views=1, allow_outside_root=allow_outside_root)
+    ds = ReportImageDataset(manifest, split, image_root, transform=to_tensor, max_views=1,
+                            allow_outside_root=allow_outside_root)
     if len(ds) == 0:
         raise ValueError(f"{manifest} has no studies{f' in split {split!r}' if split else ''}")
     samples = [ds[i] for i in range(len(ds))]
@@ -113,10 +115,12 @@ def evaluate_images(
     real_labels_from: str = "file",
     min_count: int = 10,
     allow_outside_root: bool = False,
+    real_image_root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """All image metrics; keys ``fid``, ``kid_mean``, ``kid_std``, ``fid_floor``, ``fid_over_floor``,
     ``cfid/<finding>``, ``ms_ssim_diversity``, ``mauc``, ``auroc/<finding>``, ``n_generated``, ``n_real``.
-    ``allow_outside_root`` applies to both image sets (see :class:`ReportImageDataset`)."""
+    ``allow_outside_root`` applies to both image sets (see :class:`ReportImageDataset`); ``real_image_root`` is the
+    folder the real annotation's image paths are relative to (R2Gen's layout with ``images/`` elsewhere)."""
     from .classifier import Judge, load_classifier
 
     gen = load_image_set(generated, None, image_size, "labeler", allow_outside_root)
@@ -127,7 +131,7 @@ def evaluate_images(
         probs = Judge(clf)(gen["images"]).numpy()
         out.update(multilabel_auroc(probs, gen["labels"], CHEXPERT_LABELS))
     if real is not None:
-        ref = load_image_set(real, real_split, image_size, real_labels_from, allow_outside_root)
+        ref = load_image_set(real, real_split, image_size, real_labels_from, allow_outside_root, real_image_root)
         out["n_real"] = len(ref["images"])
         extractor = build_feature_extractor(features, clf)
         real_f, gen_f = extract_features(extractor, ref["images"]), extract_features(extractor, gen["images"])

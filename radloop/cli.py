@@ -241,7 +241,8 @@ def cmd_evaluate_images(args: argparse.Namespace) -> int:
     from evaluation.reports import markdown_table
 
     metrics = evaluate_images(args.generated, args.real, args.real_split, args.classifier, args.features,
-                              args.image_size, args.real_labels, args.min_count, args.allow_outside_root)
+                              args.image_size, args.real_labels, args.min_count, args.allow_outside_root,
+                              args.image_root)
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float) + "\n")
     _echo(markdown_table(metrics))
@@ -307,7 +308,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     from .roundtrip import run_roundtrip
 
     result = run_roundtrip(args.diffusion, args.report_model, args.annotation, args.split, args.n, args.steps,
-                           args.guidance, args.seed, ceiling=args.ceiling)
+                           args.guidance, args.seed, ceiling=args.ceiling, image_root=args.image_root,
+                           allow_outside_root=args.allow_outside_root)
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1, default=float) + "\n")
     for label, part in (("generator", result), ("ceiling: SynthCXR's renderer", result.get("ceiling"))):
@@ -445,6 +447,8 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
                    help="'classifier', 'backbone:DIR' or 'timm:ARCH[:LOCAL_WEIGHTS]'")
     p.add_argument("--image-size", dest="image_size", type=int, default=128)
     p.add_argument("--min-count", dest="min_count", type=int, default=10, help="per-finding FID needs this many")
+    p.add_argument("--image-root", dest="image_root",
+                   help="folder the --real image paths are relative to (default: beside it, or its images/)")
     _outside_root_flag(p)
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate_images)
@@ -575,6 +579,9 @@ def _add_workflows(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the pipeline's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-root", dest="image_root",
+                   help="folder the annotation's image paths are relative to (default: beside it, or its images/)")
+    _outside_root_flag(p)
     p.add_argument("--ceiling", action="store_true",
                    help="also with SynthCXR's own renderer in the generator's place (a SynthCXR annotation)")
     p.add_argument("--out", help="JSON with every metric and the worst cases")

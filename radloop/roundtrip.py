@@ -137,16 +137,19 @@ def _named(trip: tuple[dict[str, Any], dict[str, Any]], ids: Sequence[str]) -> d
 
 def run_roundtrip(diffusion: str, report_model: str, annotation: str, split: str = "test", n: int = 64,
                   num_inference_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
-                  ceiling: bool = False) -> dict[str, Any]:
+                  ceiling: bool = False, image_root: str | None = None,
+                  allow_outside_root: bool = False) -> dict[str, Any]:
     """Both round trips on the first ``n`` studies of ``split``; the regenerated images are dropped.
 
     ``ceiling``: also both round trips with :class:`TrueRenderer` in the generator's place (the annotation
     must lie in a SynthCXR folder), under ``"ceiling"``; the same report model and image embedding.
+    ``image_root`` / ``allow_outside_root``: where the annotation's image paths point (see :class:`ReportImageDataset`).
+    Steps and guidance left None are the pipeline's saved defaults.
     """
     pipe = ReportToCXRPipeline.from_pretrained(diffusion)
     pipe.set_progress_bar_config(disable=True)
     trip = RoundTrip(pipe, ReportGenerator.from_pretrained(report_model), num_inference_steps, guidance_scale, seed)
-    data = load_image_set(annotation, split, trip.size, "labeler")
+    data = load_image_set(annotation, split, trip.size, "labeler", allow_outside_root, image_root)
     n = min(n, len(data["reports"]))
     reports, images, ids = data["reports"][:n], data["images"][:n], data["ids"][:n]
     out = _named(trip.both(reports, images), ids)

@@ -230,3 +230,49 @@ def test_the_verdict_needs_the_seed_interval_and_the_study_level_test():
         "no significant difference"
     zero = {"real": {0: {"rare_f1_mean": 0.0}}, "real+synthetic": {0: {"rare_f1_mean": 0.0}}}
     assert _verdict(gain, zero).startswith("no difference: neither arm")
+
+
+def _images_elsewhere(data, tmp_path):
+    """``data``'s annotation in an R2Gen-like folder whose images live in another folder (no images/ beside it)."""
+    import shutil
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(data / "annotation.json", real / "annotation.json")
+    shutil.copytree(data / "images", tmp_path / "pixels" / "images")
+    return real / "annotation.json", tmp_path / "pixels"
+
+
+def test_roundtrip_reads_an_annotation_whose_images_are_elsewhere(tmp_path):
+    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from tests.test_report2image import tiny_pipeline
+
+    data = tmp_path / "synth"
+    generate_dataset(data, SynthConfig(patients=4, studies_per_patient=2, size=64, seed=9, workers=1,
+                                       val_fraction=0.0, test_fraction=0.5))
+    annotation, pixels = _images_elsewhere(data, tmp_path)
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    args = ["roundtrip", "--diffusion", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
+            str(annotation), "--n", "2", "--steps", "2", "--out", str(tmp_path / "trip.json")]
+    assert main(args) == 2  # the images are not beside the annotation: one clear error
+    assert main([*args, "--image-root", str(pixels)]) == 0
+    assert json.loads((tmp_path / "trip.json").read_text())["image_to_report_to_image"]["n"] == 2
+
+
+def test_evaluate_images_reads_real_images_under_an_image_root(tmp_path, tiny_synth):
+    from evaluation.classifier import build_classifier
+
+    out, _ = tiny_synth
+    annotation, pixels = _images_elsewhere(out, tmp_path)
+    build_classifier("classifier_tiny", image_size=32).save_pretrained(tmp_path / "judge")
+    ann = json.loads(annotation.read_text())
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"id": e["id"], "image_path": [str(out / e["image_path"][0])],
+                                       "report": e["report"]}) + "\n" for e in ann["test"]))
+    args = ["evaluate", "images", "--generated", str(gen), "--real", str(annotation), "--real-split", "train",
+            "--real-labels", "labeler",
+            "--classifier", str(tmp_path / "judge"), "--image-size", "32", "--allow-outside-root",
+            "--out", str(tmp_path / "m.json")]
+    assert main(args) == 2
+    assert main([*args, "--image-root", str(pixels)]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["n_real"] == len(ann["train"])
