@@ -18,6 +18,9 @@ Config switches reproduce the rows of the paper's ablation table: ``use_lsu``, `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -199,7 +202,20 @@ class UARReportModel(GridVisualMixin, RadLoopModel):
         trained = LatentSpaceUnifier.from_pretrained(lsu_dir)
         if not self.config.use_lsu:
             raise ValueError("this UAR model has use_lsu=false: there is no tokenizer to load")
+        # a tokenizer of another size would fail deep in load_state_dict: name the size instead
+        ours, theirs = _lsu_size(self.unifier.config), _lsu_size(trained.config)
+        if ours != theirs:
+            named = next((name for name in LSUS.list() if _lsu_size(LSUS.config(name)) == theirs), None)
+            raise ValueError(f"{lsu_dir} holds an LSU tokenizer of another size ({theirs}) than this UAR model's "
+                             f"model.options.lsu={self.config.lsu!r} ({ours}); "
+                             + (f"set model.options.lsu={named}" if named else "train one of this size"))
         self.unifier.vq.load_state_dict(trained.vq.state_dict())
+
+
+def _lsu_size(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What fixes an LSU tokenizer's weight shapes (not its image size: the convolutions take any)."""
+    return {"block_out_channels": list(cfg["block_out_channels"]), "num_codes": cfg["num_codes"],
+            "latent_channels": cfg["latent_channels"]}
 
 
 REPORT_DECODERS.register("uar", UARReportModel, help="paper setting (GPU)", lsu="lsu_small", d_model=256, num_layers=3)

@@ -86,3 +86,23 @@ def test_train_uar_two_steps_with_a_trained_lsu(tmp_path, tiny_synth):
     history = (tmp_path / "uar" / "history.json").read_text()
     assert "train/triplet" in history
     assert ReportGenerator.from_pretrained(tmp_path / "uar" / "best").model.config.use_lsu
+
+
+def test_an_lsu_tokenizer_of_another_size_is_named_not_a_runtime_error(tmp_path):
+    from image2report.models import build_report_model
+    from shared.backbone.lsu import build_lsu
+
+    build_lsu("lsu_tiny", 50).save_pretrained(tmp_path / "lsu")
+    named = r"another size .* model.options.lsu='lsu_small' .* set model.options.lsu=lsu_tiny"
+    with pytest.raises(ValueError, match=named):
+        build_report_model("uar", 50, image_size=64).init_lsu_from(str(tmp_path / "lsu"))
+    build_report_model("uar", 50, lsu="lsu_tiny", image_size=32).init_lsu_from(str(tmp_path / "lsu"))
+
+
+def test_the_real_data_uar_recipes_build_the_tokenizer_size_their_comment_trains():
+    from image2report.train import ReportExperiment
+    from shared.config import load_config
+
+    for data in ("iu_xray", "mimic_cxr"):
+        cfg = load_config(ReportExperiment(), f"configs/{data}/uar.yaml", [])
+        assert cfg.model.options.lsu == "lsu_base"
