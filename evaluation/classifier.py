@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from shared.backbone.classifier import ClassifierOutput, FindingsClassifier
+from shared.data.transforms import PREPROCESS_FILE, PreprocessConfig
 from shared.registry import Registry
+from shared.saved_settings import load_settings
 from shared.zoo import resolve_zoo
 
 from .images import FeatureExtractor
@@ -51,20 +53,37 @@ def load_classifier(folder: str | Path) -> CXRClassifier:
     config = CXRClassifier.load_config(folder)
     if config.get("_class_name") != "CXRClassifier":
         raise ValueError(f"{folder} holds a {config.get('_class_name')}, not a CXRClassifier")
-    return CXRClassifier.from_pretrained(folder)
+    model = CXRClassifier.from_pretrained(folder)
+    # the pixels it was trained on travel with it (preprocessor_config.json), read by Judge
+    model.preprocess = load_settings(folder, PREPROCESS_FILE, PreprocessConfig, image_size=config["image_size"])
+    return model
 
 
 class Judge:
     """The judge's finding probabilities for images in [0, 1]: (N, 1, H, W) -> (N, 14), in batches.
 
-    Resizes to the side the classifier was trained at and normalises as in training; the one way
-    the suite scores images with the judge (image metrics, counterfactual flips, the demo).
+    Makes the pixels the classifier was trained on (its saved preprocessing, ``preprocessor_config.json``:
+    resized to the side it was trained at, or to its resize side and centre-cropped, then normalised as in
+    training); the one way the suite scores images with the judge (image metrics, counterfactual flips, the demo).
     """
 
     def __init__(self, classifier: CXRClassifier, batch_size: int = 64) -> None:
         self.classifier = classifier.eval()
-        self.prepare = FeatureExtractor(classifier, in_chans=1, image_size=classifier.config.image_size).prepare
+        pre = getattr(classifier, "preprocess", None) or PreprocessConfig(image_size=classifier.config.image_size)
+        self.preprocess = pre
+        # resize to the side before the crop; the crop (if any) follows in _prepare
+        self._resize = FeatureExtractor(classifier, in_chans=1, image_size=pre.resize or pre.image_size,
+                                        mean=pre.mean, std=pre.std).prepare
         self.batch_size = batch_size
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (N, 1, H, W) -> the classifier's input (its saved preprocessing)."""
+        x = self._resize(images)
+        side, size = x.shape[-1], self.preprocess.image_size
+        if side != size:  # centre crop, as torchvision's CenterCrop takes it
+            top = int(round((side - size) / 2.0))
+            x = x[..., top:top + size, top:top + size]
+        return x
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], batch_size: int = 64) -> Judge:

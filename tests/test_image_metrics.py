@@ -178,3 +178,26 @@ def test_judge_and_tower_pretrainer_folders_are_told_apart(tmp_path):
         TowerPretrainer.from_pretrained(tmp_path / "judge")
     with pytest.raises(ValueError, match="holds a checkpoint of TowerPretrainer, not of CXRClassifier"):
         CXRClassifier.from_pretrained(tmp_path / "tower")
+
+
+def test_the_judge_reads_its_saved_preprocessing(tmp_path, tiny_synth):
+    """radloop train classifier saves the pixels it trained on; Judge makes them (resize, centre crop, normalise)."""
+    import torch.nn.functional as F
+
+    from evaluation.classifier import Judge, load_classifier
+    from shared.data.transforms import PREPROCESS_FILE
+
+    out, _ = tiny_synth
+    run = tmp_path / "clf"
+    assert main(["train", "classifier", f"data.annotation={out / 'annotation.json'}", "model.name=classifier_tiny",
+                 "data.image_size=28", "data.resize=32", "data.batch_size=8", "train.max_steps=1",
+                 f"train.output_dir={run}", "train.progress=false"]) == 0
+    saved = json.loads((run / "best" / PREPROCESS_FILE).read_text())
+    assert (saved["image_size"], saved["resize"]) == (28, 32)
+    judge = Judge(load_classifier(run / "best"))
+    x = torch.rand(2, 1, 40, 40)
+    expected = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)[..., 2:30, 2:30]
+    torch.testing.assert_close(judge.prepare(x), (expected - 0.5) / 0.5)
+    assert judge(x).shape == (2, 14)
+    (run / "best" / PREPROCESS_FILE).unlink()  # a judge saved before the file: resized straight to its side
+    assert Judge(load_classifier(run / "best")).prepare(x).shape[-1] == 28

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,11 @@ from torch.utils.data import DataLoader
 
 from ..data.config import DataConfig
 from ..data.dataset import ReportImageDataset, collate_samples
+from ..data.transforms import PREPROCESS_FILE, PreprocessConfig
 from ..labels import CHEXPERT_LABELS
 from ..metrics import multilabel_auroc
 from ..registry import Registry
+from ..saved_settings import save_settings
 from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
 from .classifier import TOWER_PRETRAINERS, FindingsClassifier
 
@@ -157,7 +160,12 @@ def fit_classifier(cfg: ClassifierExperiment, registry: Registry) -> TrainResult
         probs, labels = predict_probs(m, val_loader)  # type: ignore[arg-type]
         return {k: v for k, v in multilabel_auroc(probs, labels, CHEXPERT_LABELS).items() if k == "mauc"}
 
-    trainer = Trainer(model, train_loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="mauc", select_mode="max")
+    def save_extra(folder: Path) -> None:
+        # the pixels it was trained and selected on travel with it (the judge reads them back)
+        save_settings(folder, PREPROCESS_FILE, PreprocessConfig(data.image_size, data.resize))
+
+    trainer = Trainer(model, train_loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="mauc", select_mode="max",
+                      save_extra=save_extra)
     result = trainer.train()
     logger.info("%s: best validation mAUC %s at step %s", registry.family, result.best_metric, result.best_step)
     return result
