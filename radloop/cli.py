@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from shared.config import ConfigError, atomic_save_image, atomic_write_text, load_config, save_run_config
-from shared.data.dataset import DataError
+from shared.data.errors import DataError
 from shared.zoo import resolve_zoo
 
 from . import __version__

@@ -19,3 +19,14 @@ def test_shared_imports_no_project_package():
         for pkg in ("image2report", "report2image", "evaluation", "radloop"):
             assert f"import {pkg}" not in text and f"from {pkg}" not in text, f"{path} imports {pkg}"
     assert os.path.isdir(ROOT / "configs")
+
+
+def test_radloop_help_does_not_import_torch():
+    """`radloop --help` answers at once: the CLI module and its parser import no torch (2.7 s before)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom radloop.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

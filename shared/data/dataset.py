@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from ..config import read_json
 from ..labels import CHEXPERT_LABELS
+from .errors import DataError
 from .transforms import build_transform
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReportImageDataset", "DataError", "load_records", "read_labels_csv", "collate_samples"]
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and key or row) at fault."""
 
 
 def _records_from_r2gen(data: Any, path: Path) -> list[dict[str, Any]]:
