@@ -48,6 +48,8 @@ from shared.metrics.clinical import binarize, per_label_scores
 from shared.metrics.stats import approximate_randomization, mean_ci
 from shared.text.labeler import ReportLabeler
 
+from .augment_sources import compose_reports, pick_rare_findings, sentence_pool, stating_sentences
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AugmentExperiment", "pick_rare_findings", "sentence_pool", "compose_reports", "write_synthetic_manifest",
@@ -76,65 +78,19 @@ class AugmentExperiment:
     amount_seeds: list[int] = field(default_factory=list)
     #: resamples of the paired approximate-randomization test against the ``real`` arm (0: no test)
     significance_samples: int = 1000
+    #: the quality gate's reader: a RadCLIP folder whose findings head reads every synthetic image (an independent
+    #: reader, never the judge); adds the arm ``real+gated``: the synthetic studies it reads the finding in
+    gate_backbone: str | None = None
+    gate_threshold: float = 0.5
+    #: add the arm ``real+counterfactual``: each rare finding added to ``per_finding`` real training images by
+    #: masked editing (the real anatomy kept, the edited report as the label)
+    counterfactual: bool = False
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     #: sampling of the synthetic images (None: the pipeline's saved defaults)
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     #: the report-model experiment both arms train with (its ``train.output_dir`` is replaced per arm)
     report: ReportExperiment = field(default_factory=ReportExperiment)
-
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _sentences(report: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(report) if s.strip()]
-
-
-def pick_rare_findings(reports: Sequence[str], rare_below: float, labeler: ReportLabeler | None = None) -> list[str]:
-    """Pathology findings stated positive in fewer than ``rare_below`` of ``reports`` (but in at least one)."""
-    pos = binarize((labeler or ReportLabeler()).label_batch(reports))
-    prevalence = pos.mean(0)
-    return [name for name in PATHOLOGY_LABELS
-            if 0 < prevalence[CHEXPERT_LABELS.index(name)] < rare_below]
-
-
-#: positives a sentence about one finding may imply by the label hierarchy
-_PARENTS = ("Lung Opacity", "Enlarged Cardiomediastinum")
-
-
-def sentence_pool(reports: Sequence[str], labeler: ReportLabeler | None = None) -> tuple[list[str], np.ndarray]:
-    """The distinct sentences of ``reports`` and their labels (N, 14) in {1, 0, -1, NaN}."""
-    labeler = labeler or ReportLabeler()
-    sentences = sorted({s for r in reports for s in _sentences(r)})
-    return sentences, labeler.label_batch(sentences)
-
-
-def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, seed: int = 0) -> list[str]:
-    """``k`` reports stating ``finding`` and nothing else abnormal, from a :func:`sentence_pool`:
-    one sentence stating the finding (its only positive, up to hierarchy parents) and up to three
-    sentences that state no finding and do not mention this one.
-
-    Raises ValueError when no training sentence states the finding.
-    """
-    sentences, labels = pool
-    j = CHEXPERT_LABELS.index(finding)
-    pos = binarize(labels)
-    others = [i for i, name in enumerate(CHEXPERT_LABELS) if name != finding and name not in _PARENTS]
-    stating = [s for s, row, lab in zip(sentences, pos, labels, strict=True)
-               if row[j] and not row[others].any() and lab[j] == 1]
-    neutral = [s for s, row, lab in zip(sentences, pos, labels, strict=True)
-               if not row.any() and np.isnan(lab[j]) and not (lab == -1).any()]
-    if not stating:
-        raise ValueError(f"no training sentence states '{finding}': cannot compose reports for it")
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(k):
-        picked = [stating[int(rng.integers(len(stating)))]]
-        if neutral:
-            picked += [neutral[int(i)] for i in rng.choice(len(neutral), size=min(3, len(neutral)), replace=False)]
-        out.append(" ".join(picked))
-    return out
 
 
 def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]], out_dir: str | os.PathLike[str],
@@ -274,11 +230,15 @@ def _difference_key(arm: str, baseline: str = "real") -> str:
     return f"difference/{arm}" if baseline == "real" else f"difference/{arm} - {baseline}"
 
 
+#: the arms that add generated studies (each is also compared with the up-weighted real arm)
+SOURCE_ARMS = ("real+synthetic", "real+gated", "real+counterfactual")
+
+
 def _compared(arms: Sequence[str]) -> list[tuple[str, str]]:
-    """(arm, baseline) pairs: every arm against ``real``; the synthetic arm against the up-weighted one."""
+    """(arm, baseline) pairs: every arm against ``real``; each generated source against the up-weighted arm."""
     pairs = [(arm, "real") for arm in arms if arm != "real"]
-    if "real_upweighted" in arms and "real+synthetic" in arms:
-        pairs.append(("real+synthetic", "real_upweighted"))
+    if "real_upweighted" in arms:
+        pairs += [(arm, "real_upweighted") for arm in SOURCE_ARMS if arm in arms]
     return pairs
 
 
@@ -293,12 +253,17 @@ def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: Re
 
 
 def _arm_manifests(cfg: AugmentExperiment, annotation: Path, records: list[dict[str, Any]], synthetic: Path,
-                   rare: list[str], labeler: ReportLabeler, out: Path) -> dict[str, Path]:
-    """Every arm's training manifest: ``real`` is the annotation itself (``records``, as read)."""
+                   rare: list[str], labeler: ReportLabeler, out: Path,
+                   sources: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Every arm's training manifest: ``real`` is the annotation itself (``records``, as read); ``sources``: more
+    arms (name -> a manifest of generated studies with ``target_finding``) added to the real studies."""
     real = _real_rows(annotation, records)
     arms = {"real": annotation,
             "real+synthetic": _write_manifest(real + _synthetic_rows(synthetic, cfg.per_finding),
                                               out / "real_plus_synthetic.jsonl")}
+    for name, manifest in (sources or {}).items():
+        arms[name] = _write_manifest(real + _synthetic_rows(manifest, cfg.per_finding),
+                                     out / f"{name.replace('+', '_plus_')}.jsonl")
     if cfg.upweight_real:
         arms["real_upweighted"] = _write_manifest(real + upweighted_rows(real, rare, cfg.per_finding, labeler),
                                                   out / "real_upweighted.jsonl")
@@ -308,6 +273,27 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, records: list[dict[
         arms[f"real+synthetic@{k}"] = _write_manifest(real + _synthetic_rows(synthetic, k),
                                                       out / f"real_plus_synthetic_{k}.jsonl")
     return arms
+
+
+def _other_sources(cfg: AugmentExperiment, pipe: Any, synthetic: Path, real: list[dict[str, Any]],
+                   pool: tuple[list[str], np.ndarray], rare: list[str], labeler: ReportLabeler,
+                   out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The gated synthetic studies and the counterfactual edits, when the config asks for them: (arm -> manifest,
+    the gate's acceptance rates)."""
+    from .augment_sources import findings_reader, gate_synthetic, write_counterfactual_manifest
+
+    sources: dict[str, Path] = {}
+    gate: dict[str, Any] = {}
+    if cfg.gate_backbone:
+        sources["real+gated"], rates = gate_synthetic(synthetic, findings_reader(cfg.gate_backbone),
+                                                      cfg.gate_threshold, int(getattr(pipe, "image_size", 64)))
+        gate = {"reader": cfg.gate_backbone, "threshold": cfg.gate_threshold, "findings": rates}
+    if cfg.counterfactual:
+        train = [r for r in real if r.get("split") == "train"]
+        sentences = {f: stating_sentences(pool, f) for f in rare}
+        sources["real+counterfactual"] = write_counterfactual_manifest(
+            pipe, train, Path("."), sentences, cfg.per_finding, out / "counterfactual", labeler)
+    return sources, gate
 
 
 def _fingerprint(manifest: Path, exp: Any) -> str:
@@ -441,7 +427,8 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     composed = {f: compose_reports(pool, f, cfg.per_finding, seed=i) for i, f in enumerate(rare)}
     synthetic = write_synthetic_manifest(pipe, composed, out / "synthetic", cfg.num_inference_steps,
                                          cfg.guidance_scale)
-    arms = _arm_manifests(cfg, annotation, records, synthetic, rare, labeler, out)
+    sources, gate = _other_sources(cfg, pipe, synthetic, _real_rows(annotation, records), pool, rare, labeler, out)
+    arms = _arm_manifests(cfg, annotation, records, synthetic, rare, labeler, out, sources)
 
     # 2. every arm over the seeds; 3. intervals, the paired test and the verdict
     runs, preds_by, minutes = _train_arms(cfg, arms, test, refs, rare, labeler, out)
@@ -451,7 +438,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
               "runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
               "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
               "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}, "summary": summary,
-              "examples": {f: v[:3] for f, v in composed.items()}}
+              "examples": {f: v[:3] for f, v in composed.items()}, **({"gate": gate} if gate else {})}
     tests = {}
     if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:
         result["significance"] = tests = _significance(preds_by, refs, rare, labeler, cfg.significance_samples)
@@ -459,6 +446,10 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     if "real_upweighted" in arms:
         result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real+synthetic", "real_upweighted",
                                                    tests.get("real+synthetic vs real_upweighted"))
+    for arm in SOURCE_ARMS[1:]:
+        if arm in arms:
+            result.setdefault("verdicts", {})[arm] = _verdict(summary["rare_f1_mean"], runs, arm,
+                                                              test=tests.get(f"{arm} vs real"))
     if cfg.amounts:
         result["amount_curve"] = _amount_curve(cfg, summary)
     atomic_write_text(out / "augment_results.json", json.dumps(result, indent=1, default=float) + "\n")

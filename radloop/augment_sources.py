@@ -1,0 +1,235 @@
+"""Two augmentation sources beside synthesis from scratch, for ``radloop augment``.
+
+* **The quality gate** keeps a synthetic image only when an *independent* reader sees the finding its report
+  was written for: the findings head of a RadCLIP backbone (:func:`findings_reader`), never the judge that scores
+  the results. It writes the kept studies as a manifest and the acceptance rate of each finding.
+* **Counterfactual augmentation** adds a rare finding to *real* training images by masked editing (the
+  pipeline's :meth:`~report2image.ReportToCXRPipeline.counterfactual`, DiffEdit mask): the patient's anatomy is
+  kept, and the edited report (:func:`add_finding`) is the label.
+
+Reports for synthesis from scratch are composed here too (:func:`compose_reports`: a sentence stating the finding
+among sentences of normal reports, all from the training reports).
+
+Both write ``synthetic: true`` training rows in the suite's JSONL manifest format, with ``target_finding``, and
+reuse what an earlier run with the same request wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.config import atomic_save_image, atomic_write_text
+from shared.data.dataset import load_records, to_grey
+from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
+from shared.metrics.clinical import binarize
+from shared.metrics.report_quality import contradicted, said_values
+from shared.text.labeler import ReportLabeler
+
+__all__ = ["findings_reader", "gate_synthetic", "add_finding", "write_counterfactual_manifest", "pick_rare_findings",
+           "sentence_pool", "stating_sentences", "compose_reports"]
+
+logger = logging.getLogger(__name__)
+
+#: sentences that call the whole study normal: they go when a finding is added
+_GLOBAL_NORMAL = re.compile(r"\b(no acute|no active|normal (chest|study|exam)|unremarkable (chest|study|exam))\b", re.I)
+
+Reader = Callable[[torch.Tensor], np.ndarray]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(report: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(report) if s.strip()]
+
+
+def pick_rare_findings(reports: Sequence[str], rare_below: float, labeler: ReportLabeler | None = None) -> list[str]:
+    """Pathology findings stated positive in fewer than ``rare_below`` of ``reports`` (but in at least one)."""
+    pos = binarize((labeler or ReportLabeler()).label_batch(reports))
+    prevalence = pos.mean(0)
+    return [name for name in PATHOLOGY_LABELS
+            if 0 < prevalence[CHEXPERT_LABELS.index(name)] < rare_below]
+
+
+#: positives a sentence about one finding may imply by the label hierarchy
+_PARENTS = ("Lung Opacity", "Enlarged Cardiomediastinum")
+
+
+def sentence_pool(reports: Sequence[str], labeler: ReportLabeler | None = None) -> tuple[list[str], np.ndarray]:
+    """The distinct sentences of ``reports`` and their labels (N, 14) in {1, 0, -1, NaN}."""
+    labeler = labeler or ReportLabeler()
+    sentences = sorted({s for r in reports for s in _sentences(r)})
+    return sentences, labeler.label_batch(sentences)
+
+
+def stating_sentences(pool: tuple[list[str], np.ndarray], finding: str) -> list[str]:
+    """The sentences of a :func:`sentence_pool` that state ``finding`` and no other finding (up to hierarchy
+    parents)."""
+    sentences, labels = pool
+    j = CHEXPERT_LABELS.index(finding)
+    pos = binarize(labels)
+    others = [i for i, name in enumerate(CHEXPERT_LABELS) if name != finding and name not in _PARENTS]
+    return [s for s, row, lab in zip(sentences, pos, labels, strict=True)
+            if row[j] and not row[others].any() and lab[j] == 1]
+
+
+def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, seed: int = 0) -> list[str]:
+    """``k`` reports stating ``finding`` and nothing else abnormal, from a :func:`sentence_pool`:
+    one sentence stating the finding (its only positive, up to hierarchy parents) and up to three
+    sentences that state no finding and do not mention this one.
+
+    Raises ValueError when no training sentence states the finding.
+    """
+    sentences, labels = pool
+    j = CHEXPERT_LABELS.index(finding)
+    pos = binarize(labels)
+    stating = stating_sentences(pool, finding)
+    neutral = [s for s, row, lab in zip(sentences, pos, labels, strict=True)
+               if not row.any() and np.isnan(lab[j]) and not (lab == -1).any()]
+    if not stating:
+        raise ValueError(f"no training sentence states '{finding}': cannot compose reports for it")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        picked = [stating[int(rng.integers(len(stating)))]]
+        if neutral:
+            picked += [neutral[int(i)] for i in rng.choice(len(neutral), size=min(3, len(neutral)), replace=False)]
+        out.append(" ".join(picked))
+    return out
+
+
+
+def findings_reader(backbone: str | os.PathLike[str]) -> Reader:
+    """``reader(images) -> (N, 14)`` probabilities of each finding, from a RadCLIP's findings head, for [0, 1]
+    images (N, 1, S, S). The gate's reader: trained on the real images' reports, not the judge.
+
+    Raises:
+        ValueError: the backbone has no findings head (trained with ``model.findings_weight`` 0).
+    """
+    from report2image.pipeline import backbone_image_embeds
+    from shared.backbone import RadCLIP
+
+    model = RadCLIP.from_pretrained(backbone).eval()
+    if model.label_head is None:
+        raise ValueError(f"{backbone} has no findings head (trained with model.findings_weight=0): it cannot gate")
+
+    @torch.no_grad()
+    def read(images: torch.Tensor) -> np.ndarray:
+        out = [torch.sigmoid(model.label_logits(backbone_image_embeds(model, batch * 2 - 1)))
+               for batch in images.split(64)]
+        return torch.cat(out).numpy()
+
+    return read
+
+
+def _load(path: str | os.PathLike[str], size: int) -> torch.Tensor:
+    """One image as a [0, 1] tensor (1, size, size)."""
+    with Image.open(path) as im:
+        grey = to_grey(im).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
+
+
+def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold: float = 0.5,
+                   image_size: int = 224) -> tuple[Path, dict[str, dict[str, float]]]:
+    """Keep the synthetic studies of ``synthetic`` (a manifest with ``target_finding``) whose image the reader
+    reads as showing that finding with probability >= ``threshold``.
+
+    Writes ``synthetic_gated.jsonl`` (the kept rows, in order) and ``gate.json`` beside the manifest.
+
+    Returns:
+        (the gated manifest, ``{finding: {"generated", "accepted", "rate", "mean_probability"}}``).
+    """
+    synthetic = Path(synthetic)
+    rows = load_records(synthetic)
+    images = torch.stack([_load(synthetic.parent / r["image_path"][0], image_size) for r in rows])
+    probs = reader(images)
+    kept, rates = [], {}
+    for finding in dict.fromkeys(r["target_finding"] for r in rows):
+        idx = [i for i, r in enumerate(rows) if r["target_finding"] == finding]
+        p = probs[idx, CHEXPERT_LABELS.index(finding)]
+        accepted = [rows[i] for i, ok in zip(idx, p >= threshold, strict=True) if ok]
+        kept += accepted
+        rates[finding] = {"generated": len(idx), "accepted": len(accepted), "rate": round(len(accepted) / len(idx), 4),
+                          "mean_probability": round(float(p.mean()), 4)}
+        logger.info("gate: %s %d of %d accepted", finding, len(accepted), len(idx))
+    out = synthetic.parent / "synthetic_gated.jsonl"
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_text(synthetic.parent / "gate.json", json.dumps({"threshold": threshold, "findings": rates}) + "\n")
+    return out, rates
+
+
+def add_finding(report: str, sentence: str, labeler: ReportLabeler) -> str:
+    """``report`` with ``sentence`` (stating a finding) added: its sentences that contradict the new one (a
+    negation of the finding, "the lungs are clear" against an opacity) or call the study normal are dropped."""
+    said = said_values([reading for _, reading in labeler.sentence_readings(sentence)])
+    kept = []
+    for text in _sentences(report):
+        readings = labeler.sentence_readings(text)
+        if _GLOBAL_NORMAL.search(text) or any(contradicted(said, r) for _, r in readings):
+            continue
+        kept.append(text)
+    return " ".join([*kept, sentence]).strip()
+
+
+def write_counterfactual_manifest(pipe: Any, sources: Sequence[dict[str, Any]], root: Path,
+                                  sentences_by_finding: dict[str, list[str]], per_finding: int,
+                                  out_dir: str | os.PathLike[str], labeler: ReportLabeler, seed: int = 0,
+                                  batch_size: int = 16) -> Path:
+    """Add each rare finding to ``per_finding`` real training studies that do not state it, by masked editing.
+
+    Args:
+        pipe: a :class:`~report2image.ReportToCXRPipeline` (its saved edit strength, guidance and steps).
+        sources: real training records (``id``, ``patient_id``, ``report``, ``image_path``); paths under ``root``.
+        sentences_by_finding: sentences stating each finding (e.g. from the training reports), one is drawn per edit.
+
+    Writes ``images/*.png`` and ``counterfactual.jsonl`` (split train, ``synthetic`` and ``counterfactual`` true,
+    ``source_id``, ``target_finding``); a rerun with the same request keeps them.
+    """
+    out = Path(out_dir)
+    path, stamp = out / "counterfactual.jsonl", out / "request.json"
+    rng = np.random.default_rng(seed)
+    plan = []
+    for finding, sentences in sentences_by_finding.items():
+        j = CHEXPERT_LABELS.index(finding)
+        free = [r for r, lab in zip(sources, labeler.label_batch([s["report"] for s in sources]), strict=True)
+                if lab[j] != 1]
+        if not free or not sentences:
+            raise ValueError(f"counterfactual augmentation: no training study without '{finding}' or no sentence "
+                             "stating it")
+        for k, i in enumerate(rng.choice(len(free), size=per_finding, replace=len(free) < per_finding)):
+            src = free[int(i)]
+            new = add_finding(src["report"], sentences[int(rng.integers(len(sentences)))], labeler)
+            plan.append((finding, k, src, new))
+    request = {"sources": [p[2]["id"] for p in plan], "reports": [p[3] for p in plan], "seed": seed,
+               "sampling": getattr(getattr(pipe, "sampling", None), "__dict__", None)}
+    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == request:
+        logger.info("counterfactual augmentation: reusing the %d edits in %s", len(plan), out)
+        return path
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    size = int(pipe.image_size)
+    rows = []
+    for start in range(0, len(plan), batch_size):
+        chunk = plan[start:start + batch_size]
+        images = torch.stack([_load(root / src["image_path"][0], size) for _, _, src, _ in chunk])
+        edited = pipe.counterfactual(images, [p[3] for p in chunk], [p[2]["report"] for p in chunk],
+                                     output_type="pil").images
+        for (finding, k, src, new), image in zip(chunk, edited, strict=True):
+            slug = re.sub(r"\W+", "_", finding.lower())
+            sid = f"cf_{slug}_{k:04d}"
+            atomic_save_image(image, out / "images" / f"{sid}.png")
+            rows.append({"id": sid, "patient_id": src.get("patient_id", ""), "report": new,
+                         "image_path": [f"images/{sid}.png"], "split": "train", "synthetic": True,
+                         "counterfactual": True, "source_id": src["id"], "target_finding": finding})
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(stamp, json.dumps(request) + "\n")
+    return path

@@ -1,0 +1,123 @@
+"""The quality gate and counterfactual augmentation: units, and both as arms of radloop augment on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radloop.augment_sources import add_finding, findings_reader, gate_synthetic, write_counterfactual_manifest
+from shared.data.dataset import load_records
+from shared.labels import CHEXPERT_LABELS
+from shared.text.labeler import ReportLabeler
+
+LABELER = ReportLabeler()
+
+
+def test_add_finding_drops_what_the_new_sentence_contradicts():
+    report = "The lungs are clear. No pneumothorax. Heart size is normal. No acute cardiopulmonary abnormality."
+    assert add_finding(report, "Small left pneumothorax.", LABELER) == \
+        "The lungs are clear. Heart size is normal. Small left pneumothorax."
+    # an atelectasis is a lung opacity: "the lungs are clear" goes
+    assert add_finding("The lungs are clear. Heart size is normal.", "Mild left retrocardiac atelectasis.",
+                       LABELER) == "Heart size is normal. Mild left retrocardiac atelectasis."
+
+
+def _synthetic(tmp_path, findings=("Pneumothorax", "Fracture"), k=3):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for finding in findings:
+        for i in range(k):
+            sid = f"syn_{finding.lower()}_{i}"
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8), mode="L").save(tmp_path / "images" / f"{sid}.png")
+            rows.append({"id": sid, "report": f"{finding}.", "image_path": [f"images/{sid}.png"], "split": "train",
+                         "synthetic": True, "target_finding": finding})
+    (tmp_path / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "synthetic.jsonl"
+
+
+def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
+    manifest = _synthetic(tmp_path)
+    ptx, frac = CHEXPERT_LABELS.index("Pneumothorax"), CHEXPERT_LABELS.index("Fracture")
+
+    def reader(images):  # sees a pneumothorax in the brighter images, never a fracture
+        probs = np.zeros((len(images), 14))
+        probs[:, ptx] = images.mean((1, 2, 3)).numpy() * 4
+        probs[:, frac] = 0.1
+        return probs
+
+    gated, rates = gate_synthetic(manifest, reader, threshold=0.2, image_size=16)
+    assert [r["id"] for r in load_records(gated)] == ["syn_pneumothorax_1", "syn_pneumothorax_2"]
+    assert rates["Pneumothorax"]["accepted"] == 2 and rates["Pneumothorax"]["rate"] == round(2 / 3, 4)
+    assert rates["Fracture"] == {"generated": 3, "accepted": 0, "rate": 0.0, "mean_probability": 0.1}
+    assert json.loads((tmp_path / "gate.json").read_text())["threshold"] == 0.2
+
+
+def test_findings_reader_reads_a_backbone_head_and_refuses_one_without(tmp_path):
+    from shared.backbone import build_backbone
+    from shared.text.tokenizer import ReportTokenizer
+
+    tok = ReportTokenizer.fit(["No acute findings.", "Small left pneumothorax."], min_freq=1)
+    build_backbone("radclip_tiny", tok, num_labels=14).save_pretrained(tmp_path / "head")
+    probs = findings_reader(tmp_path / "head")(torch.rand(3, 1, 32, 32))
+    assert probs.shape == (3, 14) and ((probs > 0) & (probs < 1)).all()
+    build_backbone("radclip_tiny", tok).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="has no findings head"):
+        findings_reader(tmp_path / "plain")
+
+
+def test_counterfactual_edits_keep_the_patient_and_label_with_the_edited_report(tiny_synth, tmp_path):
+    from tests.test_report2image import tiny_pipeline
+
+    data, _ = tiny_synth
+    train = [{**r, "image_path": [str(data / r["image_path"][0])]} for r in load_records(data / "annotation.json")
+             if r["split"] == "train"]
+    pipe = tiny_pipeline(use_identity=False)
+    pipe.sampling.edit_num_inference_steps = 2  # the edit settings come from the pipeline
+    manifest = write_counterfactual_manifest(pipe, train, data, {"Pneumothorax": ["Small left pneumothorax."]}, 2,
+                                             tmp_path / "cf", LABELER)
+    rows = load_records(manifest)
+    assert len(rows) == 2 and all(r["counterfactual"] and r["target_finding"] == "Pneumothorax" for r in rows)
+    by_id = {r["id"]: r for r in train}
+    for row in rows:
+        assert row["report"].endswith("Small left pneumothorax.")
+        assert LABELER(row["report"])["Pneumothorax"] == 1 and LABELER(by_id[row["source_id"]]["report"]).get(
+            "Pneumothorax") != 1
+        assert row["patient_id"] == by_id[row["source_id"]]["patient_id"]
+        assert (tmp_path / "cf" / row["image_path"][0]).is_file()
+    stamp = (tmp_path / "cf" / "request.json").read_text()
+    def no_edit(*args, **kwargs):
+        raise AssertionError("the same request was edited again")
+
+    pipe.counterfactual = no_edit  # the same request: the edits on disk are reused
+    write_counterfactual_manifest(pipe, train, data, {"Pneumothorax": ["Small left pneumothorax."]}, 2,
+                                  tmp_path / "cf", LABELER)
+    assert (tmp_path / "cf" / "request.json").read_text() == stamp
+
+
+def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
+    import radloop.augment as augment
+    from shared.backbone import build_backbone
+    from shared.text.tokenizer import ReportTokenizer
+    from tests.test_report2image import tiny_pipeline
+    from tests.test_workflows import _tiny_augment
+
+    data, _ = tiny_synth
+    tok = ReportTokenizer.fit([r["report"] for r in load_records(data / "annotation.json")], min_freq=1)
+    torch.manual_seed(0)
+    build_backbone("radclip_tiny", tok, num_labels=14).save_pretrained(tmp_path / "reader")
+    cfg = _tiny_augment(data, tmp_path / "aug")
+    cfg.amounts, cfg.amount_seeds, cfg.seeds, cfg.significance_samples = [], [], [0], 10
+    cfg.gate_backbone, cfg.gate_threshold, cfg.counterfactual = str(tmp_path / "reader"), 0.0, True
+    pipe = tiny_pipeline(use_identity=False)
+    pipe.sampling.num_inference_steps = pipe.sampling.edit_num_inference_steps = 2
+    result = augment.run_augment(cfg, pipe=pipe)
+    assert result["arms"] == ["real", "real+synthetic", "real+gated", "real+counterfactual", "real_upweighted"]
+    assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
+    assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0
+    assert {"real+gated vs real_upweighted", "real+counterfactual vs real"} <= set(result["significance"])
+    assert set(result["verdicts"]) == {"real+gated", "real+counterfactual"}
