@@ -37,6 +37,7 @@ from shared.data.dataset import ReportImageDataset
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.metrics.report_quality import report_quality_scores, sentence_set
 from shared.text.labeler import ReportLabeler
+from shared.text.tokenizer import clean_report
 
 _BEFORE = {"no_repeat_ngram_size": 3, "whole_sentences": False, "max_sentence_repeats": 0, "label_consistent": False}
 ARMS: dict[str, dict[str, Any]] = {
@@ -55,7 +56,8 @@ def score_texts(texts: list[str], refs: list[str], truth: Any, labeler: ReportLa
     """Quality, CE against the truth and BLEU-4 of one set of generated reports."""
     quality = report_quality_scores(texts, labeler)
     ce = clinical_efficacy(labeler.label_batch(texts), truth)
-    sentences = [s for t in texts for s in t.split(" . ") if s.strip(" .")]
+    # R2Gen-cleaned, as the training sentences are (generated reports already are; the references are not)
+    sentences = [s for t in texts for s in clean_report(t).split(" . ") if s.strip(" .")]
     novel = sum(s.strip(" .") not in known for s in sentences) / max(1, len(sentences))
     bleu = nlg_scores(texts, refs, clean="iu_xray", meteor=False, only=("bleu",))["bleu_4"]
     return {**{k: round(v, 4) for k, v in quality.items()}, "novel_sentence_rate": round(novel, 4),

@@ -261,9 +261,12 @@ def beam_search(step: Any, memory: torch.Tensor, bos: int, eos: int, cfg: Decodi
         session.reorder(torch.tensor(parents, device=device))
         best_live = (scores.max(1).values / (tokens.shape[1] ** cfg.length_penalty)).tolist()
         # an image is done when no live beam can beat its k finished ones, or when it has no live beam left
-        # (every continuation refused) and something finished
+        # (every continuation refused) and something finished. With the sentence rules, also when its best
+        # finished report beats every live beam: refusals thin out the finished ones, and a beam that lost its
+        # sentence to a refusal would otherwise wander to max_length (18% more steps on zoo:ifnet)
         if all((len(finished[i]) >= k and min(f[0] for f in finished[i]) >= best_live[i])
-               or (finished[i] and best_live[i] == -float("inf")) for i in range(b)):
+               or (finished[i] and best_live[i] == -float("inf"))
+               or (checking and finished[i] and max(f[0] for f in finished[i]) >= best_live[i]) for i in range(b)):
             break
     out = []
     rows = tokens.tolist()

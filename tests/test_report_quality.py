@@ -234,11 +234,11 @@ def test_saved_decoding_settings_change_what_generate_report_writes(tiny_report_
         return json.loads(path.read_text())
 
     first = generate("a.json")
-    assert "num_beams=2" in capsys.readouterr().out
+    assert "beam search (2 beams)" in capsys.readouterr().out
     settings = json.loads((model / GENERATION_FILE).read_text())
     (model / GENERATION_FILE).write_text(json.dumps({**settings, "max_length": 4, "whole_sentences": False}))
     short = generate("b.json")
-    assert "max_length=4" in capsys.readouterr().out
+    assert "at most 4 tokens" in capsys.readouterr().out
     assert all(len(v.split()) <= 3 for v in short.values()) and short != first
 
 
