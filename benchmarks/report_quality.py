@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "report_quality_synthcxr64", "machine": f"{platform.machine()} CPU, "
                                                              f"{torch.get_num_threads()} threads",
         "test_data": f"{data} (seed 1001, {len(ids)} test studies, never trained on)",
-        "command": "python benchmarks/report_quality.py " + " ".join(argv or []),
+        "command": "python benchmarks/report_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "arms": {a: ARMS[a] for a in args.arms}, "defaults": DecodingConfig().__dict__,
         "references": score_texts(refs, refs, truth, labeler, known), "entries": {},
     }
