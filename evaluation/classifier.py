@@ -21,8 +21,6 @@ from shared.registry import Registry
 from shared.saved_settings import load_settings
 from shared.zoo import resolve_zoo
 
-from .images import FeatureExtractor
-
 __all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIERS", "Judge", "build_classifier", "load_classifier"]
 
 
@@ -69,21 +67,13 @@ class Judge:
 
     def __init__(self, classifier: CXRClassifier, batch_size: int = 64) -> None:
         self.classifier = classifier.eval()
-        pre = getattr(classifier, "preprocess", None) or PreprocessConfig(image_size=classifier.config.image_size)
-        self.preprocess = pre
-        # resize to the side before the crop; the crop (if any) follows in _prepare
-        self._resize = FeatureExtractor(classifier, in_chans=1, image_size=pre.resize or pre.image_size,
-                                        mean=pre.mean, std=pre.std).prepare
+        self.preprocess = getattr(classifier, "preprocess", None) or PreprocessConfig(
+            image_size=classifier.config.image_size)
         self.batch_size = batch_size
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images (N, 1, H, W) -> the classifier's input (its saved preprocessing)."""
-        x = self._resize(images)
-        side, size = x.shape[-1], self.preprocess.image_size
-        if side != size:  # centre crop, as torchvision's CenterCrop takes it
-            top = int(round((side - size) / 2.0))
-            x = x[..., top:top + size, top:top + size]
-        return x
+        """[0, 1] images (N, C, H, W) -> the classifier's one-channel input (its saved preprocessing)."""
+        return self.preprocess.apply(images.float().mean(1, keepdim=True) if images.shape[1] != 1 else images)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], batch_size: int = 64) -> Judge:

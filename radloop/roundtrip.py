@@ -113,7 +113,8 @@ class RoundTrip:
         return images.clamp(0, 1)
 
     def image_to_report(self, images: torch.Tensor) -> list[str]:
-        return self.generator.generate(to_model_range(images), num_beams=self.beams)
+        # the report model's own pixels: its saved resize, crop and normalisation
+        return self.generator.generate(self.generator.preprocess.apply(images), num_beams=self.beams)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The diffusion backbone's (unit-norm) image embedding of [0, 1] images."""

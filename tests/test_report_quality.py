@@ -287,3 +287,14 @@ def test_report_quality_benchmark_runs_end_to_end(tiny_report_run, tmp_path, loa
     assert rows["rules/greedy"]["unfinished_rate"] == 0  # whole sentences (or nothing) under the defaults
     assert result["references"]["self_contradiction_rate"] == 0
     assert (tmp_path / "reports" / "best_rules_beam3.json").is_file()
+
+
+def test_preprocess_apply_on_tensors_is_the_saved_resize_crop_and_normalisation():
+    from shared.data.transforms import PreprocessConfig
+
+    x = torch.rand(2, 1, 36, 36)
+    cropped = PreprocessConfig(image_size=32, resize=36, mean=0.5, std=0.25).apply(x)
+    torch.testing.assert_close(cropped, (x[..., 2:34, 2:34] - 0.5) / 0.25)
+    plain = PreprocessConfig(image_size=36).apply(x)
+    torch.testing.assert_close(plain, x * 2 - 1)  # the models' [-1, 1], as to_model_range gives it
+    assert PreprocessConfig(image_size=16).apply(x).shape == (2, 1, 16, 16)

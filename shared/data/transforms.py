@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torchvision import transforms as T
 
 __all__ = ["build_transform", "PreprocessConfig", "PREPROCESS_FILE"]
@@ -29,7 +30,21 @@ class PreprocessConfig:
     std: float = 0.5
 
     def transform(self, train: bool = False) -> T.Compose:
+        """PIL image -> (1, image_size, image_size) model input (the datasets' evaluation transform)."""
         return build_transform(self.image_size, self.resize, train=train, mean=self.mean, std=self.std)
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] image tensors (N, C, H, W) -> the model's input: resized (bilinear, antialiased) to the side
+        before the crop, centre-cropped as ``CenterCrop`` crops, normalised."""
+        side = self.resize or self.image_size
+        x = images.float()
+        if x.shape[-2:] != (side, side):
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        if side != self.image_size:
+            top = int(round((side - self.image_size) / 2.0))
+            x = x[..., top:top + self.image_size, top:top + self.image_size]
+        return (x - self.mean) / self.std
 
 
 def build_transform(
