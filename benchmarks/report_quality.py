@@ -38,7 +38,6 @@ from shared.data.dataset import ReportImageDataset
 from shared.metrics import clinical_efficacy, nlg_scores
 from shared.metrics.report_quality import report_quality_scores, sentence_set
 from shared.text.labeler import ReportLabeler
-from shared.text.tokenizer import clean_report
 
 _BEFORE = {"no_repeat_ngram_size": 3, "whole_sentences": False, "max_sentence_repeats": 0, "label_consistent": False}
 ARMS: dict[str, dict[str, Any]] = {
@@ -55,13 +54,10 @@ MODES = {"greedy": 1, "beam3": 3}
 def score_texts(texts: list[str], refs: list[str], truth: Any, labeler: ReportLabeler,
                 known: set[str]) -> dict[str, float]:
     """Quality, CE against the truth and BLEU-4 of one set of generated reports."""
-    quality = report_quality_scores(texts, labeler)
+    quality = report_quality_scores(texts, labeler, known_sentences=known)
     ce = clinical_efficacy(labeler.label_batch(texts), truth)
-    # R2Gen-cleaned, as the training sentences are (generated reports already are; the references are not)
-    sentences = [s for t in texts for s in clean_report(t).split(" . ") if s.strip(" .")]
-    novel = sum(s.strip(" .") not in known for s in sentences) / max(1, len(sentences))
     bleu = nlg_scores(texts, refs, clean="iu_xray", meteor=False, only=("bleu",))["bleu_4"]
-    return {**{k: round(v, 4) for k, v in quality.items()}, "novel_sentence_rate": round(novel, 4),
+    return {**{k: round(v, 4) for k, v in quality.items()},
             "truth_ce_micro_f1": round(ce["ce_micro_f1"], 4), "truth_ce_macro_f1": round(ce["ce_macro_f1"], 4),
             "bleu_4": round(float(bleu), 4), "mean_words": round(sum(len(t.split()) for t in texts) / len(texts), 2)}
 

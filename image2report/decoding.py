@@ -180,7 +180,6 @@ def _greedy_pass(step: Any, memory: torch.Tensor, prefixes: list[list[int]], ban
     tokens = torch.full((n, 1), bos, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     results: list[tuple[list[int], Any] | None] = [None] * n
-    forced = torch.zeros(n, dtype=torch.long, device=device)
     for t in range(cfg.max_length - 1):
         log_probs = _constrain(tokens, session(tokens).float(), bos, eos, t, cfg, period)
         for r in range(n):

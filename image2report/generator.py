@@ -12,7 +12,6 @@ existed loads with :class:`DecodingConfig`'s defaults and its own ``image_size``
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +30,6 @@ from .models import REPORT_DECODERS
 from .sentence_rules import SentenceRules
 
 __all__ = ["ReportGenerator", "GENERATION_FILE", "save_inference_settings"]
-
-logger = logging.getLogger(__name__)
 
 #: the file of a report-model folder that holds its :class:`DecodingConfig`
 GENERATION_FILE = "generation_config.json"

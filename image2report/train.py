@@ -179,8 +179,8 @@ def generate_reports(checkpoint: str | ReportGenerator, annotation: str, split: 
     crop side) and decoded with its saved settings (``decoding`` replaces them, ``num_beams`` the beams).
     """
     gen = checkpoint if isinstance(checkpoint, ReportGenerator) else ReportGenerator.from_pretrained(checkpoint)
-    pre = gen.preprocess if image_size is None else PreprocessConfig(image_size, None, gen.preprocess.mean,
-                                                                     gen.preprocess.std)
+    pre = gen.preprocess if image_size is None else dataclasses.replace(gen.preprocess, image_size=image_size,
+                                                                        resize=None)
     ds = ReportImageDataset(annotation, split, image_root, allow_outside_root=allow_outside_root,
                             image_size=pre.image_size, max_views=max_views or gen.model.config.max_views,
                             transform=pre.transform(train=False))

@@ -48,7 +48,14 @@ from shared.metrics.clinical import binarize, per_label_scores
 from shared.metrics.stats import approximate_randomization, mean_ci
 from shared.text.labeler import ReportLabeler
 
-from .augment_sources import compose_reports, pick_rare_findings, sentence_pool, stating_sentences
+from .augment_sources import (
+    compose_reports,
+    pick_rare_findings,
+    reusable,
+    sentence_pool,
+    stamp_request,
+    stating_sentences,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +120,9 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
         guidance_scale = sampling.guidance_scale
     request = {"reports": reports_by_finding, "num_inference_steps": num_inference_steps,
                "guidance_scale": guidance_scale, "seed": seed}
-    stamp = out / "request.json"
-    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == request:
-        rows = load_records(path)
-        if all((out / p).is_file() for r in rows for p in r["image_path"]):
-            logger.info("augment: reusing the %d synthetic studies in %s", len(rows), out)
-            return path
+    if reusable(path, request):
+        logger.info("augment: reusing the synthetic studies in %s", out)
+        return path
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for finding, reports in tqdm(reports_by_finding.items(), desc="augment: synthetic images", unit="finding"):
@@ -130,9 +134,7 @@ def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]]
             atomic_save_image(image, out / "images" / f"{sid}.png")
             rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
                          "split": "train", "synthetic": True, "target_finding": finding})
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(stamp, json.dumps(request) + "\n")
-    return path
+    return stamp_request(path, rows, request)
 
 
 def _absolute(rec: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -252,12 +254,12 @@ def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: Re
     return rare
 
 
-def _arm_manifests(cfg: AugmentExperiment, annotation: Path, records: list[dict[str, Any]], synthetic: Path,
+def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str, Any]], synthetic: Path,
                    rare: list[str], labeler: ReportLabeler, out: Path,
                    sources: dict[str, Path] | None = None) -> dict[str, Path]:
-    """Every arm's training manifest: ``real`` is the annotation itself (``records``, as read); ``sources``: more
-    arms (name -> a manifest of generated studies with ``target_finding``) added to the real studies."""
-    real = _real_rows(annotation, records)
+    """Every arm's training manifest: ``real`` is the annotation itself (``real``: its records with absolute image
+    paths, :func:`_real_rows`); ``sources``: more arms (name -> a manifest of generated studies with
+    ``target_finding``) added to the real studies."""
     arms = {"real": annotation,
             "real+synthetic": _write_manifest(real + _synthetic_rows(synthetic, cfg.per_finding),
                                               out / "real_plus_synthetic.jsonl")}
@@ -427,8 +429,9 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     composed = {f: compose_reports(pool, f, cfg.per_finding, seed=i) for i, f in enumerate(rare)}
     synthetic = write_synthetic_manifest(pipe, composed, out / "synthetic", cfg.num_inference_steps,
                                          cfg.guidance_scale)
-    sources, gate = _other_sources(cfg, pipe, synthetic, _real_rows(annotation, records), pool, rare, labeler, out)
-    arms = _arm_manifests(cfg, annotation, records, synthetic, rare, labeler, out, sources)
+    real = _real_rows(annotation, records)
+    sources, gate = _other_sources(cfg, pipe, synthetic, real, pool, rare, labeler, out)
+    arms = _arm_manifests(cfg, annotation, real, synthetic, rare, labeler, out, sources)
 
     # 2. every arm over the seeds; 3. intervals, the paired test and the verdict
     runs, preds_by, minutes = _train_arms(cfg, arms, test, refs, rare, labeler, out)

@@ -46,6 +46,21 @@ _GLOBAL_NORMAL = re.compile(r"\b(no acute|no active|normal (chest|study|exam)|un
 Reader = Callable[[torch.Tensor], np.ndarray]
 
 
+def reusable(manifest: Path, request: dict[str, Any]) -> bool:
+    """Whether ``manifest`` was written for ``request`` (the ``request.json`` beside it) and every image it names
+    is on disk: then a rerun keeps it instead of generating again."""
+    stamp = manifest.parent / "request.json"
+    if not (manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == request):
+        return False
+    return all((manifest.parent / p).is_file() for r in load_records(manifest) for p in r["image_path"])
+
+
+def stamp_request(manifest: Path, rows: list[dict[str, Any]], request: dict[str, Any]) -> Path:
+    """Write ``rows`` as ``manifest`` and, after it, the ``request.json`` that :func:`reusable` checks."""
+    atomic_write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(manifest.parent / "request.json", json.dumps(request) + "\n")
+    return manifest
+
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -106,7 +121,6 @@ def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, se
             picked += [neutral[int(i)] for i in rng.choice(len(neutral), size=min(3, len(neutral)), replace=False)]
         out.append(" ".join(picked))
     return out
-
 
 
 def findings_reader(backbone: str | os.PathLike[str]) -> Reader:
@@ -196,13 +210,13 @@ def write_counterfactual_manifest(pipe: Any, sources: Sequence[dict[str, Any]], 
     ``source_id``, ``target_finding``); a rerun with the same request keeps them.
     """
     out = Path(out_dir)
-    path, stamp = out / "counterfactual.jsonl", out / "request.json"
+    path = out / "counterfactual.jsonl"
     rng = np.random.default_rng(seed)
     plan = []
+    labels = labeler.label_batch([s["report"] for s in sources])
     for finding, sentences in sentences_by_finding.items():
         j = CHEXPERT_LABELS.index(finding)
-        free = [r for r, lab in zip(sources, labeler.label_batch([s["report"] for s in sources]), strict=True)
-                if lab[j] != 1]
+        free = [r for r, lab in zip(sources, labels, strict=True) if lab[j] != 1]
         if not free or not sentences:
             raise ValueError(f"counterfactual augmentation: no training study without '{finding}' or no sentence "
                              "stating it")
@@ -212,7 +226,7 @@ def write_counterfactual_manifest(pipe: Any, sources: Sequence[dict[str, Any]], 
             plan.append((finding, k, src, new))
     request = {"sources": [p[2]["id"] for p in plan], "reports": [p[3] for p in plan], "seed": seed,
                "sampling": getattr(getattr(pipe, "sampling", None), "__dict__", None)}
-    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == request:
+    if reusable(path, request):
         logger.info("counterfactual augmentation: reusing the %d edits in %s", len(plan), out)
         return path
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -230,6 +244,4 @@ def write_counterfactual_manifest(pipe: Any, sources: Sequence[dict[str, Any]], 
             rows.append({"id": sid, "patient_id": src.get("patient_id", ""), "report": new,
                          "image_path": [f"images/{sid}.png"], "split": "train", "synthetic": True,
                          "counterfactual": True, "source_id": src["id"], "target_finding": finding})
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(stamp, json.dumps(request) + "\n")
-    return path
+    return stamp_request(path, rows, request)

@@ -100,6 +100,8 @@ class ReportQuality:
     repeated: int = 0
     unfinished: bool = False
     novel: int = 0
+    #: its R2Gen-cleaned sentences (the novel-sentence rate's denominator; counted with ``known_sentences``)
+    cleaned: int = 0
 
     @property
     def contradicts_itself(self) -> bool:
@@ -131,13 +133,16 @@ def report_quality(report: str, labeler: Any, known_sentences: set[str] | None =
         quality.contradicting += [n for n in contradicted(said, reading) if n not in quality.contradicting]
         quality.restatements += sentence_conflict(said, repeated, reading) == RESTATEMENT
     if known_sentences is not None:
-        quality.novel = sum(s not in known_sentences for s in _clean_sentences(report, clean))
+        cleaned = _clean_sentences(report, clean)
+        quality.novel, quality.cleaned = sum(s not in known_sentences for s in cleaned), len(cleaned)
     return quality
 
 
 def report_quality_scores(reports: Sequence[str], labeler: Any | None = None,
-                          training_reports: Iterable[str] | None = None, clean: str = "iu_xray") -> dict[str, float]:
-    """Rates over a set of reports.
+                          training_reports: Iterable[str] | None = None, clean: str = "iu_xray",
+                          known_sentences: set[str] | None = None) -> dict[str, float]:
+    """Rates over a set of reports; ``known_sentences`` (a :func:`sentence_set`) stands for ``training_reports``
+    when many report sets are scored against the same training reports.
 
     Returns:
         ``self_contradiction_rate`` (reports that contradict themselves), ``restatement_rate`` (reports with a
@@ -151,7 +156,9 @@ def report_quality_scores(reports: Sequence[str], labeler: Any | None = None,
         from ..text.labeler import ReportLabeler
 
         labeler = ReportLabeler()
-    known = sentence_set(training_reports, clean) if training_reports is not None else None
+    known = known_sentences
+    if known is None and training_reports is not None:
+        known = sentence_set(training_reports, clean)
     rows = [report_quality(r, labeler, known, clean) for r in reports]
     n = len(rows)
     out = {
@@ -161,6 +168,6 @@ def report_quality_scores(reports: Sequence[str], labeler: Any | None = None,
         "repeated_sentence_report_rate": sum(q.repeated > 0 for q in rows) / n,
     }
     if known is not None:
-        total = sum(len(_clean_sentences(r, clean)) for r in reports)
+        total = sum(q.cleaned for q in rows)
         out["novel_sentence_rate"] = sum(q.novel for q in rows) / total if total else 0.0
     return out
