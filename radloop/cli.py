@@ -22,13 +22,11 @@ from shared.data.errors import DataError
 from shared.zoo import resolve_zoo
 
 from . import __version__
+from .cli_common import echo as _echo
+from .cli_common import outside_root_flag as _outside_root_flag
+from .cli_data import add_data as _add_data
 
 logger = logging.getLogger("radloop")
-
-def _echo(text: str = "") -> None:
-    """The CLI's answer on stdout (library code logs instead)."""
-    sys.stdout.write(text + "\n")
-
 
 def _synth_defaults() -> dict:
     from shared.data.synthcxr import SynthConfig
@@ -64,46 +62,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     _echo(f"wrote {summary['studies']} studies to {args.out} in {seconds:.1f} s "
           f"(train/val/test {summary['splits']['train']}/{summary['splits']['val']}/{summary['splits']['test']}, "
           f"{summary['degraded']} degraded, {summary['wrong_reports']} wrong reports)")
-    return 0
-
-
-def cmd_iu_reports(args: argparse.Namespace) -> int:
-    from shared.data.iu_xray import write_iu_reports
-
-    count = write_iu_reports(args.out, args.archive)
-    _echo(f"wrote {count} IU X-ray reports to {args.out}")
-    return 0
-
-
-def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from shared.data.dataset import load_records
-    from shared.text.tokenizer import ReportTokenizer
-
-    records = [r for r in load_records(args.annotation) if r.get("split", "train") == "train"]
-    if not records:
-        raise DataError(f"{args.annotation} has no training studies to fit a tokenizer on")
-    reports = [r["report"] for r in records]
-    if args.iu_reports:
-        from shared.data.iu_xray import read_iu_reports, split_iu_reports
-
-        # the training split of the IU X-ray reports only: their test split stays out of every training
-        reports += [r.text for r in split_iu_reports(read_iu_reports(args.archive))["train"]]
-    tok = ReportTokenizer.fit(reports, min_freq=args.min_freq, dataset=args.dataset)
-    path = tok.save_pretrained(args.out)
-    _echo(f"wrote {path} ({len(tok)} tokens from {len(reports)} training reports)")
-    return 0
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from shared.data.prepare import prepare_dataset
-
-    start = time.perf_counter()
-    summary = prepare_dataset(args.annotation, args.out, args.size, args.workers, args.image_root,
-                              args.on_bad_image, progress=not args.quiet,
-                              allow_outside_root=args.allow_outside_root)
-    _echo(f"prepared {summary['studies']} studies in {args.out} at {args.size} px in "
-          f"{time.perf_counter() - start:.1f} s ({summary['written']} images written, "
-          f"{summary['skipped_existing']} already there, {summary['bad_images']} unreadable)")
     return 0
 
 
@@ -374,46 +332,6 @@ def _add_synth(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML with a 'synth' section")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. synth.degraded_fraction=0.2")
     p.set_defaults(func=cmd_synth)
-
-
-def _outside_root_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_true",
-                   help="let the annotation's image paths leave the image root (absolute paths, '..', symlinks "
-                        "out); only for files you trust")
-
-
-def _add_data(verbs: argparse._SubParsersAction) -> None:
-    """`radloop data ...`: preparing a data set, the IU X-ray report export and the tokenizer."""
-    data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>",
-                                                                          required=True)
-    p = data.add_parser("iu-reports", help="export the IU X-ray reports shipped in the torchxrayvision wheel",
-                        description="Parse the 3,955 OpenI reports into findings, impression, MeSH terms "
-                                    "and image ids.")
-    p.add_argument("--out", required=True, help="output .json or .jsonl")
-    p.add_argument("--archive", help="path to NLMCXR_reports.tgz (default: found in the torchxrayvision wheel)")
-    p.set_defaults(func=cmd_iu_reports)
-    p = data.add_parser("tokenizer", help="fit the word-level tokenizer on the training reports of an annotation")
-    p.add_argument("--annotation", required=True, help="annotation.json / .csv / .jsonl")
-    p.add_argument("--out", required=True, help="output folder for report_tokenizer.json")
-    p.add_argument("--min-freq", dest="min_freq", type=int, default=3, help="R2Gen: 3 (IU X-ray), 10 (MIMIC-CXR)")
-    p.add_argument("--dataset", choices=("iu_xray", "mimic_cxr"), default="iu_xray", help="cleaning rules")
-    p.add_argument("--iu-reports", dest="iu_reports", action="store_true",
-                   help="also fit on the training split of the IU X-ray reports (real wording; CC BY-NC-ND 4.0)")
-    p.add_argument("--archive",
-                   help="NLMCXR_reports.tgz for --iu-reports (default: found in the torchxrayvision wheel)")
-    p.set_defaults(func=cmd_tokenizer)
-    p = data.add_parser("prepare", help="decode and resize every image once (grey PNG) for training",
-                        description="Writes OUT/images/ (shorter side SIZE, aspect kept), OUT/annotation.json "
-                                    "(written last) and labels.csv; a rerun skips finished images.")
-    p.add_argument("--annotation", required=True, help="annotation.json / .csv / .jsonl")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=256, help="shorter side in pixels (images never grow)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
-    p.add_argument("--image-root", dest="image_root", help="folder the image paths are relative to")
-    _outside_root_flag(p)
-    p.add_argument("--on-bad-image", dest="on_bad_image", choices=("raise", "skip"), default="raise")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare)
 
 
 def _add_evaluate(verbs: argparse._SubParsersAction) -> None:

@@ -32,7 +32,7 @@ from .dataset import _IMAGE_ERRORS, SPLITS, DataError, check_inside_root, load_r
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_dataset", "prepared_name"]
+__all__ = ["prepare_dataset", "prepared_name", "convert_images"]
 
 
 def prepared_name(relative: str) -> str:
@@ -41,7 +41,7 @@ def prepared_name(relative: str) -> str:
 
 
 def _prepare_one(job: tuple[str, str, int]) -> tuple[str, str | None, bool]:
-    """(source, target, size) -> (source, error or None, whether it was written now)."""
+    """(source, target, size) -> (source, error or None, whether it was written now); size 0 keeps the size."""
     source, target, size = job
     out = Path(target)
     if out.is_file():
@@ -55,7 +55,7 @@ def _prepare_one(job: tuple[str, str, int]) -> tuple[str, str | None, bool]:
     except _IMAGE_ERRORS as err:
         return source, f"{type(err).__name__}: {err}", False
     w, h = grey.size
-    scale = size / min(w, h)
+    scale = size / min(w, h) if size > 0 else 1.0
     if scale < 1:
         grey = grey.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,10 +65,11 @@ def _prepare_one(job: tuple[str, str, int]) -> tuple[str, str | None, bool]:
     return source, None, True
 
 
-def _run(jobs: list[tuple[str, str, int]], workers: int, progress: bool) -> Iterable[tuple[str, str | None, bool]]:
+def _run(jobs: list[tuple[str, str, int]], workers: int, progress: bool,
+         desc: str) -> Iterable[tuple[str, str | None, bool]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="prepare", unit="image", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress)
     if workers <= 0:
         for job in jobs:
             yield _prepare_one(job)
@@ -79,6 +80,26 @@ def _run(jobs: list[tuple[str, str, int]], workers: int, progress: bool) -> Iter
                 yield result
                 bar.update(1)
     bar.close()
+
+
+def convert_images(jobs: list[tuple[str, str, int]], workers: int = 0, progress: bool = True,
+                   on_bad_image: str = "raise", desc: str = "prepare") -> tuple[int, dict[str, str]]:
+    """Write each ``(source, target, size)`` job as a grey PNG (resumable: finished targets are skipped).
+
+    Returns (images written now, ``{source: why}`` of the unreadable ones). With
+    ``on_bad_image="raise"`` the first unreadable or missing source stops the run with a
+    :class:`DataError` naming it; every image finished before it stays on disk for the rerun.
+    """
+    if on_bad_image not in ("raise", "skip"):
+        raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+    written, bad = 0, {}
+    for source, error, new in _run(jobs, workers, progress, desc):
+        if error is not None:
+            if on_bad_image == "raise":
+                raise DataError(f"cannot {desc} image {source}: {error} (on_bad_image='skip' leaves such studies out)")
+            bad[source] = error
+        written += int(new)
+    return written, bad
 
 
 def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[str], size: int = 256,
@@ -107,13 +128,7 @@ def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[s
             if rel not in seen:
                 seen.add(rel)
                 jobs.append((str(root / rel), str(out / "images" / prepared_name(rel)), size))
-    written, bad = 0, {}
-    for source, error, new in _run(jobs, workers, progress):
-        if error is not None:
-            if on_bad_image == "raise":
-                raise DataError(f"cannot prepare image {source}: {error} (on_bad_image='skip' leaves such studies out)")
-            bad[source] = error
-        written += int(new)
+    written, bad = convert_images(jobs, workers, progress, on_bad_image)
     bad_rel = {os.path.relpath(p, root) for p in bad}
     kept: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     dropped = []
