@@ -45,7 +45,6 @@ from shared.data.iu_xray import read_iu_reports, split_iu_reports
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
 from shared.text.labeler import ReportLabeler
-from shared.zoo import resolve_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 #: findings with fewer positive reports than this are left out of ``mauc_20plus``
@@ -131,13 +130,13 @@ def main() -> None:
         "benchmark": "iu_text", "machine": f"{platform.machine()} CPU", "iu_test_reports": len(iu_test),
         "synth_reports": len(synth), "synth_data": args.synth,
         "command": " ".join(["python", "benchmarks/iu_text.py", *sys.argv[1:]]), "backbones": {}}
-    pipe = ReportToCXRPipeline.from_pretrained(resolve_zoo(args.pipeline)) if args.pipeline else None
+    pipe = ReportToCXRPipeline.from_pretrained(args.pipeline) if args.pipeline else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
-    judge = Judge.from_pretrained(resolve_zoo(args.judge)) if pipe is not None else None
+    judge = Judge.from_pretrained(args.judge) if pipe is not None else None
     n = min(args.n, len(iu_test), len(synth))
     for name in args.backbones:
-        backbone = RadCLIP.from_pretrained(resolve_zoo(name)).eval()
+        backbone = RadCLIP.from_pretrained(name).eval()
         row: dict[str, Any] = {"vocab": len(backbone.tokenizer),
                                "text": text_side_metrics(backbone, iu_test, iu_labels, synth, synth_labels)}
         if pipe is not None and judge is not None:

@@ -91,7 +91,7 @@ def measure(annotation: str, mode: str, cache_dir: str | None, backbone: str, au
     anon = _AnonPeak()
     pairs = DiffusionPairs(annotation, "train", 64)
     vae = AutoencoderKL.from_pretrained(resolve_zoo(autoencoder)).eval()
-    clip = RadCLIP.from_pretrained(resolve_zoo(backbone)).eval()
+    clip = RadCLIP.from_pretrained(backbone).eval()
     start = time.perf_counter()
     cached = CachedPairs(pairs, vae, clip, image_embeds=True, cache_dir=cache_dir if mode == "sharded" else None)
     build = time.perf_counter() - start

@@ -17,9 +17,9 @@ import torch
 
 from shared.backbone.classifier import ClassifierOutput, FindingsClassifier
 from shared.data.transforms import PREPROCESS_FILE, PreprocessConfig
+from shared.modeling import saved_class
 from shared.registry import Registry
 from shared.saved_settings import load_settings
-from shared.zoo import resolve_zoo
 
 __all__ = ["CXRClassifier", "ClassifierOutput", "CLASSIFIERS", "Judge", "build_classifier", "load_classifier"]
 
@@ -45,15 +45,10 @@ def build_classifier(name: str, **overrides: Any) -> CXRClassifier:
 def load_classifier(folder: str | Path) -> CXRClassifier:
     """A judge saved by ``radloop train classifier`` (a folder or ``zoo:NAME``); another model's folder is
     refused by name."""
-    folder = Path(resolve_zoo(folder))
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no classifier in {folder} (config.json missing)")
-    config = CXRClassifier.load_config(folder)
-    if config.get("_class_name") != "CXRClassifier":
-        raise ValueError(f"{folder} holds a {config.get('_class_name')}, not a CXRClassifier")
+    folder, _ = saved_class(folder, [CXRClassifier])
     model = CXRClassifier.from_pretrained(folder)
     # the pixels it was trained on travel with it (preprocessor_config.json), read by Judge
-    model.preprocess = load_settings(folder, PREPROCESS_FILE, PreprocessConfig, image_size=config["image_size"])
+    model.preprocess = load_settings(folder, PREPROCESS_FILE, PreprocessConfig, image_size=model.config.image_size)
     return model
 
 

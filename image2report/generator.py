@@ -14,16 +14,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from shared.config import read_json
 from shared.data.transforms import PREPROCESS_FILE, PreprocessConfig
-from shared.modeling import RadLoopModel
+from shared.modeling import RadLoopModel, saved_class
 from shared.saved_settings import load_settings, save_settings
 from shared.text.tokenizer import ReportTokenizer
-from shared.zoo import resolve_zoo
 
 from .decoding import DecodingConfig, decode
 from .models import REPORT_DECODERS
@@ -63,14 +60,9 @@ class ReportGenerator:
         """Load any registered report model class from its folder or a ``zoo:NAME`` entry (config.json
         names the class), with the decoding settings and preprocessing saved beside it; ``decoding``
         replaces the saved settings."""
-        path = Path(resolve_zoo(path))
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no saved report model in {path} (config.json missing)")
-        name = read_json(path / "config.json").get("_class_name")
         classes = {e.builder.__name__: e.builder for e in REPORT_DECODERS.entries()}
-        if name not in classes:
-            raise ValueError(f"{path} holds a checkpoint of {name}, not of a report model ({sorted(classes)})")
-        model = classes[name].from_pretrained(path)
+        path, model_class = saved_class(path, classes, f"a report model ({sorted(classes)})")
+        model = model_class.from_pretrained(path)
         if model.tokenizer is None:
             raise FileNotFoundError(f"{path} has no report_tokenizer.json beside the weights")
         decoding = decoding or load_settings(path, GENERATION_FILE, DecodingConfig,

@@ -19,10 +19,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from shared.config import read_json
-from shared.modeling import RadLoopModel
+from shared.modeling import RadLoopModel, saved_class
 from shared.registry import Registry
-from shared.zoo import resolve_zoo
 
 from .kv_cache import CachedSession, transformer_decoder_init, transformer_decoder_next
 
@@ -203,19 +201,18 @@ def image_tower_state(source_dir: str | Path) -> dict[str, torch.Tensor]:
     from shared.backbone import RadCLIP
     from shared.backbone.classifier import TowerPretrainer
 
-    source_dir = resolve_zoo(source_dir)
-    config_file = Path(source_dir) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{source_dir}: config.json missing; give a RadCLIP or TowerPretrainer folder")
-    kind = read_json(config_file).get("_class_name")
-    if kind == "RadCLIP":
-        return RadCLIP.from_pretrained(source_dir).clip.visual.trunk.state_dict()
-    if kind == "TowerPretrainer":
-        return TowerPretrainer.from_pretrained(source_dir).backbone.state_dict()
-    if kind == "CXRClassifier":
-        raise ValueError(f"{source_dir} holds the judge classifier, which never initialises a generator; "
+    # the judge is named only to be refused: image2report never imports the evaluation package
+    towers = {"RadCLIP": RadCLIP, "TowerPretrainer": TowerPretrainer, "CXRClassifier": None}
+    try:
+        folder, kind = saved_class(source_dir, towers, "a RadCLIP or TowerPretrainer image tower")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; give a RadCLIP or TowerPretrainer folder") from None
+    if kind is None:
+        raise ValueError(f"{folder} holds the judge classifier, which never initialises a generator; "
                          "pre-train the tower with `radloop train tower`")
-    raise ValueError(f"{config_file} describes a {kind}, not a RadCLIP or TowerPretrainer image tower")
+    if kind is RadCLIP:
+        return RadCLIP.from_pretrained(folder).clip.visual.trunk.state_dict()
+    return TowerPretrainer.from_pretrained(folder).backbone.state_dict()
 
 
 def tower_grid_side(encoder: nn.Module, image_size: int) -> int:

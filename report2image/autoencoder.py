@@ -158,7 +158,7 @@ class AutoencoderLoss(nn.Module):
 def _perceptual_tower(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     from shared.backbone.clip import RadCLIP
 
-    backbone = RadCLIP.from_pretrained(resolve_zoo(name)).eval().requires_grad_(False)
+    backbone = RadCLIP.from_pretrained(name).eval().requires_grad_(False)
 
     def features(x: torch.Tensor) -> torch.Tensor:
         """images (B, 1, S, S) in [-1, 1] -> the tower's grid tokens (B, L, W): local features, not the pooled

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from shared.backbone.clip import RadCLIP
 from shared.config import read_json
 from shared.data.image_processor import postprocess, preprocess
-from shared.modeling import check_safetensors
+from shared.modeling import check_safetensors, saved_class
 from shared.saved_settings import load_settings, save_settings
 from shared.text.labeler import ReportLabeler
 from shared.zoo import resolve_zoo
@@ -97,12 +97,9 @@ def check_pipeline_folder(folder: str | os.PathLike[str]) -> None:
     ``DiffusionPipeline.from_pretrained`` imports the module each component names and calls its loader, so
     an unchecked ``model_index.json`` from someone else could make loading run any importable code.
     """
+    folder, _ = saved_class(folder, {"ReportToCXRPipeline": None}, index_file="model_index.json")
     index_file = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index_file):
-        raise FileNotFoundError(f"no saved ReportToCXRPipeline in {folder} (model_index.json missing)")
     index = read_json(index_file)
-    if index.get("_class_name") != "ReportToCXRPipeline":
-        raise ValueError(f"{index_file} describes a {index.get('_class_name')!r}, not a ReportToCXRPipeline")
     for name, value in index.items():
         if name.startswith("_"):
             continue

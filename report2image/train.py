@@ -357,7 +357,7 @@ def _load_backbone(name: str | None, train_reports: list[str]) -> RadCLIP:
     if name is None:
         logger.warning("model.backbone is not set: using an untrained radclip_tiny text tower (tests only)")
         return build_backbone("radclip_tiny", ReportTokenizer.fit(train_reports, min_freq=1))
-    backbone = RadCLIP.from_pretrained(resolve_zoo(name))
+    backbone = RadCLIP.from_pretrained(name)
     if backbone.tokenizer is None:
         raise FileNotFoundError(f"{name} has no report_tokenizer.json beside the weights")
     return backbone
@@ -516,8 +516,8 @@ def check_text_encoder_swap(old: RadCLIP, new: RadCLIP) -> None:
 @TRAINERS.register("swap_text_encoder", help="a trained report -> CXR pipeline with another compatible text encoder",
                    meta={"experiment": TextEncoderSwapExperiment, "metric": "none (nothing is trained)"})
 def swap_text_encoder(cfg: TextEncoderSwapExperiment) -> TrainResult:
-    pipe = ReportToCXRPipeline.from_pretrained(resolve_zoo(cfg.pipeline))
-    encoder = RadCLIP.from_pretrained(resolve_zoo(cfg.text_encoder)).eval()
+    pipe = ReportToCXRPipeline.from_pretrained(cfg.pipeline)
+    encoder = RadCLIP.from_pretrained(cfg.text_encoder).eval()
     check_text_encoder_swap(pipe.text_encoder, encoder)
     pipe.register_modules(text_encoder=encoder)
     out = Path(cfg.train.output_dir)

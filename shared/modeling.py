@@ -13,6 +13,7 @@ pickle file (``.bin``/``.pt``, which can run code when read) are refused, not lo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from .config import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
 from .zoo import resolve_zoo
 
-__all__ = ["RadLoopModel", "check_model_folder", "check_safetensors", "load_state_dict_file"]
+__all__ = ["RadLoopModel", "check_model_folder", "check_safetensors", "load_state_dict_file", "saved_class"]
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -47,16 +48,32 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     return obj
 
 
-def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:
-    """Raise a one-line error unless ``path`` holds a saved ``expected`` model."""
-    path = Path(path)
-    config = path / "config.json"
+def saved_class(path: str | os.PathLike[str], classes: Mapping[str, type | None] | Iterable[type],
+                what: str | None = None, index_file: str = "config.json") -> tuple[Path, type | None]:
+    """The one loader's dispatch: which of ``classes`` wrote the saved folder (or ``zoo:NAME``) at ``path``.
+
+    Reads only ``index_file`` (``config.json``, a pipeline's ``model_index.json``) and its ``_class_name``;
+    nothing is built or imported from the folder. Returns the resolved folder and the class.
+
+    Raises:
+        FileNotFoundError: the folder holds no ``index_file``.
+        ValueError: another class wrote it (the message names both).
+    """
+    table = dict(classes) if isinstance(classes, Mapping) else {c.__name__: c for c in classes}
+    folder = Path(resolve_zoo(path))
+    config = folder / index_file
     if not config.is_file():
-        raise FileNotFoundError(f"no saved model in {path} (config.json missing)")
+        raise FileNotFoundError(f"no saved model in {folder} ({index_file} missing)")
     name = read_json(config).get("_class_name")
-    if name != expected:
-        raise ValueError(f"{path} holds a checkpoint of {name}, not of {expected}")
-    return path
+    if name not in table:
+        expected = what or " or ".join(sorted(table))
+        raise ValueError(f"{folder} holds a checkpoint of {name}, not of {expected}")
+    return folder, table[name]
+
+
+def check_model_folder(path: str | os.PathLike[str], expected: str) -> Path:
+    """Raise a one-line error unless ``path`` holds a saved ``expected`` model (see :func:`saved_class`)."""
+    return saved_class(path, {expected: object})[0]
 
 
 def check_safetensors(folder: str | os.PathLike[str]) -> Path:

@@ -42,7 +42,6 @@ from ..metrics import multilabel_auroc
 from ..text.labeler import ReportLabeler
 from ..text.tokenizer import ReportTokenizer
 from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
-from ..zoo import resolve_zoo
 from .clip import RadCLIP
 from .zero_shot import zero_shot_probabilities
 
@@ -294,7 +293,7 @@ def train_text_align(cfg: TextAlignExperiment) -> TrainResult:
     seed_everything(tcfg.seed)
     if not data.annotation:
         raise ValueError("data.annotation (a SynthCXR annotation.json) is required")
-    teacher = RadCLIP.from_pretrained(resolve_zoo(mcfg.base))
+    teacher = RadCLIP.from_pretrained(mcfg.base)
     if teacher.label_head is None:
         raise ValueError(f"model.base={mcfg.base} has no findings head (train it with model.findings_weight > 0)")
     iu = split_iu_reports(read_iu_reports(data.iu_archive))

@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -502,6 +503,11 @@ class Trainer:
         running log means were flushed (the caller then starts them afresh)."""
         acc, cfg = self.accelerator, self.cfg
         self.state.step += 1
+        # wall time of the step's data + forward + backward (validation and checkpoints excluded: measured
+        # from the end of the previous step's work), so a user sees the epoch time of a recipe in the log
+        step_seconds = time.perf_counter() - self._step_clock
+        running.setdefault("seconds_per_step", []).append(step_seconds)
+        self._train_seconds += step_seconds
         if self.ema is not None:
             self.ema.update(acc.unwrap_model(self.model))
         bar.update(1)
@@ -521,7 +527,22 @@ class Trainer:
             self._evaluate(history)
         if self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.max_steps:
             self._checkpoint()
+        self._step_clock = time.perf_counter()
         return flushed
+
+    def _speed(self, steps_before: int) -> dict[str, float | None]:
+        """Seconds per optimizer step of this invocation (validation and checkpoints excluded) and the peak
+        memory: the process's resident set on a CPU, the allocator's peak on a GPU."""
+        steps = self.state.step - steps_before
+        out: dict[str, float | None] = {"seconds_per_step": self._train_seconds / steps if steps else None,
+               "steps_per_epoch": len(self.train_loader) / self.cfg.gradient_accumulation_steps}
+        if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
+            out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            import resource
+
+            out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        return out
 
     def train(self) -> TrainResult:
         """Train to ``max_steps`` (resuming from the latest checkpoint); the output folder is held by a
@@ -562,6 +583,7 @@ class Trainer:
         micro_done = self.state.step * cfg.gradient_accumulation_steps
         epoch, skip = divmod(micro_done, epoch_len)
         running: dict[str, list[float]] = {}
+        self._step_clock, self._train_seconds, steps_before = time.perf_counter(), 0.0, self.state.step
         while self.state.step < cfg.max_steps:
             self.train_loader.set_epoch(epoch)
             if hasattr(self.train_loader.dataset, "set_epoch"):
@@ -589,6 +611,6 @@ class Trainer:
             atomic_write_text(self.out / "history.json", json.dumps(history, indent=1) + "\n")
             atomic_write_text(self.out / "train_result.json", json.dumps(
                 {"steps": self.state.step, "best_metric": self.state.best, "best_step": self.state.best_step,
-                 "select_metric": self.select_metric}, indent=1) + "\n")
+                 "select_metric": self.select_metric, **self._speed(steps_before)}, indent=1) + "\n")
         acc.end_training()
         return TrainResult(self.state.step, self.state.best, self.state.best_step, history, str(self.out))
