@@ -41,7 +41,7 @@ test: install lint
 ZOO_ENTRIES := radclip_small baseline ifnet uar cmcrl judge64 autoencoder64 autoencoder64_ft ldm64
 zoo: install
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
-	$(BIN)/python benchmarks/zoo_synth.py --json benchmarks/results/zoo_synthcxr64_cpu2.json
+	$(BIN)/python benchmarks/zoo_synth.py --json zoo/synthcxr64/scores.json
 	test -f runs/zoo/data/synthcxr64_rare_test/annotation.json || $(BIN)/radloop synth \
 		--config configs/zoo/rare_test_data.yaml --out runs/zoo/data/synthcxr64_rare_test
 	$(BIN)/python benchmarks/diffusion_synth.py --pipeline zoo:ldm64 --data runs/zoo/data/synthcxr64_test \
@@ -49,7 +49,7 @@ zoo: install
 		--val-data runs/zoo/data/synthcxr64 --train-data runs/zoo/data/synthcxr64 --val-n 100 --autoencoder-n 300 \
 		--n 300 --edits 64 --edit-strengths 0.9 1.0 --edit-guidance 5 \
 		--rare-data runs/zoo/data/synthcxr64_rare_test --rare-positives 100 --rare-negatives 100 \
-		--out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json --zoo-results benchmarks/results/zoo_synthcxr64_cpu2.json
+		--out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json --zoo-results zoo/synthcxr64/scores.json
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
 bench: install

@@ -6,7 +6,7 @@ with the rare real studies repeated / the amount curve, three seeds each, scored
 the result without the per-run predictions, plus the machine and wall time, as one JSON file.
 
     python benchmarks/augment_synth.py --config configs/zoo/augment.yaml \\
-        --json benchmarks/results/zoo_augment_synthcxr64_cpu2.json
+        --json zoo/synthcxr64/augmentation.json
 
 A rerun reuses the synthetic images and every finished (arm, seed) run of the output folder.
 """

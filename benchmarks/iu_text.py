@@ -3,7 +3,7 @@
     python benchmarks/iu_text.py [--backbones zoo:radclip_small zoo:radclip_small_iu] \\
         [--synth runs/zoo/data/synthcxr64_test] [--pipeline zoo:ldm64] [--judge zoo:judge64] [--n 754] \\
         [--json benchmarks/results/iu_text_cpu2.json] \\
-        [--zoo-results benchmarks/results/zoo_synthcxr64_cpu2.json]
+        [--zoo-results zoo/synthcxr64/scores.json]
 
 On the IU X-ray test reports (split by report id, never trained on) and the fresh SynthCXR test set
 (``configs/zoo/test_data.yaml``, seed 1001), per backbone:

@@ -1,7 +1,7 @@
 """Score the model zoo's entries on a fresh SynthCXR test set (a seed no zoo training saw). Prints JSON.
 
     python benchmarks/zoo_synth.py [--entries radclip_small ifnet ...] \
-        [--json benchmarks/results/zoo_synthcxr64_cpu2.json]
+        [--json zoo/synthcxr64/scores.json]
 
 The test data is ``configs/zoo/test_data.yaml`` (seed 1001; its "test" split, 810 studies), generated
 when missing. Labels for scoring are SynthCXR's ground truth of each image (``labels.csv``); no zoo

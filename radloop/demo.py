@@ -4,7 +4,7 @@ By default the demo starts from the model zoo (:data:`ZOO_MODELS`: the diffusion
 decoder, the judge and the backbone, all trained once to convergence): fresh SynthCXR data ->
 evaluation -> counterfactuals -> a small fresh augmentation run (decoders on the zoo's frozen
 tower) -> round trip -> HTML report; ``results.json`` also quotes the zoo's precomputed
-augmentation benchmark (:data:`AUGMENT_RESULTS`), labelled as precomputed on the page.
+augmentation benchmark (``zoo/synthcxr64/augmentation.json``), labelled as precomputed on the page.
 ``--from-scratch`` trains every model for seconds instead (backbone -> report model -> classifier
 -> diffusion), and ``--quick`` does that with tiny models and data (the test suite runs it). Every
 number in the report is measured in this run and also written to ``<out>/results.json``; the
@@ -52,11 +52,12 @@ from shared.data.synthcxr import SynthConfig, counterfactual_edits, generate_dat
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig
-from shared.zoo import resolve_zoo
+from shared.zoo import resolve_zoo, zoo_root
 
 from .augment import AugmentExperiment, run_augment
 from .html_report import DemoPage, write_demo_report
 from .roundtrip import RoundTrip
+from .zoo import AUGMENT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", bac
 ZOO_MODELS = {"diffusion": "zoo:ldm64", "report": "zoo:uar", "judge": "zoo:judge64", "backbone": "zoo:radclip_small"}
 # Fresh data from a seed no zoo training used; the augmentation arms train decoders on the zoo's frozen tower.
 ZOO = replace(FULL, patients=100, augment_per_finding=20, augment_report_steps=150, n_eval=100, edits=16)
-#: the zoo's augmentation benchmark (precomputed; quoted by the page when present)
-AUGMENT_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "zoo_augment_synthcxr64_cpu2.json"
 
 
 def _train_cfg(out: Path, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -293,8 +292,9 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
         "roundtrip": {"report": _numbers(rt_reports), "image": _numbers(rt_images),
                       "per_finding": rt_reports["per_finding"]},
     }
-    if use_zoo and AUGMENT_RESULTS.is_file():
-        results["augmentation_precomputed"] = {k: v for k, v in json.loads(AUGMENT_RESULTS.read_text()).items()
+    answer = zoo_root() / "synthcxr64" / AUGMENT_FILE  # the zoo's precomputed augmentation answer, shipped with it
+    if use_zoo and answer.is_file():
+        results["augmentation_precomputed"] = {k: v for k, v in json.loads(answer.read_text()).items()
                                                if k not in ("runs", "examples")}
     origin = ("models from the zoo (" + ", ".join(paths.values()) + "), trained once to convergence"
               if use_zoo else "every model trained for seconds in this run")

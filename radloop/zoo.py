@@ -6,7 +6,7 @@ the data when missing, runs the recipe in ``runs/zoo/<name>`` and exports the be
 ``export`` writes ``zoo/<dataset>/<name>/``: the saved folder with its float weights halved
 (fp16 safetensors; every ``from_pretrained`` loads them back into float32), ``zoo_entry.json``
 (what produced it) and the model card ``README.md``, which also lists the entry's measured metrics
-when the zoo benchmark's results file holds them.
+when the data set's scores beside the entries (``zoo/<data set>/scores.json``) hold them.
 """
 
 from __future__ import annotations
@@ -29,11 +29,19 @@ from shared.zoo import ENTRY_FILE, zoo_root
 logger = logging.getLogger(__name__)
 
 __all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "swap_decoder", "render_card",
-           "refresh_card", "list_entries", "ensure_data", "merge_results", "RESULTS_FILE"]
+           "refresh_card", "list_entries", "ensure_data", "merge_results", "scores_file", "SCORES_FILE", "AUGMENT_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the zoo benchmark's results (``benchmarks/zoo_synth.py``); cards quote it
-RESULTS_FILE = ROOT / "benchmarks" / "results" / "zoo_synthcxr64_cpu2.json"
+#: each data set's scores, beside its entries (``zoo/<data set>/scores.json``, written when entries are scored by
+#: ``benchmarks/zoo_synth.py`` and friends); the cards quote it and it ships with the zoo
+SCORES_FILE = "scores.json"
+#: the zoo's augmentation answer beside its entries (``benchmarks/augment_synth.py --zoo``); the demo quotes it
+AUGMENT_FILE = "augmentation.json"
+
+
+def scores_file(dataset: str = "synthcxr64") -> Path:
+    """Where a data set's zoo scores live: ``<zoo>/<data set>/scores.json``."""
+    return zoo_root() / dataset / SCORES_FILE
 #: real report text an entry may learn from (text only), with its licence, as its model card names it
 REAL_TEXT = {
     "iu_xray_reports": (
@@ -301,10 +309,12 @@ def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def merge_results(block: str, rows: dict[str, Any], results: Path = RESULTS_FILE) -> None:
+def merge_results(block: str, rows: dict[str, Any], results: Path | None = None) -> None:
     """Merge a benchmark's per-entry rows into one block of the zoo results file that the cards quote:
     ``entries`` (SynthCXR test set: ``benchmarks/zoo_synth.py``, ``benchmarks/diffusion_synth.py``) or
-    ``real_text`` (``benchmarks/iu_text.py``: ``{"base": NAME, "rows": {metric: [entry, base]}, "command"}``)."""
+    ``real_text`` (``benchmarks/iu_text.py``: ``{"base": NAME, "rows": {metric: [entry, base]}, "command"}``).
+    ``results``: default :func:`scores_file`."""
+    results = results or scores_file()
     merged = read_json(results) if results.is_file() else {}
     merged.setdefault(block, {}).update(rows)
     atomic_write_text(results, json.dumps(merged, indent=1, default=float) + "\n")
@@ -337,7 +347,7 @@ def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
+def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
     """The model card (Markdown) of a zoo entry from its ``zoo_entry.json`` facts and measured metrics."""
     minutes = meta.get("train_seconds")
     data = meta.get("data", {})
@@ -360,6 +370,7 @@ def render_card(meta: dict[str, Any], results: Path = RESULTS_FILE) -> str:
         lines[-1:-1] = [f"| vae | `{meta['vae']['entry']}`, swapped in at git {meta['vae']['swapped_at_git_sha'][:12]} "
                         f"(`radloop zoo swap-decoder {meta['name']} {meta['vae']['entry'].removeprefix('zoo:')}`): "
                         f"{meta['vae']['note']} |"]
+    results = results or scores_file(meta.get("dataset", "synthcxr64"))
     measured = read_json(results) if results.is_file() else {}
     metrics = measured.get("entries", {}).get(meta["name"])
     lines += ["## Measured", ""]
@@ -404,7 +415,7 @@ def _load_line(meta: dict[str, Any]) -> str:
 
 
 def refresh_card(name: str, index: ZooIndex | None = None, root: Path | None = None,
-                 results: Path = RESULTS_FILE) -> Path:
+                 results: Path | None = None) -> Path:
     """Re-write an entry's model card from its ``zoo_entry.json`` and the benchmark results."""
     index = index or load_index()
     folder = index.folder(name, root)

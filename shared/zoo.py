@@ -7,29 +7,44 @@ safetensors, a model card ``README.md`` and ``zoo_entry.json``), one sub-folder 
 
 ``zoo:radclip_small`` names an entry wherever it is unique; ``zoo:synthcxr64/radclip_small`` names it
 in full. Every ``from_pretrained`` of the suite takes either form or a plain path. The zoo folder is
-the repository's ``zoo/`` unless ``RADLOOP_ZOO`` points elsewhere. Training and exporting entries is
+``$RADLOOP_ZOO`` when set, else the repository's ``zoo/`` (a source checkout), else the installed
+``radloop_zoo`` package (``pip install ./zoo``: the zoo as its own distribution, for a RadLoop
+installed outside the repository). Training and exporting entries is
 the CLI's business (``radloop zoo``); this module only resolves names, so loading needs no import
 beyond the model's own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
-__all__ = ["ZOO_PREFIX", "ZOO_ENV", "ENTRY_FILE", "zoo_root", "zoo_entries", "resolve_zoo", "is_zoo_name"]
+__all__ = ["ZOO_PREFIX", "ZOO_ENV", "ZOO_PACKAGE", "ENTRY_FILE", "zoo_root", "zoo_entries", "resolve_zoo",
+           "is_zoo_name"]
 
 ZOO_PREFIX = "zoo:"
 #: environment variable that moves the zoo folder (tests, installed copies)
 ZOO_ENV = "RADLOOP_ZOO"
+#: the import name of the zoo's own distribution (``zoo/pyproject.toml``)
+ZOO_PACKAGE = "radloop_zoo"
 #: what makes a folder a zoo entry (written by ``radloop zoo export``)
 ENTRY_FILE = "zoo_entry.json"
 
 
 def zoo_root() -> Path:
-    """The zoo folder: ``$RADLOOP_ZOO`` or the repository's ``zoo/``."""
+    """The zoo folder: ``$RADLOOP_ZOO``, else the repository's ``zoo/``, else the installed ``radloop_zoo``."""
     env = os.environ.get(ZOO_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "zoo"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "zoo"
+    if checkout.is_dir():
+        return checkout
+    # located, never imported: the package is data
+    spec = importlib.util.find_spec(ZOO_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout  # absent: resolve_zoo then names it and says how to install the zoo
 
 
 def zoo_entries(root: str | os.PathLike[str] | None = None) -> dict[str, Path]:
@@ -64,5 +79,6 @@ def resolve_zoo(name_or_path: str | os.PathLike[str], root: str | os.PathLike[st
     if matches:
         raise ValueError(f"zoo:{name} is ambiguous: {', '.join('zoo:' + m for m in matches)}")
     known = ", ".join(entries) or "none"
+    hint = "" if entries else "; outside the repository install the zoo with `pip install ./zoo` or set RADLOOP_ZOO"
     raise FileNotFoundError(f"no zoo entry '{name}' under {root or zoo_root()} (known: {known}); "
-                            f"`radloop zoo list` shows what can be trained")
+                            f"`radloop zoo list` shows what can be trained{hint}")

@@ -29,6 +29,38 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+@pytest.fixture(scope="module")
+def zoo_wheel(wheel) -> Path:
+    """The zoo as its own distribution (``zoo/pyproject.toml``), built from the same copy of the sources."""
+    out = wheel.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(out / "src" / "zoo"), "--no-deps",
+                    "--no-build-isolation", "--no-index", "-q", "-w", str(out)], check=True, cwd=out, timeout=300)
+    (found,) = out.glob("radloop_zoo-*.whl")
+    return found
+
+
+def _fresh_venv(tmp_path: Path, *wheels: Path) -> tuple[Path, Path]:
+    """A venv outside the repo holding only ``wheels``; torch and the other dependencies come from this
+    environment's site-packages through a ``.pth`` line (whose own ``.pth`` files, the editable install's
+    finder among them, are not processed). Returns (python, its site-packages)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
+                    *map(str, wheels)], check=True, timeout=300)
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (purelib / "radloop_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, purelib
+
+
+def _run_outside(python: Path, script: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RADLOOP_ZOO")}
+    run = subprocess.run([str(python), "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
 def test_wheel_holds_every_model_config(wheel):
     from radloop.registries import list_families, load_registries
     from shared.registry import get_registry
@@ -46,14 +78,7 @@ def test_installed_wheel_builds_every_registered_model(wheel, tmp_path):
     """A fresh venv outside the repo: the wheel alone provides radloop; torch and the other
     dependencies come from this environment's site-packages through a ``.pth`` line (whose own
     ``.pth`` files, the editable install's finder among them, are not processed)."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, timeout=300)
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
-    (purelib / "radloop_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python, purelib = _fresh_venv(tmp_path, wheel)
     script = f"""
 import shared
 from pathlib import Path
@@ -80,8 +105,27 @@ for family, names in list_models().items():
             reg.config(name)
 print("built", built)
 """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert int(run.stdout.split()[-1]) >= 20
+    assert int(_run_outside(python, script, tmp_path).split()[-1]) >= 20
+
+
+def test_installed_wheels_load_zoo_entries_and_generate(wheel, zoo_wheel, tmp_path):
+    """radloop + radloop_zoo installed outside the repo, no RADLOOP_ZOO: zoo:ifnet writes a report and
+    zoo:ldm64 draws an X-ray, both found through the installed zoo package."""
+    python, purelib = _fresh_venv(tmp_path, wheel, zoo_wheel)
+    script = f"""
+from pathlib import Path
+import torch
+from shared.zoo import zoo_root
+assert zoo_root().is_relative_to(Path(r'{purelib}')), zoo_root()
+from image2report.generator import ReportGenerator
+from report2image import ReportToCXRPipeline
+pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm64")
+image = pipe.generate_batched(["Large left pleural effusion."], batch_size=1, seed=0, output_type="pt",
+                              num_inference_steps=2)
+assert image.shape[-1] == 64 and 0 <= float(image.min()) and float(image.max()) <= 1, image.shape
+gen = ReportGenerator.from_pretrained("zoo:ifnet")
+texts = gen.generate(image * 2 - 1)  # (1, 1, 64, 64) in [-1, 1]
+assert len(texts) == 1 and texts[0].strip(), texts
+print("ok", texts[0])
+"""
+    assert _run_outside(python, script, tmp_path).startswith("ok")
