@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -145,8 +146,7 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float | No
     """(B,) Min-SNR-gamma loss weights of timesteps ``t``, or None when ``gamma`` is None."""
     if gamma is None:
         return None
-    alphas = scheduler.alphas_cumprod.to(t.device)[t]
-    snr = alphas / (1.0 - alphas)
+    snr = compute_snr(scheduler, t)  # diffusers': alpha_t^2 / sigma_t^2
     clipped = snr.clamp(max=gamma)
     return clipped / (snr + 1.0) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
 

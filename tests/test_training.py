@@ -176,6 +176,40 @@ def test_ema_and_accumulation(tmp_path):
     del raw
 
 
+def test_ema_is_diffusers_emamodel_at_a_constant_decay_plus_the_batchnorm_buffers():
+    """The loop's EMA = shadow * d + weight * (1 - d) from the first step, parameters and float buffers alike
+    (hand-computed), saved and restored exactly; a checkpoint in the old one-dict format still loads."""
+    from shared.training.loop import _EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    d = 0.9
+    expected = {k: v.clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+    ema = _EMA(model, d)
+    for _ in range(3):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn_like(model[0].weight))
+            model[1].running_mean.add_(1.0)
+        model.train()
+        ema.update(model)
+        for k, v in model.state_dict().items():
+            if k in expected:
+                expected[k] = d * expected[k] + (1 - d) * v
+    copy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema.copy_to(copy)
+    for k, v in expected.items():
+        torch.testing.assert_close(copy.state_dict()[k], v, rtol=1e-6, atol=1e-6)
+    again = _EMA(copy, d)
+    again.load_state_dict(ema.state_dict())
+    old = _EMA(copy, d)
+    old.load_state_dict({"decay": d, "shadow": expected})
+    for restored in (again, old):
+        target = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        restored.copy_to(target)
+        for k, v in expected.items():
+            torch.testing.assert_close(target.state_dict()[k], v, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_options(tmp_path):
     with pytest.raises(ValueError, match="select_mode"):
         Trainer(TinyRegressor(), DataLoader(_data()), _loss, TrainConfig(output_dir=str(tmp_path)), select_mode="up")

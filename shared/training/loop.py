@@ -253,27 +253,45 @@ class _Counter:
 
 
 class _EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers."""
+    """Exponential moving average at a constant ``decay``: the parameters through diffusers' ``EMAModel``, the
+    floating-point buffers (BatchNorm statistics, which ``EMAModel`` leaves out) beside it.
+
+    ``EMAModel`` is pinned to a constant decay from the first step (``min_decay=decay`` overrides its
+    ``(1 + n) / (10 + n)`` warm-up; ``update_after_step=-1`` makes its first step average instead of copy), so
+    the average is the one this loop always computed: ``shadow = decay * shadow + (1 - decay) * weight``.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
+        from diffusers.training_utils import EMAModel
+
         self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+        self.params = EMAModel(model.parameters(), decay=self.decay, min_decay=self.decay, update_after_step=-1)
+        self.param_names = [k for k, _ in model.named_parameters()]
+        self.buffers = {k: v.detach().clone() for k, v in model.named_buffers() if v.dtype.is_floating_point}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+        self.params.step(model.parameters())
+        for k, v in model.named_buffers():
+            if k in self.buffers:
+                self.buffers[k].lerp_(v.detach(), 1.0 - self.decay)
 
     def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({**model.state_dict(), **self.shadow})
+        self.params.copy_to(model.parameters())
+        model.load_state_dict({**model.state_dict(), **self.buffers})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "params": self.params.state_dict(), "buffers": self.buffers}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        if "shadow" in state:  # a checkpoint from before EMAModel: one {name: tensor} dict of both
+            shadow = state["shadow"]
+            self.params.shadow_params = [shadow[k].clone() for k in self.param_names]
+            self.buffers = {k: shadow[k].clone() for k in self.buffers}
+            return
+        self.params.load_state_dict(state["params"])
+        self.buffers = {k: v.clone() for k, v in state["buffers"].items()}
 
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
