@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from evaluation.reports import evaluate_reports
 from image2report.train import ReportExperiment, generate_reports, train_report_model
-from shared.config import atomic_save_image, atomic_write_text
+from shared.config import atomic_write_text
 from shared.data.dataset import load_records
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics.clinical import binarize, per_label_scores
@@ -51,11 +51,10 @@ from shared.text.labeler import ReportLabeler
 from .augment_sources import (
     compose_reports,
     pick_rare_findings,
-    reusable,
     sentence_pool,
-    stamp_request,
     stating_sentences,
 )
+from .generated_images import generate_into
 
 logger = logging.getLogger(__name__)
 
@@ -103,38 +102,24 @@ class AugmentExperiment:
 def write_synthetic_manifest(pipe: Any, reports_by_finding: dict[str, list[str]], out_dir: str | os.PathLike[str],
                              num_inference_steps: int | None = None, guidance_scale: float | None = None,
                              seed: int = 0, batch_size: int = 32) -> Path:
-    """Generate one image per report; write ``images/*.png`` and ``synthetic.jsonl`` (split train).
+    """Generate one image per report; write ``images/<finding>/*.png`` and ``synthetic.jsonl`` (split train).
 
-    A manifest already in ``out_dir`` with the same reports, sampler settings and seed, whose images
-    all exist, is kept as it is (a rerun does not generate again).
+    Each finding's images are one request of :func:`radloop.generated_images.generate_into` (sampling settings
+    unset: the pipeline's saved ones), so a rerun keeps what the same request drew and redraws what changed.
     """
     out = Path(out_dir)
-    path = out / "synthetic.jsonl"
-    # unset: the pipeline's sampling defaults, resolved so the stamp names what ran
-    from report2image.pipeline import SamplingConfig
-
-    sampling = getattr(pipe, "sampling", None) or SamplingConfig()
-    if num_inference_steps is None:
-        num_inference_steps = sampling.num_inference_steps
-    if guidance_scale is None:
-        guidance_scale = sampling.guidance_scale
-    request = {"reports": reports_by_finding, "num_inference_steps": num_inference_steps,
-               "guidance_scale": guidance_scale, "seed": seed}
-    if reusable(path, request):
-        logger.info("augment: reusing the synthetic studies in %s", out)
-        return path
-    (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for finding, reports in tqdm(reports_by_finding.items(), desc="augment: synthetic images", unit="finding"):
         slug = re.sub(r"\W+", "_", finding.lower())
-        images = pipe.generate_batched(reports, batch_size, seed, num_inference_steps, guidance_scale,
-                                       output_type="pil")
-        for i, (report, image) in enumerate(zip(reports, images, strict=True)):
-            sid = f"syn_{slug}_{i:04d}"
-            atomic_save_image(image, out / "images" / f"{sid}.png")
-            rows.append({"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{sid}.png"],
-                         "split": "train", "synthetic": True, "target_finding": finding})
-    return stamp_request(path, rows, request)
+        names = [f"syn_{slug}_{i:04d}" for i in range(len(reports))]
+        generate_into(out / "images" / slug, reports, names, pipe=pipe, seed=seed, batch_size=batch_size,
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, replace=True)
+        rows += [{"id": sid, "patient_id": sid, "report": report, "image_path": [f"images/{slug}/{sid}.png"],
+                  "split": "train", "synthetic": True, "target_finding": finding}
+                 for sid, report in zip(names, reports, strict=True)]
+    path = out / "synthetic.jsonl"
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def _absolute(rec: dict[str, Any], root: Path) -> dict[str, Any]:

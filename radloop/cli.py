@@ -17,13 +17,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import ConfigError, atomic_save_image, atomic_write_text, load_config, save_run_config
+from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
 from shared.data.errors import DataError
 from shared.zoo import resolve_zoo
 
 from . import __version__
 from .cli_common import echo as _echo
 from .cli_common import outside_root_flag as _outside_root_flag
+from .cli_common import renamed_flag, require
 from .cli_data import add_data as _add_data
 
 logger = logging.getLogger("radloop")
@@ -121,7 +122,7 @@ def cmd_generate_report(args: argparse.Namespace) -> int:
     from image2report.generator import ReportGenerator
     from image2report.train import generate_reports
 
-    gen = ReportGenerator.from_pretrained(args.checkpoint)
+    gen = ReportGenerator.from_pretrained(require(args, "--report-model"))
     decoding = dataclasses.replace(gen.decoding, **{k: getattr(args, k) for k in DECODING_FLAGS
                                                     if getattr(args, k) is not None})
     _echo(f"decoding: {decoding.describe()}")
@@ -146,9 +147,10 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
     reports += [""] * args.unconditional
     if not reports:
         raise ValueError("give --report TEXT (repeatable), --reports-file FILE or --unconditional N")
-    checkpoint = resolve_zoo(args.checkpoint)
+    pipeline = require(args, "--pipeline")
+    checkpoint = resolve_zoo(pipeline)
     if not (Path(checkpoint) / "model_index.json").is_file():
-        raise FileNotFoundError(f"no saved ReportToCXRPipeline in {args.checkpoint} (model_index.json missing)")
+        raise FileNotFoundError(f"no saved ReportToCXRPipeline in {pipeline} (model_index.json missing)")
     out = Path(args.out)
     with RunLock(out):  # two runs into one folder: the second refuses while the first runs
         _generate_images(args, reports, checkpoint, out)
@@ -158,37 +160,16 @@ def cmd_generate_image(args: argparse.Namespace) -> int:
 
 def _generate_images(args: argparse.Namespace, reports: list[str], checkpoint: str, out: Path) -> None:
     """The images of one `radloop generate image` request and their ``manifest.jsonl``, into ``out``."""
-    from report2image import ReportToCXRPipeline
+    from .generated_images import generate_into
 
-    # unset flags take the pipeline's saved sampling defaults, resolved here so the request names what ran
-    saved = ReportToCXRPipeline.saved_sampling(checkpoint)
-    steps = saved.num_inference_steps if args.steps is None else args.steps
-    guidance = saved.guidance_scale if args.guidance is None else args.guidance
-    sampler = saved.sampler if args.sampler is None else args.sampler
-    _echo(f"sampling: {sampler}, {steps} steps, guidance {guidance}")
-    # What this folder's images are of: a rerun of the same request skips the batches already written
-    # (each batch is seeded by its start index alone, so the result is the same); another request is refused.
-    request = {"checkpoint": str(args.checkpoint), "reports": reports, "seed": args.seed, "steps": steps,
-               "guidance": guidance, "sampler": sampler, "batch_size": args.batch_size}
-    request_file = out / ".generate_request.json"
-    if request_file.is_file() and json.loads(request_file.read_text()) != request:
-        raise FileExistsError(f"{out} holds images of another `radloop generate image` request "
-                              f"({request_file.name} differs): use another --out")
-    atomic_write_text(request_file, json.dumps(request, indent=1) + "\n")
     names = [f"generated_{i:04d}" for i in range(len(reports))]
-    starts = [k for k in range(0, len(reports), args.batch_size)
-              if not all((out / f"{n}.png").is_file() for n in names[k:k + args.batch_size])]
-    if len(starts) < -(-len(reports) // args.batch_size):
-        _echo(f"{out}: skipping the batches written by an earlier run of this request")
-    if starts:
-        pipe = ReportToCXRPipeline.from_pretrained(checkpoint)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.use_sampler(sampler)
-        for k in starts:
-            batch = pipe.generate_batched(reports[k:k + args.batch_size], args.batch_size, args.seed + k,
-                                          steps, guidance, output_type="pil")
-            for name, image in zip(names[k:k + args.batch_size], batch, strict=True):
-                atomic_save_image(image, out / f"{name}.png")
+    request, skipped = generate_into(out, reports, names, pipeline=checkpoint, seed=args.seed,
+                                     batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,
+                                     guidance_scale=args.guidance_scale, sampler=args.sampler)
+    _echo(f"sampling: {request['sampler']}, {request['num_inference_steps']} steps, "
+          f"guidance {request['guidance_scale']}")
+    if skipped:
+        _echo(f"{out}: skipping the batches written by an earlier run of this request ({skipped})")
     manifest = [{"id": name, "report": report, "image_path": [f"{name}.png"], "split": "test", "synthetic": True}
                 for name, report in zip(names, reports, strict=True)]
     atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
@@ -265,9 +246,9 @@ def cmd_app(args: argparse.Namespace) -> int:
 def cmd_roundtrip(args: argparse.Namespace) -> int:
     from .roundtrip import run_roundtrip
 
-    result = run_roundtrip(args.diffusion, args.report_model, args.annotation, args.split, args.n, args.steps,
-                           args.guidance, args.seed, ceiling=args.ceiling, image_root=args.image_root,
-                           allow_outside_root=args.allow_outside_root)
+    result = run_roundtrip(require(args, "--pipeline"), args.report_model, args.annotation, args.split, args.n,
+                           args.num_inference_steps, args.guidance_scale, args.seed, ceiling=args.ceiling,
+                           image_root=args.image_root, allow_outside_root=args.allow_outside_root)
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1, default=float) + "\n")
     for label, part in (("generator", result), ("ceiling: SynthCXR's renderer", result.get("ceiling"))):
@@ -427,13 +408,20 @@ def _decoding_flags(p: argparse.ArgumentParser) -> None:
                    help="forbid repeating n-grams of this size, 0 = off (default: the model's)")
 
 
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Steps and guidance under diffusers' names (the old --steps / --guidance still work for one release)."""
+    renamed_flag(p, "--num-inference-steps", "--steps", type=int, help="sampler steps (default: the pipeline's)")
+    renamed_flag(p, "--guidance-scale", "--guidance", type=float,
+                 help="classifier-free guidance scale, 1 = off (default: the pipeline's)")
+
+
 def _add_generate(verbs: argparse._SubParsersAction) -> None:
     """`radloop generate report|image`."""
     generate = verbs.add_parser("generate", help="generate with a trained model").add_subparsers(
         dest="generate_verb", metavar="<what>", required=True)
     p = generate.add_parser("report", help="write reports for one split of an annotation",
                             description="Writes {study id: report} JSON, ready for `radloop evaluate reports`.")
-    p.add_argument("--checkpoint", required=True, help="a report-model folder (e.g. runs/report/best)")
+    renamed_flag(p, "--report-model", "--checkpoint", help="a report-model folder or zoo: name (required)")
     p.add_argument("--annotation", required=True, help="annotation.json / manifest with the images")
     p.add_argument("--image-root", dest="image_root",
                    help="folder the image paths are relative to (default: beside the annotation, or its images/)")
@@ -445,13 +433,12 @@ def _add_generate(verbs: argparse._SubParsersAction) -> None:
 
     p = generate.add_parser("image", help="draw chest X-rays from reports with a trained diffusion pipeline",
                             description="Writes one PNG per report and a manifest.jsonl (synthetic=true).")
-    p.add_argument("--checkpoint", required=True, help="a pipeline folder (e.g. runs/diffusion/best)")
+    renamed_flag(p, "--pipeline", "--checkpoint", help="a pipeline folder or zoo: name (required)")
     p.add_argument("--report", action="append", help="report text (repeatable)")
     p.add_argument("--reports-file", dest="reports_file", help="a text file, one report a line")
     p.add_argument("--unconditional", type=int, default=0, metavar="N",
                    help="also draw N samples without a report (an empty --report is refused)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = off (default: the pipeline's)")
+    _sampling_flags(p)
     p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), help="default: the pipeline's")
     p.add_argument("--seed", type=int, default=0, help="the batch from report k on is seeded with seed + k")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
@@ -489,13 +476,12 @@ def _add_workflows(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_app)
 
     p = verbs.add_parser("roundtrip", help="report -> image -> report and image -> report -> image")
-    p.add_argument("--diffusion", required=True, help="a ReportToCXRPipeline folder")
+    renamed_flag(p, "--pipeline", "--diffusion", help="a ReportToCXRPipeline folder or zoo: name (required)")
     p.add_argument("--report-model", dest="report_model", required=True, help="a report-model folder")
     p.add_argument("--annotation", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=64, help="studies")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    _sampling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-root", dest="image_root",
                    help="folder the annotation's image paths are relative to (default: beside it, or its images/)")

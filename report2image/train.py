@@ -44,7 +44,7 @@ from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_ev
 from shared.training.loop import save_folder_atomically
 from shared.zoo import resolve_zoo
 
-from .autoencoder import AutoencoderLossConfig, fit_autoencoder
+from .autoencoder import AutoencoderLossConfig, ImagesOnly, fit_autoencoder
 from .conditioning import ConditionOutput, ReportConditioner, attributes_from_results
 from .losses import DiffusionLoss
 from .models import build_autoencoder, build_unet, load_ldm_config
@@ -53,7 +53,7 @@ from .pipeline import ReportToCXRPipeline, backbone_image_embeds, backbone_text_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiffusionExperiment", "train_diffusion", "train_autoencoder", "DiffusionPairs", "LatentDiffusionModel",
+__all__ = ["DiffusionExperiment", "train_diffusion", "DiffusionPairs", "LatentDiffusionModel",
            "noise_scheduler", "CachedPairs", "training_target", "min_snr_weights", "TextEncoderSwapExperiment",
            "swap_text_encoder", "check_text_encoder_swap"]
 
@@ -103,12 +103,13 @@ class DiffusionLossConfig:
 
 
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(AutoencoderLossConfig):
+    """Stage 1 inside ``radloop train diffusion`` when no ``model.autoencoder`` is given: the loss weights of
+    ``radloop train autoencoder`` (the same :class:`~report2image.autoencoder.AutoencoderLossConfig`) plus its
+    length; the same :func:`~report2image.autoencoder.fit_autoencoder` trains it, without validation."""
+
     steps: int = 300
     learning_rate: float = 1e-3
-    kl_weight: float = 1e-6
-    ssim_weight: float = 0.0
-    gradient_weight: float = 0.0
     batch_size: int = 32
 
 
@@ -284,30 +285,17 @@ class CachedPairs(Dataset):
         return item
 
 
-def train_autoencoder(vae: AutoencoderKL, train_ds: DiffusionPairs, cfg: AutoencoderTrainConfig, output_dir: Path,
-                      seed: int) -> AutoencoderKL:
-    """Stage 1 inside ``radloop train diffusion`` (:func:`report2image.autoencoder.fit_autoencoder` with
-    this section's weights, no validation); returns the ``final`` autoencoder with its ``scaling_factor``."""
-    tcfg = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
-                       eval_every=cfg.steps, checkpoint_every=cfg.steps, log_every=max(cfg.steps // 5, 1),
-                       warmup_steps=min(20, cfg.steps // 10), seed=seed)
-    loss = AutoencoderLossConfig(kl_weight=cfg.kl_weight, ssim_weight=cfg.ssim_weight,
-                                 gradient_weight=cfg.gradient_weight)
-    fit_autoencoder(vae, _Images(train_ds), None, loss, tcfg, cfg.batch_size)
-    return AutoencoderKL.from_pretrained(output_dir / "final")
-
-
-class _Images(Dataset):
-    """The images of :class:`DiffusionPairs` as the autoencoder trainer reads them."""
-
-    def __init__(self, pairs: DiffusionPairs) -> None:
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.pairs.base[index]["images"][0]}
+def _fit_stage1(vae: AutoencoderKL, cfg: DiffusionExperiment, size: int) -> AutoencoderKL:
+    """Stage 1: :func:`report2image.autoencoder.fit_autoencoder` on this recipe's training images with the
+    ``autoencoder`` section's weights; returns the ``final`` autoencoder with its ``scaling_factor``."""
+    ae, out = cfg.autoencoder, Path(cfg.train.output_dir) / "autoencoder"
+    tcfg = TrainConfig(output_dir=str(out), max_steps=ae.steps, learning_rate=ae.learning_rate,
+                       eval_every=ae.steps, checkpoint_every=ae.steps, log_every=max(ae.steps // 5, 1),
+                       warmup_steps=min(20, ae.steps // 10), seed=cfg.train.seed)
+    images = ImagesOnly(cfg.data.annotation, "train", size, cfg.data.image_root,
+                        allow_outside_root=cfg.data.allow_outside_root)
+    fit_autoencoder(vae, images, None, ae, tcfg, ae.batch_size)
+    return AutoencoderKL.from_pretrained(out / "final")
 
 
 # -- stage 2: UNet + conditioner ----------------------------------------------------------
@@ -381,7 +369,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
 
     # 1. frozen parts: the backbone and the autoencoder (trained here unless given)
     backbone = _load_backbone(mcfg.backbone, train_ds.base.reports).eval().requires_grad_(False)
-    vae = _autoencoder(cfg, ldm, train_ds).eval().requires_grad_(False)
+    vae = _autoencoder(cfg, ldm).eval().requires_grad_(False)
     # 2. what is trained: UNet, conditioner, noise-filter state
     conditioner = ReportConditioner(text_width=backbone.text_width, embed_dim=backbone.embed_dim,
                                     use_refiner=mcfg.use_refiner, use_attributes=mcfg.use_attributes,
@@ -407,7 +395,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     return result
 
 
-def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any], train_ds: DiffusionPairs) -> AutoencoderKL:
+def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any]) -> AutoencoderKL:
     """The given autoencoder, the one an earlier run of this folder trained, or a new one trained now."""
     out = Path(cfg.train.output_dir)
     if cfg.model.autoencoder:
@@ -415,7 +403,7 @@ def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any], train_ds: Diffus
     if (out / "autoencoder" / "final").is_dir():
         logger.info("reusing the autoencoder in %s", out / "autoencoder" / "final")
         return AutoencoderKL.from_pretrained(out / "autoencoder" / "final")
-    return train_autoencoder(build_autoencoder(ldm), train_ds, cfg.autoencoder, out / "autoencoder", cfg.train.seed)
+    return _fit_stage1(build_autoencoder(ldm), cfg, int(ldm["image_size"]))
 
 
 def _unet_step(scheduler: DDPMScheduler, scaling_factor: float, objective: DiffusionLoss,

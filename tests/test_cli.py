@@ -145,7 +145,7 @@ def test_train_refuses_a_folder_another_run_holds_and_keeps_its_config(tmp_path,
     ["synth", "--patients", "2", "--size", "32", "--out", "{out}"],
     ["demo", "--quick", "--out", "{out}"],
     ["augment", "output_dir={out}"],
-    ["generate", "image", "--checkpoint", "zoo:ldm64", "--report", "Small left effusion.", "--out", "{out}"],
+    ["generate", "image", "--pipeline", "zoo:ldm64", "--report", "Small left effusion.", "--out", "{out}"],
 ])
 def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(tmp_path, capsys, argv):
     import os
@@ -160,3 +160,29 @@ def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith("radloop: error:") and err.count("\n") == 1 and "is in use by another run (pid 1" in err
     assert sorted(p.name for p in out.iterdir()) == [".radloop.lock"]  # nothing written
+
+
+def test_diffusers_names_with_the_old_flags_accepted_for_one_release(capsys):
+    """--pipeline / --num-inference-steps / --guidance-scale (diffusers' names); --checkpoint, --diffusion,
+    --steps and --guidance still parse into them, with a deprecation line, and are hidden from --help."""
+    from radloop.cli import build_parser
+
+    parser = build_parser(with_trainers=False)
+    new = parser.parse_args(["generate", "image", "--pipeline", "P", "--num-inference-steps", "3",
+                             "--guidance-scale", "2.5", "--report", "x", "--out", "o"])
+    old = parser.parse_args(["generate", "image", "--checkpoint", "P", "--steps", "3", "--guidance", "2.5",
+                             "--report", "x", "--out", "o"])
+    for args in (new, old):
+        assert (args.pipeline, args.num_inference_steps, args.guidance_scale) == ("P", 3, 2.5)
+    err = capsys.readouterr().err
+    assert "--checkpoint is deprecated and goes in the next release; use --pipeline" in err
+    assert "--steps is deprecated" in err and "use --guidance-scale" in err
+    trip = parser.parse_args(["roundtrip", "--diffusion", "P", "--report-model", "R", "--annotation", "A"])
+    assert trip.pipeline == "P" and "use --pipeline" in capsys.readouterr().err
+    report = parser.parse_args(["generate", "report", "--checkpoint", "R", "--annotation", "A", "--out", "o"])
+    assert report.report_model == "R"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "image", "--help"])
+    assert "--checkpoint" not in capsys.readouterr().out
+    assert main(["generate", "image", "--report", "x", "--out", "o"]) == 2
+    assert "radloop: error: --pipeline is required" in capsys.readouterr().err

@@ -209,7 +209,7 @@ def test_train_report_reads_the_r2gen_layout_with_image_root(tmp_path):
             "train.progress=false", f"train.output_dir={tmp_path / 'run'}"]
     assert main(args) == 0
     out = tmp_path / "reports.json"
-    assert main(["generate", "report", "--checkpoint", str(tmp_path / "run" / "best"), "--annotation", str(ann),
+    assert main(["generate", "report", "--report-model", str(tmp_path / "run" / "best"), "--annotation", str(ann),
                  "--image-root", str(ann.parent / "elsewhere"), "--split", "val", "--num-beams", "1",
                  "--out", str(out)]) == 0
     assert set(json.loads(out.read_text())) == {"v"}

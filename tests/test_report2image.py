@@ -171,8 +171,8 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     history = json.loads((run / "history.json").read_text())
     assert any("val/denoising_loss" in h for h in history)
     out = tmp_path / "gen"
-    assert main(["generate", "image", "--checkpoint", str(run / "final"), "--report", "Large left pleural effusion.",
-                 "--report", "No acute cardiopulmonary abnormality.", "--unconditional", "1", "--steps", "2",
+    assert main(["generate", "image", "--pipeline", str(run / "final"), "--report", "Large left pleural effusion.",
+                 "--report", "No acute cardiopulmonary abnormality.", "--unconditional", "1", "--num-inference-steps", "2",
                  "--out", str(out)]) == 0
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["synthetic"] is True and json.loads(lines[2])["report"] == ""
@@ -311,7 +311,7 @@ def test_autoencoder_decoder_only_fine_tuning_keeps_the_latents(tmp_path, tiny_s
 def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
     from radloop.cli import main
 
-    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--out",
+    assert main(["generate", "image", "--pipeline", str(tmp_path), "--report", "x", "--out",
                  str(tmp_path / "o")]) == 2
     assert "no saved ReportToCXRPipeline" in capsys.readouterr().err
 
@@ -319,7 +319,7 @@ def test_generate_image_bad_checkpoint_is_one_line(tmp_path, capsys):
 def test_generate_image_refuses_an_empty_report(tmp_path, capsys):
     from radloop.cli import main
 
-    assert main(["generate", "image", "--checkpoint", str(tmp_path), "--report", "x", "--report", " ",
+    assert main(["generate", "image", "--pipeline", str(tmp_path), "--report", "x", "--report", " ",
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--report number 2 is empty" in err and "--unconditional N" in err and err.count("\n") == 1
@@ -557,8 +557,8 @@ def test_generate_image_rerun_skips_finished_batches_and_refuses_another_request
 
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
     out = tmp_path / "gen"
-    args = ["generate", "image", "--checkpoint", str(tmp_path / "pipe"), "--report", REPORTS[0], "--report",
-            REPORTS[1], "--report", REPORTS[2], "--steps", "2", "--batch-size", "2", "--out", str(out)]
+    args = ["generate", "image", "--pipeline", str(tmp_path / "pipe"), "--report", REPORTS[0], "--report",
+            REPORTS[1], "--report", REPORTS[2], "--num-inference-steps", "2", "--batch-size", "2", "--out", str(out)]
     assert main(args) == 0
     first = {p.name: p.read_bytes() for p in out.glob("*.png")}
     assert sorted(first) == ["generated_0000.png", "generated_0001.png", "generated_0002.png"]
@@ -725,8 +725,8 @@ def test_generate_image_takes_the_pipelines_saved_sampling(tmp_path, capsys):
     pipe = tiny_pipeline(use_identity=False)
     pipe.sampling = SamplingConfig(guidance_scale=4.5, num_inference_steps=2, sampler="ddim")
     pipe.save_pretrained(tmp_path / "pipe")
-    assert main(["generate", "image", "--checkpoint", str(tmp_path / "pipe"), "--report", REPORTS[0],
+    assert main(["generate", "image", "--pipeline", str(tmp_path / "pipe"), "--report", REPORTS[0],
                  "--out", str(tmp_path / "gen")]) == 0
     request = json.loads((tmp_path / "gen" / ".generate_request.json").read_text())
-    assert (request["guidance"], request["steps"], request["sampler"]) == (4.5, 2, "ddim")
+    assert (request["guidance_scale"], request["num_inference_steps"], request["sampler"]) == (4.5, 2, "ddim")
     assert "sampling: ddim, 2 steps, guidance 4.5" in capsys.readouterr().out

@@ -229,7 +229,7 @@ def test_saved_decoding_settings_change_what_generate_report_writes(tiny_report_
 
     def generate(name: str) -> dict[str, str]:
         path = tmp_path / name
-        assert main(["generate", "report", "--checkpoint", str(model), "--annotation", str(out / "annotation.json"),
+        assert main(["generate", "report", "--report-model", str(model), "--annotation", str(out / "annotation.json"),
                      "--split", "test", "--out", str(path)]) == 0
         return json.loads(path.read_text())
 

@@ -73,6 +73,9 @@ class _FakePipe:
     def set_progress_bar_config(self, **_):
         pass
 
+    def use_sampler(self, name):
+        self.sampler = name
+
     def generate_batched(self, reports, batch_size, seed, steps, guidance, output_type="pil"):
         from PIL import Image
 
@@ -205,8 +208,8 @@ def test_roundtrip_cli_with_the_true_renderer_ceiling(tmp_path, capsys):
     generate_dataset(data, SynthConfig(patients=6, studies_per_patient=2, size=64, seed=9, workers=1,
                                        val_fraction=0.0, test_fraction=0.5))
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
-    rc = main(["roundtrip", "--diffusion", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
-               str(data / "annotation.json"), "--n", "4", "--steps", "2", "--ceiling", "--out",
+    rc = main(["roundtrip", "--pipeline", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
+               str(data / "annotation.json"), "--n", "4", "--num-inference-steps", "2", "--ceiling", "--out",
                str(tmp_path / "trip.json")])
     assert rc == 0
     result = json.loads((tmp_path / "trip.json").read_text())
@@ -252,8 +255,8 @@ def test_roundtrip_reads_an_annotation_whose_images_are_elsewhere(tmp_path):
                                        val_fraction=0.0, test_fraction=0.5))
     annotation, pixels = _images_elsewhere(data, tmp_path)
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
-    args = ["roundtrip", "--diffusion", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
-            str(annotation), "--n", "2", "--steps", "2", "--out", str(tmp_path / "trip.json")]
+    args = ["roundtrip", "--pipeline", str(tmp_path / "pipe"), "--report-model", "zoo:uar", "--annotation",
+            str(annotation), "--n", "2", "--num-inference-steps", "2", "--out", str(tmp_path / "trip.json")]
     assert main(args) == 2  # the images are not beside the annotation: one clear error
     assert main([*args, "--image-root", str(pixels)]) == 0
     assert json.loads((tmp_path / "trip.json").read_text())["image_to_report_to_image"]["n"] == 2
