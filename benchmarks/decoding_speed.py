@@ -13,6 +13,9 @@ peak resident memory (``ru_maxrss``) is that of one model:
   generates (16 reports x 60 tokens), the measure of R2Gen's 10.1 / 25.9 ms;
 * ``train_step_s`` and ``peak_rss_mb`` of a training step (forward, backward, AdamW) on 60-token reports.
 
+``--visual resnet101`` puts R2Gen's own image tower (timm's ResNet-101, random weights) in place of the
+suite's ``cxr_resnet_small`` (1.25 M parameters), so the comparison with R2Gen's code is at an equal tower.
+
 Variants: ``after`` = the key/value cache and a 7 x 7 grid per view (the IU X-ray configs);
 ``before`` = uncached decoding (the whole prefix re-run each step) and the tower's full grid.
 Prints one JSON object (and writes it with ``--json``).
@@ -45,23 +48,24 @@ MODELS = {
 BATCH, VIEWS, TOKENS, VOCAB = 16, 2, 60, 760  # R2Gen's IU X-ray vocabulary has ~760 words
 
 
-def _build(name: str, size: int, variant: str) -> torch.nn.Module:
+def _build(name: str, size: int, variant: str, visual: str | None = None) -> torch.nn.Module:
     import image2report  # noqa: F401  (registers every decoder)
     from image2report.models import build_report_model
 
     grid = {"grid_size": 7} if variant == "after" else {}
+    tower = {"visual": visual} if visual else {}
     return build_report_model(name, VOCAB, image_size=size, max_views=VIEWS, max_length=TOKENS + 2,
-                              **MODELS[name], **grid)
+                              **MODELS[name], **grid, **tower)
 
 
-def measure(name: str, size: int, variant: str, what: str) -> dict:
+def measure(name: str, size: int, variant: str, what: str, visual: str | None = None) -> dict:
     """One measurement in this process: ``decode`` (greedy and beam) or ``train`` (one step)."""
     from image2report.decoding import DecodingConfig, decode
 
     torch.manual_seed(0)
-    model = _build(name, size, variant)
+    model = _build(name, size, variant, visual)
+    out: dict = {"parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
     images = torch.rand(BATCH, VIEWS, 1, size, size) * 2 - 1
-    out: dict = {}
     if what == "train":
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -95,8 +99,9 @@ def measure(name: str, size: int, variant: str, what: str) -> dict:
     return out
 
 
-def _run_child(name: str, size: int, variant: str, what: str, timeout: int) -> dict:
+def _run_child(name: str, size: int, variant: str, what: str, timeout: int, visual: str | None) -> dict:
     cmd = [sys.executable, __file__, "--child", name, str(size), variant, what]
+    cmd += ["--visual", visual] if visual else []
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -112,20 +117,21 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 512])
     parser.add_argument("--variants", nargs="+", default=["after", "before"], choices=("after", "before"))
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--visual", help="the image tower (default: each model's; resnet101 = R2Gen's)")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, size, variant, what = args.child
-        print(json.dumps(measure(name, int(size), variant, what)))
+        print(json.dumps(measure(name, int(size), variant, what, args.visual)))
         return
     rows = []
     for name in args.models:
         for size in args.sizes:
             for variant in args.variants:
-                row = {"model": name, "size": size, "variant": variant}
+                row = {"model": name, "size": size, "variant": variant, "visual": args.visual or "the model's"}
                 for what in ("decode", "train"):
-                    got = _run_child(name, size, variant, what, args.timeout)
+                    got = _run_child(name, size, variant, what, args.timeout, args.visual)
                     if "peak_rss_mb" in got:
                         got[f"{what}_peak_rss_mb"] = got.pop("peak_rss_mb")
                     row.update({f"{what}_{k}" if k == "error" else k: v for k, v in got.items()})
