@@ -259,13 +259,7 @@ def beam_search(step: Any, memory: torch.Tensor, bos: int, eos: int, cfg: Decodi
         tokens, scores = torch.tensor(new_tokens, dtype=torch.long, device=device), new_scores
         session.reorder(torch.tensor(parents, device=device))
         best_live = (scores.max(1).values / (tokens.shape[1] ** cfg.length_penalty)).tolist()
-        # an image is done when no live beam can beat its k finished ones, or when it has no live beam left
-        # (every continuation refused) and something finished. With the sentence rules, also when its best
-        # finished report beats every live beam: refusals thin out the finished ones, and a beam that lost its
-        # sentence to a refusal would otherwise wander to max_length (18% more steps on zoo:ifnet)
-        if all((len(finished[i]) >= k and min(f[0] for f in finished[i]) >= best_live[i])
-               or (finished[i] and best_live[i] == -float("inf"))
-               or (checking and finished[i] and max(f[0] for f in finished[i]) >= best_live[i]) for i in range(b)):
+        if all(_beams_done(finished[i], best_live[i], k, checking) for i in range(b)):
             break
     out = []
     rows = tokens.tolist()
@@ -274,6 +268,17 @@ def beam_search(step: Any, memory: torch.Tensor, bos: int, eos: int, cfg: Decodi
             finished[i].append((float(scores[i, 0]), whole_report(rows[i * k], eos, period, cfg.whole_sentences)))
         out.append(max(finished[i], key=lambda f: f[0])[1])
     return _pad(out, eos, device)
+
+
+def _beams_done(finished: list[tuple[float, list[int]]], best_live: float, k: int, checking: bool) -> bool:
+    """Whether one image's beam search is over: no live beam can beat its ``k`` finished hypotheses, or it has
+    no live beam left (every continuation refused) and something finished. With the sentence rules, also when
+    its best finished report beats every live beam: refusals thin out the finished ones, and a beam that lost its
+    sentence to a refusal would otherwise wander to max_length (18% more steps on zoo:ifnet)."""
+    if not finished:
+        return False
+    return ((len(finished) >= k and min(f[0] for f in finished) >= best_live) or best_live == -float("inf")
+            or (checking and max(f[0] for f in finished) >= best_live))
 
 
 def decode(step: Any, memory: torch.Tensor, bos: int, eos: int, cfg: DecodingConfig,

@@ -101,21 +101,8 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     model = build_report_model(mcfg.name, len(tokenizer), **{"image_size": data.image_size, "max_views": data.max_views,
                                                              "max_length": data.max_length, **dict(mcfg.options)})
     model.tokenizer = tokenizer
-    for option in ("init_visual_from", "init_lsu_from", "init_radcare_from"):
-        source = getattr(mcfg, option)
-        if source:
-            if not hasattr(model, option):
-                raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
-            getattr(model, option)(source)
-    if mcfg.freeze_visual:
-        model.freeze_visual()
-        # one grid per study through the frozen tower, without augmentation, then no image is read again
-        plain = _dataset(data, "train", False)
-        cache = GridFeatureCache.build(model, plain, data.image_size, data.resize, data.feature_cache)
-        loader = training_loader(CachedFeatureDataset(plain, cache), data.batch_size, tcfg.seed, collate_cached,
-                                 data.num_workers)
-    else:
-        loader = training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    _init_parts(model, mcfg)
+    loader = _train_loader(model, cfg, train_ds)
     val_idx = list(range(min(len(val_ds), data.val_samples)))
     labeler = ReportLabeler()
     # decoders that fuse label features (IFNet) learn from the labeler's positives of each report
@@ -153,6 +140,30 @@ def train_report_model(cfg: ReportExperiment) -> TrainResult:
     trainer = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_val, select_metric="ce_micro_f1", select_mode="max",
                       save_extra=save_extra)
     return trainer.train()
+
+
+def _init_parts(model: torch.nn.Module, mcfg: ReportModelConfig) -> None:
+    """Load the pre-trained parts the recipe names (``model.init_visual_from`` / ``init_lsu_from`` /
+    ``init_radcare_from``); one that the model has no slot for is refused by name."""
+    for option in ("init_visual_from", "init_lsu_from", "init_radcare_from"):
+        source = getattr(mcfg, option)
+        if source:
+            if not hasattr(model, option):
+                raise ValueError(f"model.{option} does not apply to report model '{mcfg.name}'")
+            getattr(model, option)(source)
+
+
+def _train_loader(model: torch.nn.Module, cfg: ReportExperiment, train_ds: ReportImageDataset) -> Any:
+    """The training loader: the images, or with ``model.freeze_visual`` the frozen tower's cached grids."""
+    data, tcfg = cfg.data, cfg.train
+    if not cfg.model.freeze_visual:
+        return training_loader(train_ds, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    model.freeze_visual()
+    # one grid per study through the frozen tower, without augmentation, then no image is read again
+    plain = _dataset(data, "train", False)
+    cache = GridFeatureCache.build(model, plain, data.image_size, data.resize, data.feature_cache)
+    return training_loader(CachedFeatureDataset(plain, cache), data.batch_size, tcfg.seed, collate_cached,
+                           data.num_workers)
 
 
 def _val_scores(preds: list[str], refs: list[str], labeler: ReportLabeler, dataset: str) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["echo", "outside_root_flag", "renamed_flag", "require"]
+__all__ = ["echo", "outside_root_flag", "renamed_flag", "require", "sampling_flags"]
 
 
 def echo(text: str = "") -> None:
@@ -47,3 +47,10 @@ def require(args: argparse.Namespace, flag: str) -> object:
     if value is None:
         raise ValueError(f"{flag} is required")
     return value
+
+
+def sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Steps and guidance under diffusers' names (the old --steps / --guidance still work for one release)."""
+    renamed_flag(p, "--num-inference-steps", "--steps", type=int, help="sampler steps (default: the pipeline's)")
+    renamed_flag(p, "--guidance-scale", "--guidance", type=float,
+                 help="classifier-free guidance scale, 1 = off (default: the pipeline's)")

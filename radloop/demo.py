@@ -257,13 +257,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
             raise FileNotFoundError(f"the demo starts from the zoo, which lacks {', '.join(missing)}: "
                                     "`radloop zoo train NAME` each, or run `radloop demo --from-scratch`")
     stage("SynthCXR data", lambda: _make_data(data, sizes, seed + (2027 if use_zoo else 0), quick))
-    if use_zoo:
-        report_exp = _zoo_report_experiment(out, annotation, sizes, seed)
-        paths = dict(ZOO_MODELS)
-    else:
-        report_exp = _train_models(out, sizes, annotation, seed, stage)
-        paths = {"diffusion": str(out / "diffusion" / "best"), "report": str(out / "report" / "best"),
-                 "judge": str(out / "classifier" / "best"), "backbone": str(out / "backbone" / "best")}
+    report_exp, paths = _models(out, annotation, sizes, seed, stage, use_zoo)
     pipe = ReportToCXRPipeline.from_pretrained(paths["diffusion"])
     pipe.set_progress_bar_config(disable=True)
     generator = ReportGenerator.from_pretrained(paths["report"],
@@ -283,19 +277,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     rt_reports, rt_images = stage("round trip", lambda: trip.both(test["reports"][:k], test["images"][:k]))
 
     # 10. the numbers and the HTML report
-    results: dict[str, Any] = {
-        "mode": "quick" if quick else "zoo" if use_zoo else "from scratch", "seed": seed,
-        "models": paths,
-        "report_metrics": _numbers(ev["reports"]), "image_metrics": ev["images"],
-        "counterfactual_metrics": cf["metrics"],
-        "augmentation": {"rare_findings": aug["rare_findings"], "verdict": aug["verdict"], "summary": aug["summary"]},
-        "roundtrip": {"report": _numbers(rt_reports), "image": _numbers(rt_images),
-                      "per_finding": rt_reports["per_finding"]},
-    }
-    answer = zoo_root() / "synthcxr64" / AUGMENT_FILE  # the zoo's precomputed augmentation answer, shipped with it
-    if use_zoo and answer.is_file():
-        results["augmentation_precomputed"] = {k: v for k, v in json.loads(answer.read_text()).items()
-                                               if k not in ("runs", "examples")}
+    results = _results("quick" if quick else "zoo" if use_zoo else "from scratch", seed, paths, ev, cf, aug,
+                       rt_reports, rt_images)
     origin = ("models from the zoo (" + ", ".join(paths.values()) + "), trained once to convergence"
               if use_zoo else "every model trained for seconds in this run")
     intro = (f"RadLoop demo on SynthCXR ({results['mode']} mode, seed {seed}): {sizes.patients} fresh patients, "
@@ -309,6 +292,35 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     results["stage_seconds"] = {name: round(sec, 1) for name, sec in stage.times}
     results["total_seconds"] = round(sum(sec for _, sec in stage.times), 1)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float) + "\n")
+    return results
+
+
+def _models(out: Path, annotation: str, sizes: DemoSizes, seed: int, stage: _Stages, use_zoo: bool
+            ) -> tuple[ReportExperiment, dict[str, str]]:
+    """The report experiment of the augmentation stage and the model folders: the zoo's, or trained now."""
+    if use_zoo:
+        return _zoo_report_experiment(out, annotation, sizes, seed), dict(ZOO_MODELS)
+    report_exp = _train_models(out, sizes, annotation, seed, stage)
+    return report_exp, {"diffusion": str(out / "diffusion" / "best"), "report": str(out / "report" / "best"),
+                        "judge": str(out / "classifier" / "best"), "backbone": str(out / "backbone" / "best")}
+
+
+def _results(mode: str, seed: int, paths: dict[str, str], ev: dict[str, Any], cf: dict[str, Any],
+             aug: dict[str, Any], rt_reports: dict[str, Any], rt_images: dict[str, Any]) -> dict[str, Any]:
+    """Every number of the run for ``results.json`` (and the page), with the zoo's precomputed augmentation
+    answer (shipped beside the zoo entries) in zoo mode."""
+    results: dict[str, Any] = {
+        "mode": mode, "seed": seed, "models": paths,
+        "report_metrics": _numbers(ev["reports"]), "image_metrics": ev["images"],
+        "counterfactual_metrics": cf["metrics"],
+        "augmentation": {"rare_findings": aug["rare_findings"], "verdict": aug["verdict"], "summary": aug["summary"]},
+        "roundtrip": {"report": _numbers(rt_reports), "image": _numbers(rt_images),
+                      "per_finding": rt_reports["per_finding"]},
+    }
+    answer = zoo_root() / "synthcxr64" / AUGMENT_FILE
+    if mode == "zoo" and answer.is_file():
+        results["augmentation_precomputed"] = {k: v for k, v in json.loads(answer.read_text()).items()
+                                               if k not in ("runs", "examples")}
     return results
 
 

@@ -91,8 +91,8 @@ def test_train_generate_and_evaluate_end_to_end(tmp_path, tiny_synth, capsys):
                  "train.max_steps=2", f"train.output_dir={run}", "train.eval_every=2", "train.progress=false",
                  "data.val_samples=4"]) == 0
     preds = tmp_path / "preds.json"
-    assert main(["generate", "report", "--report-model", str(run / "best"), "--annotation", str(out / "annotation.json"),
-                 "--split", "test", "--num-beams", "2", "--out", str(preds)]) == 0
+    assert main(["generate", "report", "--report-model", str(run / "best"), "--annotation",
+                 str(out / "annotation.json"), "--split", "test", "--num-beams", "2", "--out", str(preds)]) == 0
     generated = json.loads(preds.read_text())
     assert len(generated) > 0 and all(isinstance(v, str) for v in generated.values())
     assert main(["evaluate", "reports", "--pred", str(preds), "--ref", str(out / "annotation.json"),

@@ -40,3 +40,23 @@ def test_radloop_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_no_function_over_60_lines_and_no_module_over_500():
+    """The size rule of the house (docs/architecture.md): a function a reader takes in at once, a module a reader
+    can hold; the packages only (tests and benchmarks are scripts)."""
+    import ast
+
+    long_functions, long_modules = [], []
+    for package in ("shared", "image2report", "report2image", "evaluation", "radloop"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            if text.count("\n") > 500:
+                long_modules.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 60:
+                        long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert not long_functions, long_functions
+    assert not long_modules, long_modules

@@ -172,8 +172,8 @@ def test_train_diffusion_two_steps_then_generate_image(tmp_path, tiny_synth):
     assert any("val/denoising_loss" in h for h in history)
     out = tmp_path / "gen"
     assert main(["generate", "image", "--pipeline", str(run / "final"), "--report", "Large left pleural effusion.",
-                 "--report", "No acute cardiopulmonary abnormality.", "--unconditional", "1", "--num-inference-steps", "2",
-                 "--out", str(out)]) == 0
+                 "--report", "No acute cardiopulmonary abnormality.", "--unconditional", "1",
+                 "--num-inference-steps", "2", "--out", str(out)]) == 0
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["synthetic"] is True and json.loads(lines[2])["report"] == ""
     assert (out / "generated_0002.png").is_file()
