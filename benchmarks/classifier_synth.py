@@ -26,9 +26,9 @@ from evaluation.train_classifier import ClassifierExperiment, load_classifier, p
 from shared.backbone.train_tower import classifier_dataset
 from shared.config import load_config
 from shared.data.dataset import collate_samples
-from shared.data.synthcxr import SynthConfig, generate_dataset
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc, retrieval_metrics
+from synthcxr import SynthConfig, generate_dataset
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ from radloop.zoo import merge_results
 from report2image import ReportToCXRPipeline
 from report2image.autoencoder import latent_space_mismatch
 from shared.config import read_json
-from shared.data.synthcxr import counterfactual_edits, read_attributes
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
 from shared.zoo import ENTRY_FILE, resolve_zoo
+from synthcxr import counterfactual_edits, read_attributes
 
 
 def generate(pipe: ReportToCXRPipeline, reports: list[str], steps: int, guidance: float, seed: int,
@@ -191,8 +191,8 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
 def clean_renders(data: Path, ids: list[str], size: int) -> tuple[torch.Tensor, list[int]]:
     """Noise-free SynthCXR renders (K, 1, S, S) in [0, 1] of the studies among ``ids`` that carry no
     degradation, and their positions in ``ids``: what the images show without the quantum noise."""
-    from shared.data.synthcxr.renderer import render
-    from shared.data.synthcxr.world import Acquisition, Finding, Patient
+    from synthcxr.renderer import render
+    from synthcxr.world import Acquisition, Finding, Patient
 
     records = {r["id"]: r for r in read_attributes(data)}
     keep, images = [], []

@@ -20,7 +20,7 @@ import torch
 from evaluation.classifier import Judge
 from evaluation.loop import counterfactual_metrics
 from report2image import ReportToCXRPipeline
-from shared.data.synthcxr import counterfactual_edits
+from synthcxr import counterfactual_edits
 
 
 def _parse_setting(setting: str) -> tuple[float, float, float, int]:

@@ -4,7 +4,7 @@
     python benchmarks/iu_standin.py speed [--steps 10] [--json benchmarks/results/iu_standin_cpu2.json]
     python benchmarks/iu_standin.py score --run runs/iu_xray/baseline [--json ...]
 
-``prepare``: :func:`shared.data.synthcxr.iu_standin.render_iu_standin` draws each of the 3,955 Open-i reports
+``prepare``: :func:`synthcxr.iu_standin.render_iu_standin` draws each of the 3,955 Open-i reports
 (what the labeler reads in its findings: finding, severity, side) as a frontal + lateral pair at 224 px in
 ``NLMCXR_png``'s layout, then ``radloop data iu-xray`` imports it (R2Gen's 2,955 studies, the suite's split
 by report id). Both steps skip what is already on disk.
@@ -47,7 +47,7 @@ SHORT = {
 
 def prepare(data: Path, png: Path, workers: int) -> dict[str, Any]:
     from shared.data.importers import import_iu_xray
-    from shared.data.synthcxr.iu_standin import render_iu_standin
+    from synthcxr.iu_standin import render_iu_standin
 
     start = time.perf_counter()
     rendered = render_iu_standin(png, size=224, workers=workers)

@@ -35,9 +35,9 @@ from evaluation.train_classifier import ClassifierExperiment, load_classifier, p
 from shared.backbone.train_tower import ClassifierDataConfig, classifier_dataset
 from shared.config import load_config
 from shared.data.dataset import collate_samples
-from shared.data.synthcxr import SynthConfig, generate_dataset
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
+from synthcxr import SynthConfig, generate_dataset
 
 logger = logging.getLogger("judge_scale")
 ROOT = Path(__file__).resolve().parents[1]

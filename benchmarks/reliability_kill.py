@@ -100,7 +100,7 @@ def workflow_command(name: str, work: Path, out: Path) -> list[str]:
 
 def prepare(work: Path, steps: int, env: dict[str, str]) -> Path:
     """The inputs: a tiny SynthCXR set (every finding common), a tiny trained decoder, a reports file."""
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
 
     data = work / "data"
     if not (data / "annotation.json").is_file():

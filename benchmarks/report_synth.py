@@ -33,8 +33,8 @@ from omegaconf import OmegaConf
 
 from evaluation.reports import evaluate_reports
 from image2report.generator import ReportGenerator
+from image2report.pretrain import LSUExperiment, RadCAREExperiment, train_lsu, train_radcare
 from image2report.train import ReportExperiment, train_report_model
-from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment, train_lsu, train_radcare
 from shared.backbone.train_tower import TowerExperiment, train_tower
 from shared.config import load_config, read_json
 from shared.data.dataset import ReportImageDataset

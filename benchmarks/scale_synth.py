@@ -139,7 +139,7 @@ def main() -> None:
         _worker(args)
         return
     from shared.data.prepare import prepare_dataset
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
 
     work = Path(args.work)
     result: dict[str, Any] = {

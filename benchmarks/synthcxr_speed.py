@@ -15,7 +15,7 @@ import platform
 import tempfile
 import time
 
-from shared.data.synthcxr import SynthConfig, generate_dataset
+from synthcxr import SynthConfig, generate_dataset
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """CMCRL's VLCI fine-tuning (Chen et al., IEEE TIP 2025) as a report decoder.
 
 The image encoder is the vision side of a RadCARE-pretrained multiway transformer
-(:class:`shared.backbone.radcare.RadCARE`, ``radloop train radcare``; loaded by
+(:class:`image2report.radcare.RadCARE`, ``radloop train radcare``; loaded by
 :meth:`CMCRLReportModel.init_radcare_from`). On top of it, VLCI's two deconfounding modules:
 
 * **VDM** (visual deconfounding): without box annotations, *local* features are the ``num_local``
@@ -35,7 +35,6 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from shared.backbone.radcare import RADCARES, MultiwayBlock, RadCARE
 from shared.modeling import RadLoopModel
 
 from .kv_cache import transformer_decoder_init, transformer_decoder_next
@@ -49,6 +48,7 @@ from .models import (
     teacher_forced_ce,
     tower_grid_side,
 )
+from .radcare import RADCARES, MultiwayBlock, RadCARE
 
 __all__ = ["CMCRLReportModel", "FrontDoorIntervention", "RadCAREImageEncoder"]
 

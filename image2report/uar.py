@@ -1,9 +1,9 @@
 """UAR (Unify, Align and Refine; Li et al., ICCV 2023) as a report decoder.
 
 * **LSU**: the image becomes discrete visual tokens of a trained VQ tokenizer
-  (:class:`shared.backbone.lsu.LatentSpaceUnifier`, ``radloop train lsu``), looked up by ``W_I``;
+  (:class:`image2report.lsu.LatentSpaceUnifier`, ``radloop train lsu``), looked up by ``W_I``;
   words are looked up by ``W_R`` (eq. 1). Without LSU (ablation) CNN grid features stand in.
-* **CRA** (:class:`shared.backbone.cra.CrossModalAligner`, shared by both modalities): orthonormal
+* **CRA** (:class:`image2report.cra.CrossModalAligner`, shared by both modalities): orthonormal
   basis + dual gate (eqs. 6-9) and the triplet contrastive loss on pooled features (eq. 10).
 * **TIR**: the decoder's text-to-image attention logits get ``k * sigmoid(M)`` added (eq. 11), a
   learnable mask over (text position, visual token), with ``L_mask = mean(1 - sigmoid(M))`` (eq. 12;
@@ -25,11 +25,11 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
-from shared.backbone.lsu import LSUS, LatentSpaceUnifier
 from shared.modeling import RadLoopModel
 
+from .cra import CrossModalAligner, TripletContrastiveLoss
 from .kv_cache import transformer_decoder_init, transformer_decoder_next
+from .lsu import LSUS, LatentSpaceUnifier
 from .models import (
     REPORT_DECODERS,
     GridVisualMixin,

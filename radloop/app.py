@@ -102,7 +102,7 @@ def load_models(pipeline: str = "zoo:ldm64", report_model: str = "zoo:uar", judg
 
 def synth_examples(size: int, n: int, seed: int = 0) -> list[Example]:
     """``n`` SynthCXR test studies with an edit each (the true counterfactual rendered by SynthCXR)."""
-    from shared.data.synthcxr import SynthConfig, counterfactual_edits, generate_dataset
+    from synthcxr import SynthConfig, counterfactual_edits, generate_dataset
 
     folder = Path(tempfile.mkdtemp(prefix="radloop_app_"))
     generate_dataset(folder, SynthConfig(patients=max(n, 4), studies_per_patient=1, size=size, seed=seed,

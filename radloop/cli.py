@@ -31,13 +31,13 @@ from .cli_workflows import add_workflows
 logger = logging.getLogger("radloop")
 
 def _synth_defaults() -> dict:
-    from shared.data.synthcxr import SynthConfig
+    from synthcxr import SynthConfig
 
     return {"synth": asdict(SynthConfig())}
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shared.data.synthcxr import SynthConfig, contact_sheet, generate_dataset
+    from synthcxr import SynthConfig, contact_sheet, generate_dataset
 
     overrides = list(args.overrides)
     for flag, key in (("patients", "patients"), ("studies_per_patient", "studies_per_patient"),

@@ -48,11 +48,11 @@ from report2image.train import (
 )
 from shared.backbone.train import BackboneDataConfig, BackboneExperiment, BackboneModelConfig, train_backbone
 from shared.config import atomic_write_text
-from shared.data.synthcxr import SynthConfig, counterfactual_edits, generate_dataset, read_attributes
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig
 from shared.zoo import resolve_zoo, zoo_root
+from synthcxr import SynthConfig, counterfactual_edits, generate_dataset, read_attributes
 
 from .augment import AugmentExperiment, run_augment
 from .html_report import DemoPage, write_demo_report

@@ -27,8 +27,8 @@ from image2report.generator import ReportGenerator
 from report2image import ReportToCXRPipeline
 from report2image.pipeline import backbone_image_embeds
 from shared.data.image_processor import to_model_range
-from shared.data.synthcxr import FINDING_SPECS, Acquisition, Finding, Patient, read_attributes, render, stable_seed
 from shared.text.labeler import ReportLabeler
+from synthcxr import FINDING_SPECS, Acquisition, Finding, Patient, read_attributes, render, stable_seed
 
 logger = logging.getLogger(__name__)
 

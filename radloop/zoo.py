@@ -113,7 +113,7 @@ def ensure_data(index: ZooIndex, test: bool = False) -> Path:
     from omegaconf import OmegaConf
 
     from shared.config import load_config
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
 
     config, out = (index.test_data, index.test_data_dir) if test else (index.data, index.data_dir)
     if (out / "annotation.json").is_file():

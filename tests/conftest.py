@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from shared.data.synthcxr import SynthConfig, generate_dataset
+from synthcxr import SynthConfig, generate_dataset
 
 
 @pytest.fixture(scope="session")

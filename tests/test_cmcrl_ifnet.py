@@ -9,8 +9,8 @@ from image2report.cmcrl import CMCRLReportModel, FrontDoorIntervention
 from image2report.generator import ReportGenerator
 from image2report.ifnet import IFNetReportModel, ImageEnhancer, LinearAttention
 from image2report.models import REPORT_DECODERS, build_report_model
+from image2report.radcare import build_radcare
 from radloop.cli import main
-from shared.backbone.radcare import build_radcare
 from shared.text.tokenizer import ReportTokenizer
 
 TOK = ReportTokenizer.fit(["no pleural effusion.", "small left pleural effusion.", "moderate cardiomegaly."] * 3)

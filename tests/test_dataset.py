@@ -184,9 +184,9 @@ def test_image_root_points_anywhere_and_a_bad_one_is_named(tmp_path):
 
 def test_every_experiment_config_takes_data_image_root(tmp_path):
     from evaluation.train_classifier import ClassifierExperiment
+    from image2report.pretrain import LSUExperiment, RadCAREExperiment
     from image2report.train import ReportExperiment
     from report2image.train import DiffusionExperiment
-    from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment
     from shared.backbone.train import BackboneExperiment
     from shared.backbone.train_tower import TowerExperiment
     from shared.config import load_config

@@ -15,7 +15,7 @@ from radloop.cli import main
 from shared.data.dataset import DataError, ReportImageDataset
 from shared.data.importers import import_iu_xray, import_mimic_cxr, report_sections
 from shared.data.iu_xray import find_iu_reports_archive, iu_split, read_iu_reports
-from shared.data.synthcxr.iu_standin import render_iu_standin
+from synthcxr.iu_standin import render_iu_standin
 
 
 @pytest.fixture(scope="module")

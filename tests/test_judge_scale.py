@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from shared.data.synthcxr import SynthConfig, generate_dataset
+from synthcxr import SynthConfig, generate_dataset
 
 
 def test_judge_scale_trains_and_scores_a_judge_per_size(tmp_path, load_benchmark, monkeypatch):

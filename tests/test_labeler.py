@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from shared.data.synthcxr import FINDING_SPECS, sample_findings, write_report
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import FindingAttributes, LLMAttributeExtractor, ReportLabeler
+from synthcxr import FINDING_SPECS, sample_findings, write_report
 
 LAB = ReportLabeler()
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from evaluation.loop import counterfactual_metrics, image_round_trip, psnr, report_round_trip
-from shared.data.synthcxr import Acquisition, Finding, render, sample_patient
+from synthcxr import Acquisition, Finding, render, sample_patient
 
 REPORTS = ["Small right pleural effusion. The heart is normal in size.", "Moderate cardiomegaly.",
            "No acute cardiopulmonary abnormality."]

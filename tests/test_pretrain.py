@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from image2report.cra import CrossModalAligner, TripletContrastiveLoss
+from image2report.lsu import LatentSpaceUnifier, build_lsu
+from image2report.radcare import RadCARE, RadCAREWeights, build_radcare
 from radloop.cli import main
-from shared.backbone.cra import CrossModalAligner, TripletContrastiveLoss
-from shared.backbone.lsu import LatentSpaceUnifier, build_lsu
-from shared.backbone.radcare import RadCARE, RadCAREWeights, build_radcare
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 2, 0, 0], [1, 9, 10, 11, 2, 0, 0, 0], [1, 12, 13, 14, 15, 16, 17, 2]])
 

@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from image2report.models import build_report_model
+from image2report.pretrain import LSUExperiment, RadCAREExperiment
 from image2report.train import ReportExperiment
 from shared.backbone.classifier import TOWER_PRETRAINERS
-from shared.backbone.pretrain import LSUExperiment, RadCAREExperiment
 from shared.backbone.train_tower import TowerExperiment
 from shared.config import ConfigError, load_config
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.data.synthcxr import (
+from shared.labels import CHEXPERT_LABELS, image_labels
+from synthcxr import (
     DEFAULT_PREVALENCE,
     FINDING_SPECS,
     Acquisition,
@@ -22,7 +23,6 @@ from shared.data.synthcxr import (
     sample_patient,
     write_report,
 )
-from shared.labels import CHEXPERT_LABELS, image_labels
 
 SIZE = 64
 
@@ -255,7 +255,7 @@ def test_contact_sheet(tmp_path):
 
 
 def test_counterfactual_edits_change_only_the_edited_finding(tiny_synth):
-    from shared.data.synthcxr import counterfactual_edits
+    from synthcxr import counterfactual_edits
 
     out, _ = tiny_synth
     edits = counterfactual_edits(out, "train", n=6, seed=0)

@@ -89,8 +89,8 @@ def test_train_uar_two_steps_with_a_trained_lsu(tmp_path, tiny_synth):
 
 
 def test_an_lsu_tokenizer_of_another_size_is_named_not_a_runtime_error(tmp_path):
+    from image2report.lsu import build_lsu
     from image2report.models import build_report_model
-    from shared.backbone.lsu import build_lsu
 
     build_lsu("lsu_tiny", 50).save_pretrained(tmp_path / "lsu")
     named = r"another size .* model.options.lsu='lsu_small' .* set model.options.lsu=lsu_tiny"

@@ -163,7 +163,7 @@ def test_precomputed_augmentation_is_labelled_and_escaped():
 
 def test_findings_from_report_reads_back_what_synthcxr_wrote():
     from radloop.roundtrip import findings_from_report
-    from shared.data.synthcxr import Finding, write_report
+    from synthcxr import Finding, write_report
 
     truth = [Finding("Pleural Effusion", severity="large", laterality="left"),
              Finding("Pneumothorax", severity="small", laterality="right"), Finding("Cardiomegaly", severity="mild")]
@@ -180,7 +180,7 @@ def test_true_renderer_redraws_a_clean_normal_study_exactly(tmp_path):
     from PIL import Image
 
     from radloop.roundtrip import TrueRenderer
-    from shared.data.synthcxr import SynthConfig, generate_dataset, read_attributes
+    from synthcxr import SynthConfig, generate_dataset, read_attributes
 
     data = tmp_path / "synth"
     generate_dataset(data, SynthConfig(patients=8, studies_per_patient=2, size=32, seed=5, workers=1,
@@ -201,7 +201,7 @@ def test_true_renderer_redraws_a_clean_normal_study_exactly(tmp_path):
 
 
 def test_roundtrip_cli_with_the_true_renderer_ceiling(tmp_path, capsys):
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
     from tests.test_report2image import tiny_pipeline
 
     data = tmp_path / "synth"
@@ -247,7 +247,7 @@ def _images_elsewhere(data, tmp_path):
 
 
 def test_roundtrip_reads_an_annotation_whose_images_are_elsewhere(tmp_path):
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
     from tests.test_report2image import tiny_pipeline
 
     data = tmp_path / "synth"

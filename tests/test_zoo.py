@@ -297,7 +297,7 @@ SHIPPED = ["radclip_small", "radclip_small_iu", "baseline", "uar", "ifnet", "cmc
 @pytest.fixture(scope="module")
 def fresh_synth(tmp_path_factory):
     """64 fresh SynthCXR studies at the zoo's 64 px, from a seed no zoo training used."""
-    from shared.data.synthcxr import SynthConfig, generate_dataset
+    from synthcxr import SynthConfig, generate_dataset
 
     out = tmp_path_factory.mktemp("fresh")
     generate_dataset(out, SynthConfig(patients=22, studies_per_patient=3, size=64, seed=4242, val_fraction=0.0,
@@ -460,7 +460,7 @@ def test_zoo_diffusion_draws_the_finding_the_report_states(monkeypatch, zoo_judg
 
 def test_zoo_masked_edit_keeps_the_image_outside_its_mask(monkeypatch, fresh_synth):
     from report2image import ReportToCXRPipeline
-    from shared.data.synthcxr import counterfactual_edits
+    from synthcxr import counterfactual_edits
 
     monkeypatch.delenv(ZOO_ENV, raising=False)
     pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm64")

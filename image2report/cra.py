@@ -20,7 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..modeling import RadLoopModel
+from shared.modeling import RadLoopModel
 
 __all__ = ["CrossModalAligner", "CRAOutput", "TripletContrastiveLoss", "DualGate"]
 

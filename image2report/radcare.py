@@ -24,8 +24,8 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..modeling import RadLoopModel
-from ..registry import Registry
+from shared.modeling import RadLoopModel
+from shared.registry import Registry
 
 __all__ = ["RadCARE", "MultiwayBlock", "RADCARES", "build_radcare", "OBJECTIVES", "RadCAREWeights"]
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...labels import CHEXPERT_LABELS, finalize_report_labels, merge_mentions
+from shared.labels import CHEXPERT_LABELS, finalize_report_labels, merge_mentions
+
 from .world import Finding
 
 __all__ = ["SynthReport", "write_report"]

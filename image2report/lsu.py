@@ -17,8 +17,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..modeling import RadLoopModel
-from ..registry import Registry
+from shared.modeling import RadLoopModel
+from shared.registry import Registry
 
 __all__ = ["LatentSpaceUnifier", "LSUOutput", "LSUS", "build_lsu"]
 

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.dataset import collate_samples
-from ..training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything
+from shared.backbone.train import BackboneDataConfig, prepare_pairs
+from shared.data.dataset import collate_samples
+from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything
+
 from .lsu import LSUS, build_lsu
 from .radcare import RADCARES, RadCAREWeights, build_radcare
-from .train import BackboneDataConfig, prepare_pairs
 
 __all__ = ["LSUExperiment", "RadCAREExperiment", "train_lsu", "train_radcare"]
 

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ...config import atomic_write_bytes, atomic_write_text
-from ...labels import CHEXPERT_LABELS, image_labels
+from shared.config import atomic_write_bytes, atomic_write_text
+from shared.labels import CHEXPERT_LABELS, image_labels
+
 from .renderer import render
 from .reports import write_report
 from .world import (
