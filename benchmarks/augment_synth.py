@@ -25,7 +25,8 @@ import torch
 from omegaconf import OmegaConf
 
 from radloop.augment import AugmentExperiment, run_augment
-from shared.config import atomic_write_text, load_config
+from shared.config import load_config
+from shared.io import atomic_write_text
 
 
 def main() -> None:

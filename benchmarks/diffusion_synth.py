@@ -37,7 +37,7 @@ from evaluation.loop import counterfactual_metrics
 from radloop.zoo import merge_results
 from report2image import ReportToCXRPipeline
 from report2image.autoencoder import latent_space_mismatch
-from shared.config import read_json
+from shared.io import read_json
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
 from shared.zoo import ENTRY_FILE, resolve_zoo

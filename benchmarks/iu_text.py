@@ -39,9 +39,9 @@ from radloop.zoo import load_index, merge_results
 from report2image import ReportToCXRPipeline
 from shared.backbone.clip import RadCLIP
 from shared.backbone.text_align import text_side_metrics
-from shared.config import atomic_write_text
 from shared.data.dataset import load_records
 from shared.data.iu_xray import read_iu_reports, split_iu_reports
+from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
 from shared.text.labeler import ReportLabeler

@@ -31,9 +31,10 @@ import numpy as np
 from PIL import Image
 
 from radloop.cli import main as radloop
-from shared.config import ConfigError, atomic_write_text, load_config
+from shared.config import ConfigError, load_config
 from shared.data.dataset import DataError, ReportImageDataset, load_records
 from shared.data.xray_file import read_xray
+from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer

@@ -36,8 +36,9 @@ from image2report.generator import ReportGenerator
 from image2report.pretrain import LSUExperiment, RadCAREExperiment, train_lsu, train_radcare
 from image2report.train import ReportExperiment, train_report_model
 from shared.backbone.train_tower import TowerExperiment, train_tower
-from shared.config import load_config, read_json
+from shared.config import load_config
 from shared.data.dataset import ReportImageDataset
+from shared.io import read_json
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import aggregate_seeds, clinical_efficacy
 from shared.text.labeler import ReportLabeler

@@ -38,8 +38,8 @@ from radloop.zoo import load_index
 from shared.backbone import RadCLIP
 from shared.backbone.train import embed_dataset
 from shared.backbone.zero_shot import zero_shot_probabilities
-from shared.config import read_json
 from shared.data.dataset import ReportImageDataset
+from shared.io import read_json
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics.auroc import multilabel_auroc
 from shared.metrics.retrieval import retrieval_metrics

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import read_json
+from shared.io import read_json
 from shared.metrics.clinical import clinical_efficacy
 from shared.metrics.nlg import align, nlg_scores
 from shared.metrics.report_quality import report_quality_scores

@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 
 from evaluation.reports import evaluate_reports
 from image2report.train import ReportExperiment, generate_reports, train_report_model
-from shared.config import atomic_write_text
 from shared.data.dataset import load_records
+from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics.clinical import binarize, per_label_scores
 from shared.metrics.stats import approximate_randomization, mean_ci

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.config import atomic_save_image, atomic_write_text
 from shared.data.dataset import load_records, to_grey
+from shared.io import atomic_save_image, atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics.clinical import binarize
 from shared.metrics.report_quality import contradicted, said_values

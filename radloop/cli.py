@@ -17,8 +17,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
+from shared.config import ConfigError, load_config, save_run_config
 from shared.data.errors import DataError
+from shared.io import atomic_write_text
 from shared.zoo import resolve_zoo
 
 from . import __version__

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
+from shared.config import ConfigError, load_config, save_run_config
+from shared.io import atomic_write_text
 
 from .cli_common import echo as _echo
 from .cli_common import outside_root_flag as _outside_root_flag

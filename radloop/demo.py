@@ -47,7 +47,7 @@ from report2image.train import (
     train_diffusion,
 )
 from shared.backbone.train import BackboneDataConfig, BackboneExperiment, BackboneModelConfig, train_backbone
-from shared.config import atomic_write_text
+from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics import multilabel_auroc
 from shared.training import TrainConfig

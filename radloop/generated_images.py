@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.config import atomic_save_image, atomic_write_text
+from shared.io import atomic_save_image, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.config import atomic_write_text
+from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.text.labeler import ReportLabeler
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from shared.config import ConfigError, atomic_write_text, read_json
+from shared.config import ConfigError
+from shared.io import atomic_write_text, read_json
 from shared.zoo import ENTRY_FILE, zoo_root
 
 logger = logging.getLogger(__name__)

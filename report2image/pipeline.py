@@ -42,8 +42,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from shared.backbone.clip import RadCLIP
-from shared.config import read_json
 from shared.data.image_processor import postprocess, preprocess
+from shared.io import read_json
 from shared.modeling import check_safetensors, saved_class
 from shared.saved_settings import load_settings, save_settings
 from shared.text.labeler import ReportLabeler

@@ -30,9 +30,9 @@ from diffusers.training_utils import compute_snr
 from torch import nn
 
 from shared.backbone.clip import RadCLIP, build_backbone
-from shared.config import atomic_write_text
 from shared.data.config import DataConfig
 from shared.data.dataset import collate_samples
+from shared.io import atomic_write_text
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader

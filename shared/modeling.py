@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers import ConfigMixin, ModelMixin
 
-from .config import read_json
+from .io import read_json
 from .text.tokenizer import TOKENIZER_FILE, ReportTokenizer
 from .zoo import resolve_zoo
 

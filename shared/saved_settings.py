@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import atomic_write_text, read_json
+from .io import atomic_write_text, read_json
 
 __all__ = ["save_settings", "load_settings"]
 

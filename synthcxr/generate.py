@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.config import atomic_write_bytes, atomic_write_text
+from shared.io import atomic_write_bytes, atomic_write_text
 from shared.labels import CHEXPERT_LABELS, image_labels
 
 from .renderer import render

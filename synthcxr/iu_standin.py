@@ -22,8 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from shared.config import atomic_write_bytes, atomic_write_text
 from shared.data.iu_xray import IUReport, read_iu_reports
+from shared.io import atomic_write_bytes, atomic_write_text
 
 from .generate import _to_png
 from .renderer import render

@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shared.config import ConfigError, atomic_write_text, load_config, save_run_config
+from shared.config import ConfigError, load_config, save_run_config
+from shared.io import atomic_write_text
 
 
 @dataclass
@@ -92,7 +93,7 @@ def test_atomic_writes_get_the_ordinary_file_mode(tmp_path):
 
     from PIL import Image
 
-    from shared.config import atomic_save_image
+    from shared.io import atomic_save_image
 
     old = os.umask(0o022)
     try:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..config import read_json
+from ..io import read_json
 from ..labels import CHEXPERT_LABELS
 from .errors import DataError
 from .transforms import build_transform

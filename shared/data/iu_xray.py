@@ -143,7 +143,7 @@ def split_iu_reports(reports: list[IUReport]) -> dict[str, list[IUReport]]:
 
 def write_iu_reports(out: str | os.PathLike[str], archive: str | os.PathLike[str] | None = None) -> int:
     """Write all reports as JSON Lines (``.jsonl``) or one JSON list (any other suffix); returns the count."""
-    from ..config import atomic_write_text
+    from ..io import atomic_write_text
 
     reports = read_iu_reports(archive)
     out = Path(out)

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import atomic_write_text
+from ..io import atomic_write_text
 from .dataset import _IMAGE_ERRORS, SPLITS, DataError, check_inside_root, load_records, resolve_image_root, to_grey
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..config import atomic_write_text
+from ..io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

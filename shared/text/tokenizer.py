@@ -148,7 +148,7 @@ class ReportTokenizer:
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``report_tokenizer.json`` into ``directory`` (atomically)."""
-        from ..config import atomic_write_text
+        from ..io import atomic_write_text
 
         path = Path(directory) / TOKENIZER_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -162,7 +162,7 @@ class ReportTokenizer:
             path = path / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        from ..config import read_json
+        from ..io import read_json
 
         data = read_json(path)
         if not isinstance(data, dict) or data.get("type") != "radloop-word-level" or "vocab" not in data:

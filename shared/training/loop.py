@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import atomic_write_text
+from ..io import atomic_write_text
 from .lock import RunLock
 from .state import (  # the run's state pieces, re-exported: their names stay importable from here
     _EMA,
