@@ -95,7 +95,8 @@ def score(run: Path, annotation: Path) -> dict[str, Any]:
     common = Counter(train).most_common(1)[0][0]
     floor = evaluate_reports(dict.fromkeys(refs, common), refs, training_reports=train)
     keys = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1",
-            "ce_micro_precision", "ce_micro_recall")
+            "ce_micro_precision", "ce_micro_recall", "unique_report_rate", "self_contradiction_rate",
+            "unfinished_rate", "novel_sentence_rate")
     history = json.loads((run / "history.json").read_text())
     result = json.loads((run / "train_result.json").read_text())
     return {
