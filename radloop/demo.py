@@ -85,7 +85,7 @@ class DemoSizes:
     augment_seeds: list[int] = field(default_factory=lambda: [0, 1])
     augment_report_steps: int = 100
     roundtrip_n: int = 32
-    sample_steps: int = 20
+    num_inference_steps: int = 20
     #: longest report (tokens) the report model writes; validation studies decoded during training
     max_length: int = 100
     val_samples: int = 50
@@ -94,14 +94,14 @@ class DemoSizes:
 QUICK = DemoSizes(patients=30, studies=2, size=32, backbone="radclip_tiny", backbone_steps=3,
                   report_model="baseline_tiny", report_steps=3, classifier="classifier_tiny", classifier_steps=3,
                   ldm="ldm_tiny", autoencoder_steps=3, unet_steps=4, batch_size=8, n_eval=8, edits=4,
-                  augment_per_finding=3, augment_report_steps=2, roundtrip_n=4, sample_steps=3, max_length=40,
+                  augment_per_finding=3, augment_report_steps=2, roundtrip_n=4, num_inference_steps=3, max_length=40,
                   val_samples=8)
 # About 8 minutes on a 2-core CPU (the per-stage times are printed and in results.json), so that
 # `make demo` on a fresh clone, install included, stays near 10 minutes.
 FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", backbone_steps=100,
                  report_model="baseline_small", report_steps=150, classifier="classifier_small", classifier_steps=100,
                  ldm="ldm_small", autoencoder_steps=100, unet_steps=120, batch_size=32, n_eval=100, edits=16,
-                 augment_per_finding=20, augment_report_steps=40, roundtrip_n=24, sample_steps=20)
+                 augment_per_finding=20, augment_report_steps=40, roundtrip_n=24, num_inference_steps=20)
 
 
 #: the zoo entries the demo starts from (``radloop zoo list``)
@@ -187,7 +187,7 @@ def _counterfactuals(pipe: ReportToCXRPipeline, judge: Judge, data: Path, sizes:
     source = torch.stack([torch.from_numpy(e.source)[None] for e in edits])
     truth = torch.stack([torch.from_numpy(e.true_cf)[None] for e in edits])
     edited = pipe.counterfactual(source, [e.new_report for e in edits], [e.source_report for e in edits],
-                                 num_inference_steps=max(sizes.sample_steps, 10), output_type="pt").images
+                                 num_inference_steps=max(sizes.num_inference_steps, 10), output_type="pt").images
     metrics = counterfactual_metrics(source, edited, truth, judge, [e.added for e in edits],
                                      [e.removed for e in edits])
     return {"edits": edits, "edited": edited, "metrics": {k: v for k, v in metrics.items() if k != "per_edit"}}
@@ -224,7 +224,7 @@ def _augmentation(out: Path, pipe: ReportToCXRPipeline, data: Path, report_exp: 
     return run_augment(AugmentExperiment(
         annotation=str(data / "annotation.json"), output_dir=str(out / "augment"),
         findings=_rarest_findings(data, 2), per_finding=sizes.augment_per_finding, seeds=list(sizes.augment_seeds),
-        num_inference_steps=sizes.sample_steps, guidance_scale=guidance, report=aug_report), pipe=pipe)
+        num_inference_steps=sizes.num_inference_steps, guidance_scale=guidance, report=aug_report), pipe=pipe)
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
                                                 DecodingConfig(num_beams=1, max_length=sizes.max_length))
     judge = Judge.from_pretrained(paths["judge"])
     # guidance: the pipeline's saved default (the zoo model's was chosen on validation reports)
-    trip = RoundTrip(pipe, generator, sizes.sample_steps, None, seed)
+    trip = RoundTrip(pipe, generator, sizes.num_inference_steps, None, seed)
     test = load_image_set(annotation, "test", sizes.size, "file")
     n = min(sizes.n_eval, len(test["reports"]))
 
@@ -272,7 +272,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     ev = stage("evaluation", lambda: _evaluate(paths["backbone"], trip, judge, test, n))
     # edit strength and guidance: the pipeline's saved defaults (the zoo model's chosen on validation edits)
     cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed))
-    aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed, trip.guidance))
+    aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed, trip.guidance_scale))
     k = min(sizes.roundtrip_n, n)
     rt_reports, rt_images = stage("round trip", lambda: trip.both(test["reports"][:k], test["images"][:k]))
 

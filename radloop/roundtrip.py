@@ -99,15 +99,16 @@ class RoundTrip:
                  batch_size: int = 32) -> None:
         self.pipe, self.generator = pipe, generator
         # unset: the pipeline's sampling defaults and the report model's decoding settings
-        self.steps = pipe.sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
-        self.guidance = pipe.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        sampling = pipe.sampling
+        self.num_inference_steps = sampling.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.guidance_scale = sampling.guidance_scale if guidance_scale is None else guidance_scale
         self.seed = seed
         self.beams, self.batch = num_beams, batch_size
         self.size = int(generator.model.config.image_size)
 
     def report_to_image(self, reports: list[str]) -> torch.Tensor:
-        images = self.pipe.generate_batched(reports, self.batch, self.seed, self.steps, self.guidance,
-                                            output_type="pt", progress=True)
+        images = self.pipe.generate_batched(reports, self.batch, self.seed, self.num_inference_steps,
+                                            self.guidance_scale, output_type="pt", progress=True)
         if images.shape[-1] != self.size:
             images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return images.clamp(0, 1)
