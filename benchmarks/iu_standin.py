@@ -80,7 +80,7 @@ def speed(annotation: Path, work: Path, steps: int) -> dict[str, Any]:
     return out
 
 
-def score(run: Path, annotation: Path) -> dict[str, Any]:
+def score(run: Path, annotation: Path, weights: str = "best") -> dict[str, Any]:
     from evaluation.reports import evaluate_reports
     from image2report.train import generate_reports
     from shared.data.dataset import load_records
@@ -89,7 +89,7 @@ def score(run: Path, annotation: Path) -> dict[str, Any]:
     refs = {r["id"]: r["report"] for r in records if r["split"] == "test"}
     train = [r["report"] for r in records if r["split"] == "train"]
     start = time.perf_counter()
-    preds = generate_reports(str(run / "best"), str(annotation), "test")
+    preds = generate_reports(str(run / weights), str(annotation), "test")
     seconds = time.perf_counter() - start
     model = evaluate_reports(preds, refs, training_reports=train)
     common = Counter(train).most_common(1)[0][0]
@@ -100,7 +100,7 @@ def score(run: Path, annotation: Path) -> dict[str, Any]:
     history = json.loads((run / "history.json").read_text())
     result = json.loads((run / "train_result.json").read_text())
     return {
-        "run": str(run), "argv": json.loads((run / "run_info.json").read_text()).get("argv"),
+        "run": str(run), "weights": weights, "argv": json.loads((run / "run_info.json").read_text()).get("argv"),
         "train_result": result, "test_studies": len(refs),
         "model": {k: round(model[k], 4) for k in keys if k in model},
         "most_common_report": {k: round(floor[k], 4) for k in keys if k in floor},
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "iu_standin_speed", help="scratch folder (speed)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per recipe (speed)")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "iu_xray" / "baseline", help="trained run (score)")
+    p.add_argument("--weights", default="best", choices=("best", "final"), help="which saved weights (score)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="merge the section into this results file")
     args = p.parse_args(argv)
@@ -127,12 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         args.work.mkdir(parents=True, exist_ok=True)
         section = {"steps": args.steps, "recipes": speed(args.data / "annotation.json", args.work, args.steps)}
     else:
-        section = score(args.run, args.data / "annotation.json")
+        section = score(args.run, args.data / "annotation.json", args.weights)
     section["command"] = "python benchmarks/iu_standin.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.json:
         merged = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        key = args.what if args.what != "score" else f"score_{args.run.name}_{args.weights}"
         merged.update({"benchmark": "iu_standin", "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-                       args.what: section})
+                       key: section})
         args.json.write_text(json.dumps(merged, indent=1) + "\n")
     print(json.dumps(section, indent=1))
 

@@ -207,7 +207,7 @@ class RadCARE(RadLoopModel):
         return img_e, txt_e
 
     def alignment_loss(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        from .train import contrastive_loss
+        from shared.backbone.train import contrastive_loss
 
         img_e, txt_e = self.embed(images, input_ids)
         return contrastive_loss(img_e, txt_e, self.logit_scale.exp())

@@ -9,7 +9,8 @@ import pytest
 import evaluation.classifier  # noqa: F401  (registers the judge classifiers)
 import image2report  # noqa: F401  (registers every report decoder)
 import report2image.models  # noqa: F401  (registers the latent-diffusion configs)
-from shared.backbone import classifier, lsu, radcare, towers  # noqa: F401
+from image2report import lsu, radcare  # noqa: F401
+from shared.backbone import classifier, towers  # noqa: F401
 from shared.registry import Registry, UnknownNameError, get_registry, list_models
 
 

@@ -407,7 +407,7 @@ def test_mixed_precision_auto_is_fp32_without_a_bf16_gpu_and_says_so(monkeypatch
     from shared.training.loop import resolve_mixed_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="shared.training.loop"):
+    with caplog.at_level(logging.INFO, logger="shared.training.state"):
         assert resolve_mixed_precision("auto") == "no"
     assert "auto: fp32" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
