@@ -48,6 +48,7 @@ def _tiny(trainer: str, name: str, annotation: Path, views: int) -> list[str]:
     return common + {
         "backbone": ["model.name=radclip_tiny", "data.min_freq=1"],
         "classifier": ["model.name=classifier_tiny", "data.image_size=32", "data.resize=36"],
+        "tower": ["model.name=tower_pretrainer_tiny", "data.image_size=32", "data.resize=36"],
         "lsu": ["model.name=lsu_tiny", "data.image_size=32", "data.min_freq=1"],
         "radcare": ["model.name=radcare_tiny", "data.image_size=32", "data.min_freq=1"],
         "autoencoder": ["model.name=ldm_tiny", "data.val_samples=4"],

@@ -279,3 +279,24 @@ def test_evaluate_images_reads_real_images_under_an_image_root(tmp_path, tiny_sy
     assert main(args) == 2
     assert main([*args, "--image-root", str(pixels)]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["n_real"] == len(ann["train"])
+
+
+def test_generate_into_resumes_a_request_refuses_another_or_replaces_it(tmp_path):
+    """One implementation behind `generate image` and the augmentation: same request -> nothing redrawn;
+    another request -> refused by name, or drawn afresh with replace=True."""
+    from radloop.generated_images import REQUEST_FILE, generate_into
+
+    out, reports, names = tmp_path / "gen", ["a.", "b.", "c."], ["x0", "x1", "x2"]
+    request, skipped = generate_into(out, reports, names, pipe=_FakePipe(), seed=0, batch_size=2)
+    assert skipped == 0 and request["sampler"] == "dpmsolver++" and request["num_inference_steps"] == 20
+    first = (out / "x2.png").read_bytes()
+    (out / "x2.png").unlink()
+    _, skipped = generate_into(out, reports, names, pipe=_FakePipe(), seed=0, batch_size=2)
+    assert skipped == 1 and (out / "x2.png").read_bytes() == first  # the same pixels as the first run
+    with pytest.raises(FileExistsError, match=f"another request .{REQUEST_FILE} differs"):
+        generate_into(out, reports, names, pipe=_FakePipe(), seed=1, batch_size=2)
+    _, skipped = generate_into(out, reports, names, pipe=_FakePipe(), seed=1, batch_size=2, replace=True)
+    assert skipped == 0 and (out / "x2.png").read_bytes() != first
+    assert json.loads((out / REQUEST_FILE).read_text())["seed"] == 1
+    with pytest.raises(ValueError, match="either pipeline"):
+        generate_into(out, reports, names)
