@@ -12,7 +12,9 @@ by report id). Both steps skip what is already on disk.
 ``speed``: every recipe of ``configs/iu_xray/index.yaml`` as shipped (model, image size, batch), in index
 order, each for ``--steps`` optimizer steps in its own process (so its peak memory is its own), in a scratch
 folder where each recipe loads the ``runs/iu_xray/<name>/best`` the one before wrote. Reports seconds per
-step (validation excluded), steps per epoch, the epoch's wall time and the peak resident memory.
+step (validation excluded), the steps of one epoch of the whole training split, the epoch's wall time and the
+peak resident memory. ``--subset N`` runs on the first N training studies (the diffusion recipe encodes every
+training image once before its first step; per-step times do not depend on N).
 
 ``score``: the trained report model on the test split with its saved decoding (the recipe's beam 3 and
 trigram block): BLEU-1..4, METEOR, ROUGE-L, CIDEr against the real report text, CE against the labeler's
@@ -40,7 +42,7 @@ RECIPES = ROOT / "configs" / "iu_xray"
 
 #: what keeps a short speed run short without changing the model or its input: few validation samples
 SHORT = {
-    "backbone": [], "classifier": [], "lsu": [], "radcare": [],
+    "backbone": [], "classifier": [], "tower": [], "lsu": [], "radcare": [],
     "autoencoder": ["data.val_samples=4"], "diffusion": ["data.val_samples=4"], "report": ["data.val_samples=8"],
 }
 
@@ -56,9 +58,23 @@ def prepare(data: Path, png: Path, workers: int) -> dict[str, Any]:
             "left_out": imported["left_out"], "seconds": round(time.perf_counter() - start, 1)}
 
 
-def speed(annotation: Path, work: Path, steps: int) -> dict[str, Any]:
+def _subset(annotation: Path, n_train: int, n_val: int) -> Path:
+    """The first studies of the training and validation splits, beside the annotation (so images resolve the
+    same way): a short run's per-step time does not depend on the data set's size, its set-up does."""
+    data = json.loads(annotation.read_text())
+    small = {"train": data["train"][:n_train], "val": data["val"][:n_val], "test": []}
+    out = annotation.with_name(f"annotation_first{n_train}.json")
+    out.write_text(json.dumps(small))
+    return out
+
+
+def speed(annotation: Path, work: Path, steps: int, subset: int | None = None) -> dict[str, Any]:
     """Short runs of every recipe in index order (see the module docstring)."""
     index = yaml.safe_load((RECIPES / "index.yaml").read_text())["recipes"]
+    full = json.loads(annotation.read_text())
+    n_train = len(full["train"])
+    if subset:
+        annotation = _subset(annotation, subset, 32)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = {}
     for name, entry in index.items():
@@ -71,7 +87,9 @@ def speed(annotation: Path, work: Path, steps: int) -> dict[str, Any]:
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
         result = json.loads((work / "runs" / "iu_xray" / name / "train_result.json").read_text())
-        per_step, per_epoch = result["seconds_per_step"], result["steps_per_epoch"]
+        per_step = result["seconds_per_step"]
+        # the epoch of the whole training split, at the recipe's batch (a subset run's loader is shorter)
+        per_epoch = round(result["steps_per_epoch"] * n_train / min(n_train, subset or n_train))
         out[name] = {"trainer": trainer, "seconds_per_step": round(per_step, 3), "steps_per_epoch": per_epoch,
                      "epoch_minutes": round(per_step * per_epoch / 60, 2),
                      "peak_rss_gb": round(result.get("peak_rss_gb", float("nan")), 2),
@@ -117,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", type=Path, default=ROOT / "data" / "iu_standin_png", help="the rendered release")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "iu_standin_speed", help="scratch folder (speed)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per recipe (speed)")
+    p.add_argument("--subset", type=int, help="speed: run on the first N training studies (and 32 validation ones): "
+                   "the set-up (caches, validation) shrinks, the per-step time does not")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "iu_xray" / "baseline", help="trained run (score)")
     p.add_argument("--weights", default="best", choices=("best", "final"), help="which saved weights (score)")
     p.add_argument("--workers", type=int, default=2)
@@ -126,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         section = prepare(args.data, args.png, args.workers)
     elif args.what == "speed":
         args.work.mkdir(parents=True, exist_ok=True)
-        section = {"steps": args.steps, "recipes": speed(args.data / "annotation.json", args.work, args.steps)}
+        section = {"steps": args.steps, "subset": args.subset,
+                   "recipes": speed(args.data / "annotation.json", args.work, args.steps, args.subset)}
     else:
         section = score(args.run, args.data / "annotation.json", args.weights)
     section["command"] = "python benchmarks/iu_standin.py " + " ".join(argv if argv is not None else sys.argv[1:])
