@@ -68,7 +68,8 @@ def _subset(annotation: Path, n_train: int, n_val: int) -> Path:
     return out
 
 
-def speed(annotation: Path, work: Path, steps: int, subset: int | None = None) -> dict[str, Any]:
+def speed(annotation: Path, work: Path, steps: int, subset: int | None = None,
+          only: list[str] | None = None) -> dict[str, Any]:
     """Short runs of every recipe in index order (see the module docstring)."""
     index = yaml.safe_load((RECIPES / "index.yaml").read_text())["recipes"]
     full = json.loads(annotation.read_text())
@@ -78,6 +79,8 @@ def speed(annotation: Path, work: Path, steps: int, subset: int | None = None) -
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = {}
     for name, entry in index.items():
+        if only and name not in only:
+            continue
         trainer = entry["trainer"]
         args = [sys.executable, "-m", "radloop", "train", trainer, "--config", str(RECIPES / f"{name}.yaml"),
                 f"data.annotation={annotation.resolve()}", f"train.max_steps={steps}", f"train.eval_every={steps}",
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--png", type=Path, default=ROOT / "data" / "iu_standin_png", help="the rendered release")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "iu_standin_speed", help="scratch folder (speed)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per recipe (speed)")
+    p.add_argument("--recipes", nargs="+", help="speed: only these (their rows replace those of an earlier run)")
     p.add_argument("--subset", type=int, help="speed: run on the first N training studies (and 32 validation ones): "
                    "the set-up (caches, validation) shrinks, the per-step time does not")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "iu_xray" / "baseline", help="trained run (score)")
@@ -146,8 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         section = prepare(args.data, args.png, args.workers)
     elif args.what == "speed":
         args.work.mkdir(parents=True, exist_ok=True)
-        section = {"steps": args.steps, "subset": args.subset,
-                   "recipes": speed(args.data / "annotation.json", args.work, args.steps, args.subset)}
+        rows = speed(args.data / "annotation.json", args.work, args.steps, args.subset, args.recipes)
+        if args.recipes and args.json and args.json.is_file():  # a partial rerun keeps the other recipes' rows
+            rows = {**json.loads(args.json.read_text()).get("speed", {}).get("recipes", {}), **rows}
+        section = {"steps": args.steps, "subset": args.subset, "recipes": rows}
     else:
         section = score(args.run, args.data / "annotation.json", args.weights)
     section["command"] = "python benchmarks/iu_standin.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -10,6 +10,7 @@ encoder's assignment; ``W_I`` and ``W_R`` look the image and text tokens up as (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import VQModel
@@ -86,5 +87,5 @@ LSUS.register("lsu_base", LatentSpaceUnifier, help="GPU runs at 128 px", image_s
               block_out_channels=(64, 128, 128, 256), num_codes=8192, latent_channels=32, norm_num_groups=32)
 
 
-def build_lsu(name: str, vocab_size: int, dim: int = 128) -> LatentSpaceUnifier:
-    return LSUS.build(name, vocab_size=vocab_size, dim=dim)
+def build_lsu(name: str, vocab_size: int, dim: int = 128, **overrides: Any) -> LatentSpaceUnifier:
+    return LSUS.build(name, vocab_size=vocab_size, dim=dim, **overrides)

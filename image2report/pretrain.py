@@ -71,7 +71,8 @@ def train_lsu(cfg: LSUExperiment) -> TrainResult:
     seed_everything(tcfg.seed)
     size = data.image_size or LSUS.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
-    model = build_lsu(mcfg.name, len(tokenizer), mcfg.dim)
+    # the model at the data's size (a recipe's data.image_size may differ from the registered default)
+    model = build_lsu(mcfg.name, len(tokenizer), mcfg.dim, image_size=size)
     model.tokenizer = tokenizer
     val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
 
@@ -94,7 +95,10 @@ def train_radcare(cfg: RadCAREExperiment) -> TrainResult:
     seed_everything(tcfg.seed)
     size = data.image_size or RADCARES.config(mcfg.name)["image_size"]
     tokenizer, _, val_ds, loader = prepare_pairs(data, size, tcfg.seed)
-    model = build_radcare(mcfg.name, len(tokenizer), mask_ratio=mcfg.mask_ratio, degrade_scale=mcfg.degrade_scale)
+    # the model at the data's size: its position embeddings are per patch of that size (a recipe's
+    # data.image_size, 112 for the IU X-ray decoders, differs from radcare_base's registered 224)
+    model = build_radcare(mcfg.name, len(tokenizer), mask_ratio=mcfg.mask_ratio, degrade_scale=mcfg.degrade_scale,
+                          image_size=size)
     model.tokenizer = tokenizer
     val_loader = DataLoader(val_ds, batch_size=data.batch_size, collate_fn=collate_samples)
 

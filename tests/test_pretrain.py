@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -101,6 +103,10 @@ def test_radcare_mask_ratio_and_save_load(tmp_path):
 @pytest.mark.parametrize("verb,extra", [
     ("lsu", ["model.name=lsu_tiny", "model.dim=16"]),
     ("radcare", ["model.name=radcare_tiny", "loss.alignment=0.5"]),
+    # a data size other than the registered one (radcare_tiny is 32 px): the model is built at the data's size,
+    # as configs/iu_xray/radcare.yaml trains radcare_base (224) at 112 px
+    ("radcare", ["model.name=radcare_tiny", "data.image_size=48"]),
+    ("lsu", ["model.name=lsu_tiny", "model.dim=16", "data.image_size=48"]),
 ])
 def test_pretraining_verbs_two_steps(tmp_path, tiny_synth, verb, extra):
     out, _ = tiny_synth
@@ -109,3 +115,6 @@ def test_pretraining_verbs_two_steps(tmp_path, tiny_synth, verb, extra):
                  "data.min_freq=1", "train.max_steps=2", f"train.output_dir={run}", "train.eval_every=2",
                  "train.progress=false", *extra]) == 0
     assert (run / "best" / "config.json").is_file() and (run / "best" / "report_tokenizer.json").is_file()
+    size = next((int(a.split("=")[1]) for a in extra if a.startswith("data.image_size=")), None)
+    if size is not None:
+        assert json.loads((run / "best" / "config.json").read_text())["image_size"] == size
