@@ -38,11 +38,17 @@ def test_pretraining_configs_load(name, schema):
 
 
 @pytest.mark.parametrize("model,tower_name", [("ifnet_pt", "ifnet_tower"), ("baseline_pt", "ifnet_tower"),
-                                         ("ifnet_pt_small", "ifnet_tower_small")])
+                                         ("ifnet_pt_small", "ifnet_tower_small"),
+                                         ("../iu_xray/baseline", "../iu_xray/tower"),
+                                         ("../iu_xray/ifnet", "../iu_xray/tower"),
+                                         ("../mimic_cxr/baseline", "../mimic_cxr/tower"),
+                                         ("../mimic_cxr/ifnet", "../mimic_cxr/tower")])
 def test_tower_config_matches_the_pretrained_decoders(model, tower_name):
     tower = load_config(TowerExperiment(), CONFIGS / "synth" / f"{tower_name}.yaml")
     report = OmegaConf.to_object(load_config(ReportExperiment(), CONFIGS / "synth" / f"{model}.yaml"))
-    assert tower.data.label_source == "labeler"  # labels from the reports, as IFNet's own label head
+    # labels from the reports (as IFNet's own label head), or MIMIC-CXR's CheXpert file
+    assert tower.data.label_source == ("file" if "mimic" in tower_name else "labeler")
+    assert (tower.data.image_size, tower.data.resize) == (report.data.image_size, report.data.resize)
     decoder = build_report_model(report.model.name, 50, **report.model.options)
     arch = tower.model.arch or TOWER_PRETRAINERS.config(tower.model.name)["arch"]
     assert decoder.config.visual == arch
