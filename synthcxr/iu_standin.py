@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.data.iu_xray import IUReport, read_iu_reports
 from shared.io import atomic_write_bytes, atomic_write_text
+from shared.text.labeler import merge_attributes
 
 from .generate import _to_png
 from .renderer import render
@@ -69,8 +70,8 @@ def report_findings(text: str, uid: str, labeler: Any) -> list[Finding]:
         text: report text. uid: the report id (fixes each finding's shape and position).
         labeler: a :class:`shared.text.labeler.ReportLabeler`.
     """
-    result = labeler.label(text)
-    attributes = labeler.finding_attributes(text)
+    result = labeler.label(text)  # one labeler pass gives both the labels and the attributes
+    attributes = merge_attributes(result.attributes)
     lowered = text.lower()
     positive = [name for name, value in result.labels.items() if value == 1.0 and name in FINDING_SPECS]
     if result.labels.get("Lung Opacity") == 1.0 and not any(n in positive for n in _OPACITIES):

@@ -35,7 +35,7 @@ from ..labels import CHEXPERT_LABELS, finalize_report_labels, merge_mentions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReportLabeler", "LabelResult", "Mention", "FindingAttributes", "LLMAttributeExtractor",
+__all__ = ["ReportLabeler", "LabelResult", "Mention", "FindingAttributes", "merge_attributes", "LLMAttributeExtractor",
            "SEVERITIES", "LATERALITIES", "ZONES"]
 
 SEVERITIES = ("trace", "small", "mild", "moderate", "large", "severe")
@@ -341,19 +341,25 @@ class ReportLabeler:
 
     def finding_attributes(self, report: str) -> dict[str, FindingAttributes]:
         """The merged attributes of each positive/uncertain finding (first non-empty value wins)."""
-        merged: dict[str, FindingAttributes] = {}
-        for a in self.label(report).attributes:
-            if a.name not in merged:
-                merged[a.name] = FindingAttributes(a.name, a.severity, a.laterality, list(a.zones), a.status)
-                continue
-            m = merged[a.name]
-            m.severity = m.severity or a.severity
-            if a.laterality and m.laterality and a.laterality != m.laterality:
-                m.laterality = "bilateral"
-            m.laterality = m.laterality or a.laterality
-            m.zones += [z for z in a.zones if z not in m.zones]
-            m.status = merge_mentions([m.status, a.status])
-        return merged
+        return merge_attributes(self.label(report).attributes)
+
+
+def merge_attributes(attributes: Iterable[FindingAttributes]) -> dict[str, FindingAttributes]:
+    """:meth:`ReportLabeler.finding_attributes` of an already labelled report (its ``LabelResult.attributes``):
+    one entry per finding, the first non-empty value of each attribute, sides of two mentions made bilateral."""
+    merged: dict[str, FindingAttributes] = {}
+    for a in attributes:
+        if a.name not in merged:
+            merged[a.name] = FindingAttributes(a.name, a.severity, a.laterality, list(a.zones), a.status)
+            continue
+        m = merged[a.name]
+        m.severity = m.severity or a.severity
+        if a.laterality and m.laterality and a.laterality != m.laterality:
+            m.laterality = "bilateral"
+        m.laterality = m.laterality or a.laterality
+        m.zones += [z for z in a.zones if z not in m.zones]
+        m.status = merge_mentions([m.status, a.status])
+    return merged
 
 
 _LLM_PROMPT = (
