@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="train on data with this finding this common (repeatable; the test sets keep the "
                              "natural prevalence), e.g. Fracture=0.3: separates 'invisible at this size' from "
                              "'too rare to learn'; data and judges get the suffix _enriched")
+    parser.add_argument("--judge-suffix", dest="judge_suffix", default="",
+                        help="appended to the judges' folder names (judge{S}[_enriched]SUFFIX), so that a recipe "
+                             "variant, e.g. model.global_pool=max, trains beside the others instead of resuming one")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     parser.add_argument("overrides", nargs="*", help="judge recipe overrides, e.g. train.max_steps=2")
     args = parser.parse_args(argv)
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         paths = {name: render(recipe, size, data / (f"synthcxr{size}" + (tag if name == "train" else f"_{name}")),
                               prevalence if name == "train" else None)
                  for name, recipe in DATA_SETS.items() if name != "train" or str(size) not in reuse}
-        model, info = judge(size, args.runs, paths.get("train", Path()), reuse.get(str(size)), args.overrides, tag)
+        model, info = judge(size, args.runs, paths.get("train", Path()), reuse.get(str(size)), args.overrides,
+                            tag + args.judge_suffix)
         row = {**info, "test": per_finding(model, paths["test"], size),
                "rare_test": per_finding(model, paths["rare_test"], size)}
         result["sizes"][str(size)] = row

@@ -104,6 +104,25 @@ def test_classifier_save_load_same_output(tmp_path):
     assert model(x).logits.shape == (2, 14) and model.num_features == 96
 
 
+def test_classifier_max_pooling_is_saved_and_keeps_a_small_finding(tmp_path):
+    """``global_pool`` travels with the model; ``max`` keeps one cell's signal that ``avg`` spreads over the grid."""
+    torch.manual_seed(0)
+    model = build_classifier("classifier_tiny", image_size=32, global_pool="max").eval()
+    model.save_pretrained(tmp_path)
+    again = CXRClassifier.from_pretrained(tmp_path).eval()
+    assert again.config.global_pool == "max"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, again(x).logits)
+        grid = torch.zeros(1, 4, 8, 8)
+        grid[0, :, 3, 5] = 1.0  # a finding in one cell of an 8 x 8 grid
+        assert model.backbone.global_pool(grid).flatten().tolist() == [1.0] * 4
+        avg = build_classifier("classifier_tiny", image_size=32).backbone.global_pool(grid)
+        assert avg.flatten().tolist() == [1 / 64] * 4
+    with pytest.raises(ValueError, match="global_pool must be 'avg', 'max' or 'avgmax', got 'lse'"):
+        build_classifier("classifier_tiny", global_pool="lse")
+
+
 def test_classifier_local_weights(tmp_path):
     from safetensors.torch import save_file
 

@@ -53,6 +53,8 @@ class FindingsClassifier(RadLoopModel):
         image_size: the side it is trained at (recorded for users of the folder).
         drop_rate: dropout before the head.
         label_names: the class order of the logits.
+        global_pool: timm's pooling of the last feature map (``avg``, ``max``, ``avgmax``): a finding that
+            covers a few cells of the grid (a rib fracture) is diluted by ``avg``; ``max`` keeps its peak.
     """
 
     @register_to_config
@@ -64,6 +66,7 @@ class FindingsClassifier(RadLoopModel):
         image_size: int = 128,
         drop_rate: float = 0.0,
         label_names: tuple[str, ...] = CHEXPERT_LABELS,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         import timm
@@ -72,7 +75,10 @@ class FindingsClassifier(RadLoopModel):
             raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
         if not timm.is_model(arch):
             raise ValueError(f"unknown timm architecture '{arch}' for the classifier")
-        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=drop_rate)
+        if global_pool not in ("avg", "max", "avgmax"):
+            raise ValueError(f"global_pool must be 'avg', 'max' or 'avgmax', got {global_pool!r}")
+        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=drop_rate,
+                                          global_pool=global_pool)
         self.head = nn.Linear(self.backbone.num_features, num_classes)
 
     @property
