@@ -49,6 +49,7 @@ from shared.metrics.stats import approximate_randomization, mean_ci
 from shared.text.labeler import ReportLabeler
 
 from .augment_sources import (
+    GATE_THRESHOLD,
     compose_reports,
     pick_rare_findings,
     sentence_pool,
@@ -87,7 +88,7 @@ class AugmentExperiment:
     #: the quality gate's reader: a RadCLIP folder whose findings head reads every synthetic image (an independent
     #: reader, never the judge); adds the arm ``real+gated``: the synthetic studies it reads the finding in
     gate_backbone: str | None = None
-    gate_threshold: float = 0.5
+    gate_threshold: float = GATE_THRESHOLD
     #: add the arm ``real+counterfactual``: each rare finding added to ``per_finding`` real training images by
     #: masked editing (the real anatomy kept, the edited report as the label)
     counterfactual: bool = False

@@ -35,8 +35,9 @@ from shared.metrics.clinical import binarize
 from shared.metrics.report_quality import contradicted, said_values
 from shared.text.labeler import ReportLabeler
 
-__all__ = ["findings_reader", "gate_synthetic", "add_finding", "write_counterfactual_manifest", "pick_rare_findings",
-           "sentence_pool", "stating_sentences", "compose_reports"]
+__all__ = ["GATE_FILE", "GATE_THRESHOLD", "load_grey", "findings_reader", "gate_synthetic", "add_finding",
+           "write_counterfactual_manifest", "pick_rare_findings", "sentence_pool", "stating_sentences",
+           "compose_reports"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 _GLOBAL_NORMAL = re.compile(r"\b(no acute|no active|normal (chest|study|exam)|unremarkable (chest|study|exam))\b", re.I)
 
 Reader = Callable[[torch.Tensor], np.ndarray]
+#: the gate's decisions, beside the synthetic manifest
+GATE_FILE = "gate.json"
+#: the reader's probability of the intended finding at which the gate keeps a synthetic image
+GATE_THRESHOLD = 0.5
 
 
 def reusable(manifest: Path, request: dict[str, Any]) -> bool:
@@ -146,39 +151,44 @@ def findings_reader(backbone: str | os.PathLike[str]) -> Reader:
     return read
 
 
-def _load(path: str | os.PathLike[str], size: int) -> torch.Tensor:
+def load_grey(path: str | os.PathLike[str], size: int) -> torch.Tensor:
     """One image as a [0, 1] tensor (1, size, size)."""
     with Image.open(path) as im:
         grey = to_grey(im).resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)[None]
 
 
-def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold: float = 0.5,
+def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold: float = GATE_THRESHOLD,
                    image_size: int = 224) -> tuple[Path, dict[str, dict[str, float]]]:
     """Keep the synthetic studies of ``synthetic`` (a manifest with ``target_finding``) whose image the reader
     reads as showing that finding with probability >= ``threshold``.
 
-    Writes ``synthetic_gated.jsonl`` (the kept rows, in order) and ``gate.json`` beside the manifest.
+    Writes ``synthetic_gated.jsonl`` (the kept rows, in order) and ``gate.json`` beside the manifest (the
+    threshold, the rates, and each study's probability and decision under ``studies``).
 
     Returns:
         (the gated manifest, ``{finding: {"generated", "accepted", "rate", "mean_probability"}}``).
     """
     synthetic = Path(synthetic)
     rows = load_records(synthetic)
-    images = torch.stack([_load(synthetic.parent / r["image_path"][0], image_size) for r in rows])
+    images = torch.stack([load_grey(synthetic.parent / r["image_path"][0], image_size) for r in rows])
     probs = reader(images)
-    kept, rates = [], {}
+    # the reader's probability of each study's own intended finding
+    target = np.array([probs[i, CHEXPERT_LABELS.index(r["target_finding"])] for i, r in enumerate(rows)])
+    accepted = target >= threshold
+    rates = {}
     for finding in dict.fromkeys(r["target_finding"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["target_finding"] == finding]
-        p = probs[idx, CHEXPERT_LABELS.index(finding)]
-        accepted = [rows[i] for i, ok in zip(idx, p >= threshold, strict=True) if ok]
-        kept += accepted
-        rates[finding] = {"generated": len(idx), "accepted": len(accepted), "rate": round(len(accepted) / len(idx), 4),
-                          "mean_probability": round(float(p.mean()), 4)}
-        logger.info("gate: %s %d of %d accepted", finding, len(accepted), len(idx))
+        n_ok = int(accepted[idx].sum())
+        rates[finding] = {"generated": len(idx), "accepted": n_ok, "rate": round(n_ok / len(idx), 4),
+                          "mean_probability": round(float(target[idx].mean()), 4)}
+        logger.info("gate: %s %d of %d accepted", finding, n_ok, len(idx))
+    studies = [{"id": r["id"], "finding": r["target_finding"], "probability": round(float(p), 4), "accepted": bool(ok)}
+               for r, p, ok in zip(rows, target, accepted, strict=True)]
     out = synthetic.parent / "synthetic_gated.jsonl"
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
-    atomic_write_text(synthetic.parent / "gate.json", json.dumps({"threshold": threshold, "findings": rates}) + "\n")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r, ok in zip(rows, accepted, strict=True) if ok))
+    atomic_write_text(synthetic.parent / GATE_FILE,
+                      json.dumps({"threshold": threshold, "findings": rates, "studies": studies}) + "\n")
     return out, rates
 
 
@@ -234,7 +244,7 @@ def write_counterfactual_manifest(pipe: Any, sources: Sequence[dict[str, Any]], 
     rows = []
     for start in range(0, len(plan), batch_size):
         chunk = plan[start:start + batch_size]
-        images = torch.stack([_load(root / src["image_path"][0], size) for _, _, src, _ in chunk])
+        images = torch.stack([load_grey(root / src["image_path"][0], size) for _, _, src, _ in chunk])
         edited = pipe.counterfactual(images, [p[3] for p in chunk], [p[2]["report"] for p in chunk],
                                      output_type="pil").images
         for (finding, k, src, new), image in zip(chunk, edited, strict=True):

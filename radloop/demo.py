@@ -2,9 +2,10 @@
 
 By default the demo starts from the model zoo (:data:`ZOO_MODELS`: the diffusion model, a report
 decoder, the judge and the backbone, all trained once to convergence): fresh SynthCXR data ->
-evaluation -> counterfactuals -> a small fresh augmentation run (decoders on the zoo's frozen
-tower) -> round trip -> HTML report; ``results.json`` also quotes the zoo's precomputed
-augmentation benchmark (``zoo/synthcxr64/augmentation.json``), labelled as precomputed on the page.
+evaluation -> counterfactuals -> synthetic cases of the two rarest findings, each read by the
+augmentation's quality gate -> round trip -> HTML report. The augmentation answer (decoders trained
+on real vs real + synthetic data over seeds: hours, not a demo's minutes) is the zoo's precomputed
+one (``zoo/synthcxr64/augmentation.json``), labelled as precomputed on the page and in ``results.json``.
 ``--from-scratch`` trains every model for seconds instead (backbone -> report model -> classifier
 -> diffusion), and ``--quick`` does that with tiny models and data (the test suite runs it). Every
 number in the report is measured in this run and also written to ``<out>/results.json``; the
@@ -17,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from report2image.train import (
     train_diffusion,
 )
 from shared.backbone.train import BackboneDataConfig, BackboneExperiment, BackboneModelConfig, train_backbone
+from shared.data.dataset import load_records
 from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
 from shared.metrics import multilabel_auroc
@@ -54,7 +56,17 @@ from shared.training import TrainConfig
 from shared.zoo import resolve_zoo, zoo_root
 from synthcxr import SynthConfig, counterfactual_edits, generate_dataset, read_attributes
 
-from .augment import AugmentExperiment, run_augment
+from .augment import write_synthetic_manifest
+from .augment_sources import (
+    GATE_FILE,
+    GATE_THRESHOLD,
+    compose_reports,
+    findings_reader,
+    gate_synthetic,
+    load_grey,
+    sentence_pool,
+    stating_sentences,
+)
 from .html_report import DemoPage, write_demo_report
 from .roundtrip import RoundTrip
 from .zoo import AUGMENT_FILE
@@ -81,9 +93,8 @@ class DemoSizes:
     batch_size: int
     n_eval: int
     edits: int
+    #: synthetic studies drawn (and gated) per rare finding
     augment_per_finding: int
-    augment_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    augment_report_steps: int = 100
     roundtrip_n: int = 32
     num_inference_steps: int = 20
     #: longest report (tokens) the report model writes; validation studies decoded during training
@@ -94,20 +105,20 @@ class DemoSizes:
 QUICK = DemoSizes(patients=30, studies=2, size=32, backbone="radclip_tiny", backbone_steps=3,
                   report_model="baseline_tiny", report_steps=3, classifier="classifier_tiny", classifier_steps=3,
                   ldm="ldm_tiny", autoencoder_steps=3, unet_steps=4, batch_size=8, n_eval=8, edits=4,
-                  augment_per_finding=3, augment_report_steps=2, roundtrip_n=4, num_inference_steps=3, max_length=40,
+                  augment_per_finding=3, roundtrip_n=4, num_inference_steps=3, max_length=40,
                   val_samples=8)
 # About 8 minutes on a 2-core CPU (the per-stage times are printed and in results.json), so that
 # `make demo` on a fresh clone, install included, stays near 10 minutes.
 FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", backbone_steps=100,
                  report_model="baseline_small", report_steps=150, classifier="classifier_small", classifier_steps=100,
                  ldm="ldm_small", autoencoder_steps=100, unet_steps=120, batch_size=32, n_eval=100, edits=16,
-                 augment_per_finding=20, augment_report_steps=40, roundtrip_n=24, num_inference_steps=20)
+                 augment_per_finding=8, roundtrip_n=24, num_inference_steps=20)
 
 
 #: the zoo entries the demo starts from (``radloop zoo list``)
 ZOO_MODELS = {"diffusion": "zoo:ldm64", "report": "zoo:uar", "judge": "zoo:judge64", "backbone": "zoo:radclip_small"}
-# Fresh data from a seed no zoo training used; the augmentation arms train decoders on the zoo's frozen tower.
-ZOO = replace(FULL, patients=100, augment_per_finding=20, augment_report_steps=150, n_eval=100, edits=16)
+# Fresh data from a seed no zoo training used.
+ZOO = replace(FULL, patients=100)
 
 
 def _train_cfg(out: Path, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -138,12 +149,13 @@ def _make_data(data: Path, sizes: DemoSizes, seed: int, quick: bool) -> Any:
     return generate_dataset(data, synth, overwrite=True, progress=True)
 
 
-def _train_models(out: Path, sizes: DemoSizes, annotation: str, seed: int, stage: _Stages) -> ReportExperiment:
-    """Backbone, report decoder, judge and diffusion model, each under ``out/<name>``; returns the
-    report experiment (the augmentation stage trains the same recipe)."""
+def _train_models(out: Path, sizes: DemoSizes, annotation: str, seed: int, stage: _Stages) -> None:
+    """Backbone, report decoder, judge and diffusion model, each under ``out/<name>``."""
     stage("backbone", lambda: train_backbone(BackboneExperiment(
         BackboneDataConfig(annotation=annotation, batch_size=max(sizes.batch_size, 16)),
-        BackboneModelConfig(name=sizes.backbone), _train_cfg(out / "backbone", sizes.backbone_steps, 5e-4, seed))))
+        # with a findings head: the quality gate of the synthetic rare cases reads with it (as with zoo:radclip_small)
+        BackboneModelConfig(name=sizes.backbone, findings_weight=1.0),
+        _train_cfg(out / "backbone", sizes.backbone_steps, 5e-4, seed))))
     report_exp = ReportExperiment(
         ReportDataConfig(annotation=annotation, image_size=sizes.size, batch_size=sizes.batch_size,
                          val_samples=sizes.val_samples, max_length=sizes.max_length),
@@ -160,7 +172,6 @@ def _train_models(out: Path, sizes: DemoSizes, annotation: str, seed: int, stage
         DiffusionLossConfig(filter_warmup=max(sizes.unet_steps // 3, 1)),
         AutoencoderTrainConfig(steps=sizes.autoencoder_steps, batch_size=sizes.batch_size),
         _train_cfg(out / "diffusion", sizes.unet_steps, 3e-4, seed))))
-    return report_exp
 
 
 def _evaluate(backbone: str, trip: RoundTrip, judge: Judge, test: dict[str, Any], n: int) -> dict[str, Any]:
@@ -204,27 +215,32 @@ def _rarest_findings(data: Path, k: int) -> list[str]:
     return [name for name, v in sorted(counts.items(), key=lambda kv: (kv[1], kv[0])) if v > 0][:k]
 
 
-def _zoo_report_experiment(out: Path, annotation: str, sizes: DemoSizes, seed: int) -> ReportExperiment:
-    """The zoo's baseline decoder recipe, short: a decoder on the frozen zoo:radclip_small tower, whose grid
-    features are computed once into ``out/feature_cache``."""
-    return ReportExperiment(
-        ReportDataConfig(annotation=annotation, image_size=sizes.size, batch_size=64, val_samples=sizes.val_samples,
-                         max_length=sizes.max_length, feature_cache=str(out / "feature_cache")),
-        ReportModelConfig(name="baseline_small", init_visual_from=ZOO_MODELS["backbone"], freeze_visual=True,
-                          options={"visual": "cxr_resnet_small"}),
-        DecodingConfig(num_beams=1, max_length=sizes.max_length),
-        _train_cfg(out / "report", sizes.augment_report_steps, 5e-4, seed))
+def _synthetic_rare(out: Path, pipe: ReportToCXRPipeline, data: Path, backbone: str, sizes: DemoSizes,
+                    seed: int, guidance: float | None = None) -> dict[str, Any]:
+    """Synthetic studies of the two rarest training findings, each read by the quality gate.
 
+    Reports are composed from training sentences (one stating the finding, the rest normal), drawn with the
+    pipeline's saved sampler, and read by the gate's independent reader: the backbone's findings head, never
+    the judge. No decoder is retrained here; the augmentation answer itself is the zoo's precomputed one.
 
-def _augmentation(out: Path, pipe: ReportToCXRPipeline, data: Path, report_exp: ReportExperiment,
-                  sizes: DemoSizes, seed: int, guidance: float | None = None) -> dict[str, Any]:
-    aug_report = ReportExperiment(report_exp.data, report_exp.model, report_exp.decoding,
-                                  _train_cfg(out / "augment", sizes.augment_report_steps, 5e-4, seed))
-    aug_report.train.progress = False
-    return run_augment(AugmentExperiment(
-        annotation=str(data / "annotation.json"), output_dir=str(out / "augment"),
-        findings=_rarest_findings(data, 2), per_finding=sizes.augment_per_finding, seeds=list(sizes.augment_seeds),
-        num_inference_steps=sizes.num_inference_steps, guidance_scale=guidance, report=aug_report), pipe=pipe)
+    Returns ``rare_findings``, the gate's ``reader``, ``threshold`` and per-finding ``findings`` rates, and
+    ``studies`` (finding, report, probability, accepted) with their ``images`` (N, 1, S, S) in [0, 1].
+    """
+    train = [r["report"] for r in load_records(data / "annotation.json") if r["split"] == "train"]
+    pool = sentence_pool(train)
+    # the rarest findings some training sentence states (a report can only be composed for those)
+    rare = [f for f in _rarest_findings(data, len(PATHOLOGY_LABELS)) if stating_sentences(pool, f)][:2]
+    reports = {f: compose_reports(pool, f, sizes.augment_per_finding, seed) for f in rare}
+    manifest = write_synthetic_manifest(pipe, reports, out / "synthetic", sizes.num_inference_steps, guidance, seed)
+    reader = resolve_zoo(backbone) if backbone.startswith("zoo:") else backbone
+    _, rates = gate_synthetic(manifest, findings_reader(reader), GATE_THRESHOLD, int(pipe.image_size))
+    decisions = {s["id"]: s for s in json.loads((manifest.parent / GATE_FILE).read_text())["studies"]}
+    rows = load_records(manifest)
+    studies = [{"finding": r["target_finding"], "report": r["report"], "probability": decisions[r["id"]]["probability"],
+                "accepted": decisions[r["id"]]["accepted"]} for r in rows]
+    images = torch.stack([load_grey(manifest.parent / r["image_path"][0], int(pipe.image_size)) for r in rows])
+    return {"rare_findings": rare, "reader": backbone, "threshold": GATE_THRESHOLD, "findings": rates,
+            "studies": studies, "images": images}
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +273,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
             raise FileNotFoundError(f"the demo starts from the zoo, which lacks {', '.join(missing)}: "
                                     "`radloop zoo train NAME` each, or run `radloop demo --from-scratch`")
     stage("SynthCXR data", lambda: _make_data(data, sizes, seed + (2027 if use_zoo else 0), quick))
-    report_exp, paths = _models(out, annotation, sizes, seed, stage, use_zoo)
+    paths = _models(out, annotation, sizes, seed, stage, use_zoo)
     pipe = ReportToCXRPipeline.from_pretrained(paths["diffusion"])
     pipe.set_progress_bar_config(disable=True)
     generator = ReportGenerator.from_pretrained(paths["report"],
@@ -268,11 +284,13 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     test = load_image_set(annotation, "test", sizes.size, "file")
     n = min(sizes.n_eval, len(test["reports"]))
 
-    # 6. both directions; 7. counterfactuals; 8. augmentation on the two rarest findings; 9. round trip
+    # 6. both directions; 7. counterfactuals; 8. synthetic cases of the two rarest findings through the quality
+    # gate; 9. round trip
     ev = stage("evaluation", lambda: _evaluate(paths["backbone"], trip, judge, test, n))
     # edit strength and guidance: the pipeline's saved defaults (the zoo model's chosen on validation edits)
     cf = stage("counterfactuals", lambda: _counterfactuals(pipe, judge, data, sizes, seed))
-    aug = stage("augmentation", lambda: _augmentation(out, pipe, data, report_exp, sizes, seed, trip.guidance_scale))
+    aug = stage("synthetic rare cases", lambda: _synthetic_rare(out, pipe, data, paths["backbone"], sizes, seed,
+                                                                trip.guidance_scale))
     k = min(sizes.roundtrip_n, n)
     rt_reports, rt_images = stage("round trip", lambda: trip.both(test["reports"][:k], test["images"][:k]))
 
@@ -284,7 +302,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
     intro = (f"RadLoop demo on SynthCXR ({results['mode']} mode, seed {seed}): {sizes.patients} fresh patients, "
              f"{sizes.size} px, CPU; {origin}. Every number below was measured in this run (except the "
              "augmentation benchmark's, marked precomputed); results.json holds them all.")
-    names = ("report", "augment") if use_zoo else ("backbone", "report", "classifier", "diffusion")
+    # the models trained in this run (none in zoo mode: the zoo's cards have their curves)
+    names = () if use_zoo else ("backbone", "report", "classifier", "diffusion")
     histories = {name: _history(out / name) for name in names}
     page = DemoPage(test, n, ev, cf, aug, {"reports": rt_reports, "images": rt_images}, stage.times, histories,
                     results, intro)
@@ -296,13 +315,13 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, from_scratch: 
 
 
 def _models(out: Path, annotation: str, sizes: DemoSizes, seed: int, stage: _Stages, use_zoo: bool
-            ) -> tuple[ReportExperiment, dict[str, str]]:
-    """The report experiment of the augmentation stage and the model folders: the zoo's, or trained now."""
+            ) -> dict[str, str]:
+    """The model folders: the zoo's, or trained now."""
     if use_zoo:
-        return _zoo_report_experiment(out, annotation, sizes, seed), dict(ZOO_MODELS)
-    report_exp = _train_models(out, sizes, annotation, seed, stage)
-    return report_exp, {"diffusion": str(out / "diffusion" / "best"), "report": str(out / "report" / "best"),
-                        "judge": str(out / "classifier" / "best"), "backbone": str(out / "backbone" / "best")}
+        return dict(ZOO_MODELS)
+    _train_models(out, sizes, annotation, seed, stage)
+    return {"diffusion": str(out / "diffusion" / "best"), "report": str(out / "report" / "best"),
+            "judge": str(out / "classifier" / "best"), "backbone": str(out / "backbone" / "best")}
 
 
 def _results(mode: str, seed: int, paths: dict[str, str], ev: dict[str, Any], cf: dict[str, Any],
@@ -313,7 +332,7 @@ def _results(mode: str, seed: int, paths: dict[str, str], ev: dict[str, Any], cf
         "mode": mode, "seed": seed, "models": paths,
         "report_metrics": _numbers(ev["reports"]), "image_metrics": ev["images"],
         "counterfactual_metrics": cf["metrics"],
-        "augmentation": {"rare_findings": aug["rare_findings"], "verdict": aug["verdict"], "summary": aug["summary"]},
+        "synthetic_rare": {k: aug[k] for k in ("rare_findings", "reader", "threshold", "findings")},
         "roundtrip": {"report": _numbers(rt_reports), "image": _numbers(rt_images),
                       "per_finding": rt_reports["per_finding"]},
     }

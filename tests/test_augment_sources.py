@@ -54,7 +54,12 @@ def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
     assert [r["id"] for r in load_records(gated)] == ["syn_pneumothorax_1", "syn_pneumothorax_2"]
     assert rates["Pneumothorax"]["accepted"] == 2 and rates["Pneumothorax"]["rate"] == round(2 / 3, 4)
     assert rates["Fracture"] == {"generated": 3, "accepted": 0, "rate": 0.0, "mean_probability": 0.1}
-    assert json.loads((tmp_path / "gate.json").read_text())["threshold"] == 0.2
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert gate["threshold"] == 0.2 and gate["findings"] == rates
+    # each study's decision, in manifest order, with the reader's probability of its own finding
+    assert [(s["id"], s["accepted"]) for s in gate["studies"]][:3] == [
+        ("syn_pneumothorax_0", False), ("syn_pneumothorax_1", True), ("syn_pneumothorax_2", True)]
+    assert {s["probability"] for s in gate["studies"] if s["finding"] == "Fracture"} == {0.1}
 
 
 def test_findings_reader_reads_a_backbone_head_and_refuses_one_without(tmp_path):

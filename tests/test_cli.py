@@ -77,7 +77,7 @@ def test_demo_quick_writes_every_section_with_finite_numbers(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for stage in ("SynthCXR data", "backbone", "report model", "diffusion", "counterfactuals", "augmentation",
+    for stage in ("SynthCXR data", "backbone", "report model", "diffusion", "counterfactuals", "synthetic rare cases",
                   "round trip", "HTML report", "total"):
         assert f"| {stage} |" in text
     page = (out / "report.html").read_text()
@@ -91,6 +91,12 @@ def test_demo_quick_writes_every_section_with_finite_numbers(tmp_path, capsys):
     cells = re.findall(r"<td>([^<]*)</td>", page)
     assert not any(c.strip().lower() in ("nan", "inf", "-inf") for c in cells)
     assert (out / "training_curves.png").is_file()
+    # the synthetic rare cases, each with the gate's decision (no decoder is retrained for them)
+    rare = results["synthetic_rare"]
+    assert rare["rare_findings"] and set(rare["findings"]) == set(rare["rare_findings"])
+    assert all(r["generated"] == 3 and 0 <= r["accepted"] <= 3 for r in rare["findings"].values())
+    assert len(list((out / "synthetic" / "images").rglob("*.png"))) == 3 * len(rare["rare_findings"])
+    assert ("kept" in page or "rejected" in page) and not (out / "augment").exists()
 
 
 def test_models_lists_every_family_and_filters(capsys):
