@@ -82,13 +82,13 @@ def test_every_family_is_registered_with_tiny_variants():
     models = list_models()
     expected = {
         "backbone": {"radclip_tiny", "radclip_small", "radclip_base", "radclip_vit_tiny"},
-        "tower": {"cxr_resnet_tiny", "cxr_resnet_small", "cxr_resnet_base"},
+        "tower": {"cxr_resnet_tiny", "cxr_resnet_small", "cxr_resnet_small_fine", "cxr_resnet_base"},
         "lsu": {"lsu_tiny", "lsu_small"},
         "radcare": {"radcare_tiny", "radcare_small"},
         "classifier": {"classifier_tiny", "densenet121"},
         "tower_pretrainer": {"tower_pretrainer_tiny", "tower_pretrainer_small"},
         "report_decoder": {f"{d}{s}" for d in ("baseline", "uar", "cmcrl", "ifnet") for s in ("", "_small", "_tiny")},
-        "ldm": {"ldm_tiny", "ldm_small", "ldm_base"},
+        "ldm": {"ldm_tiny", "ldm_small", "ldm_small128", "ldm_base"},
     }
     for family, names in expected.items():
         assert names <= set(models[family]), family
