@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from timm.models import build_model_with_cfg, register_model
-from torch import nn
 from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
 
 from ..registry import Registry
 
