@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -30,9 +31,11 @@ from diffusers.training_utils import compute_snr
 from torch import nn
 
 from shared.backbone.clip import RadCLIP, build_backbone
+from shared.data.balance import finding_balance_weights, sampled_shares
 from shared.data.config import DataConfig
 from shared.data.dataset import collate_samples
 from shared.io import atomic_write_text
+from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 from shared.text.tokenizer import ReportTokenizer
 from shared.training import TRAINERS, TrainConfig, Trainer, TrainResult, seed_everything, training_loader
@@ -61,6 +64,9 @@ class DiffusionDataConfig(DataConfig):
     #: a folder for the frozen models' outputs as memory-mapped shards, computed once by every process
     #: (None: in memory, as for small data); see :class:`CachedPairs`
     feature_cache: str | None = None
+    #: rare-aware sampling of training pairs (:mod:`shared.data.balance`): 0 the natural mix, 1 every finding
+    #: (a study's rarest, by the labeler's reading of its report) drawn about equally often, 0.5 square-root
+    finding_balance: float = 0.0
 
 
 @dataclass
@@ -250,12 +256,23 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     # 4. the training step and the validation score
     loss_fn = _unet_step(scheduler, float(vae.config.scaling_factor), objective, mcfg, lcfg)
     eval_fn = _denoising_validation(val_ds, data.val_samples, vae, backbone, scheduler, mcfg)
-    loader = training_loader(cached, data.batch_size, tcfg.seed, collate_samples, data.num_workers)
+    loader = training_loader(cached, data.batch_size, tcfg.seed, collate_samples, data.num_workers,
+                             _balance_weights(train_ds.labels.numpy(), data.finding_balance))
     result = Trainer(model, loader, loss_fn, tcfg, eval_fn=eval_fn, select_metric="denoising_loss",
                      select_mode="min").train()
     if nfilter is not None:
         _write_filter_report(nfilter, train_ds, out)
     return result
+
+
+def _balance_weights(labels: np.ndarray, power: float) -> np.ndarray | None:
+    """Sampling weights of the training pairs for ``data.finding_balance`` (None: shuffle as usual)."""
+    if power == 0:
+        return None
+    weights = finding_balance_weights(labels, power)
+    logger.info("finding-balanced sampling (power %s): expected share of drawn studies per finding %s", power,
+                sampled_shares(labels, weights, CHEXPERT_LABELS))
+    return weights
 
 
 def _autoencoder(cfg: DiffusionExperiment, ldm: dict[str, Any]) -> AutoencoderKL:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.balance import BalancedSampler
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MIXED_PRECISION", "resolve_mixed_precision", "seed_everything", "EpochSeededDataset", "training_loader",
@@ -97,15 +99,20 @@ class EpochSeededDataset(torch.utils.data.Dataset):
 
 
 def training_loader(dataset: torch.utils.data.Dataset, batch_size: int, seed: int,
-                    collate_fn: Callable | None = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
+                    collate_fn: Callable | None = None, num_workers: int = 0,
+                    weights: np.ndarray | None = None) -> torch.utils.data.DataLoader:
     """A shuffled loader with a seeded generator, dropping the last partial batch when there is more than one.
 
     The dataset is wrapped in :class:`EpochSeededDataset`, so each item's random augmentation is fixed
     by ``(seed, epoch, index)`` and a resumed run draws the same ones (the trainer sets the epoch).
+    ``weights`` (N,): draw studies with replacement in proportion to them instead of shuffling
+    (:class:`shared.data.balance.BalancedSampler`, fixed by ``(seed, epoch)`` as well).
     """
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size, shuffle=True,
-                                       collate_fn=collate_fn, num_workers=num_workers, generator=g,
+    sampler = BalancedSampler(weights, seed) if weights is not None else None
+    return torch.utils.data.DataLoader(EpochSeededDataset(dataset, seed), batch_size=batch_size,
+                                       shuffle=sampler is None, sampler=sampler, collate_fn=collate_fn,
+                                       num_workers=num_workers, generator=g,
                                        drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
 
 
