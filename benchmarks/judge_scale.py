@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from evaluation.train_classifier import ClassifierExperiment, load_classifier, predict_probs, train_classifier
+from radloop.zoo import merge_results
 from shared.backbone.train_tower import ClassifierDataConfig, classifier_dataset
 from shared.config import load_config
 from shared.data.dataset import collate_samples
@@ -94,6 +95,19 @@ def smallest_passing(rows: dict[str, dict], key: str, target: float) -> int | No
     return min(passing) if passing else None
 
 
+def zoo_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The zoo scores of each reused ``zoo:`` judge: mAUC and per-finding AUROC on both test sets."""
+    rows = {}
+    for row in result["sizes"].values():
+        if not str(row["judge"]).startswith("zoo:"):
+            continue
+        rows[row["judge"].removeprefix("zoo:")] = {
+            "mauc_real_test": row["test"]["mauc"], "mauc_rare_test": row["rare_test"]["mauc"],
+            "auroc_rare_test": row["rare_test"]["auroc"], "positives_rare_test": row["rare_test"]["positives"],
+            "command": result["command"]}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128])
@@ -109,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="appended to the judges' folder names (judge{S}[_enriched]SUFFIX), so that a recipe "
                              "variant, e.g. model.global_pool=max, trains beside the others instead of resuming one")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
+    parser.add_argument("--zoo-results", dest="zoo_results", type=Path, default=None,
+                        help="merge the scores of reused zoo judges (--reuse S=zoo:NAME) into this zoo scores file "
+                             "(e.g. zoo/synthcxr128/scores.json), which their model cards quote")
     parser.add_argument("overrides", nargs="*", help="judge recipe overrides, e.g. train.max_steps=2")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -136,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.zoo_results:
+        merge_results("entries", zoo_rows(result), args.zoo_results)
     print(json.dumps(result, indent=1))
     # Which findings miss the target where, for the log reader.
     for size, row in result["sizes"].items():

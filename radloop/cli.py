@@ -196,7 +196,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.zoo_verb == "list":
         for row in zoo.list_entries():
             state = f"{row['mb']:.1f} MB" if row["present"] else "not trained"
-            _echo(f"{row['name']:<16} {row['trainer']:<9} {state:<12} {row['recipe']:<28} {row['summary']}")
+            _echo(f"{row['name']:<16} {row['dataset']:<12} {row['trainer']:<10} {state:<12} {row['recipe']:<28} "
+                  f"{row['summary']}")
         return 0
     if args.zoo_verb == "train":
         target = zoo.train_entry(args.name, overrides=args.overrides)
@@ -297,7 +298,7 @@ def _add_train_and_models(verbs: argparse._SubParsersAction, with_trainers: bool
 
 
 def _add_zoo(verbs: argparse._SubParsersAction) -> None:
-    """`radloop zoo`: the model zoo's entries (configs/zoo/index.yaml)."""
+    """`radloop zoo`: the model zoo's entries (configs/zoo/index*.yaml, one index per generation)."""
     zoo = verbs.add_parser("zoo", help="list, train and export the model zoo (load entries as zoo:NAME)"
                            ).add_subparsers(dest="zoo_verb", metavar="<what>", required=True)
     zoo.add_parser("list", help="every entry, whether it is trained, its size and recipe").set_defaults(func=cmd_zoo)

@@ -29,8 +29,9 @@ from shared.zoo import ENTRY_FILE, zoo_root
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZooIndex", "ZooRecipe", "load_index", "train_entry", "export_entry", "swap_decoder", "render_card",
-           "refresh_card", "list_entries", "ensure_data", "merge_results", "scores_file", "SCORES_FILE", "AUGMENT_FILE"]
+__all__ = ["ZooIndex", "ZooRecipe", "load_index", "load_indexes", "index_for", "train_entry", "export_entry",
+           "swap_decoder", "render_card", "refresh_card", "list_entries", "ensure_data", "merge_results", "scores_file",
+           "SCORES_FILE", "AUGMENT_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: each data set's scores, beside its entries (``zoo/<data set>/scores.json``, written when entries are scored by
@@ -64,6 +65,10 @@ class ZooRecipe:
     needs: list[str] = field(default_factory=list)
     #: real report text the entry (or an entry it needs) learned from: a key of :data:`REAL_TEXT`
     real_text: str | None = None
+    #: its own training data (a SynthCXR config and where it is written) instead of the index's, e.g. a
+    #: judge trained where a rare finding is common
+    data: Path | None = None
+    data_dir: Path | None = None
 
 
 @dataclass
@@ -84,7 +89,11 @@ class ZooIndex:
         return (root or zoo_root()) / self.dataset / name
 
 
-def load_index(path: str | os.PathLike[str] = ROOT / "configs" / "zoo" / "index.yaml") -> ZooIndex:
+#: the zoo's generations, one index each: ``index.yaml`` (synthcxr64), ``index128.yaml`` (synthcxr128), ...
+INDEX_DIR = ROOT / "configs" / "zoo"
+
+
+def load_index(path: str | os.PathLike[str] = INDEX_DIR / "index.yaml") -> ZooIndex:
     """Read the zoo index; recipe and data paths are relative to its folder."""
     path = Path(path)
     try:
@@ -94,7 +103,10 @@ def load_index(path: str | os.PathLike[str] = ROOT / "configs" / "zoo" / "index.
     base = path.parent
     try:
         entries = {name: ZooRecipe(name, e["trainer"], base / e["recipe"], e.get("summary", ""),
-                                   list(e.get("needs", [])), e.get("real_text")) for name, e in raw["entries"].items()}
+                                   list(e.get("needs", [])), e.get("real_text"),
+                                   base / e["data"] if "data" in e else None,
+                                   Path(e["data_dir"]) if "data_dir" in e else None)
+                   for name, e in raw["entries"].items()}
         index = ZooIndex(raw["dataset"], base / raw["data"], Path(raw["data_dir"]), base / raw["test_data"],
                          Path(raw["test_data_dir"]), entries)
     except (KeyError, TypeError) as err:
@@ -103,20 +115,47 @@ def load_index(path: str | os.PathLike[str] = ROOT / "configs" / "zoo" / "index.
         unknown = [n for n in recipe.needs if n not in entries]
         if unknown:
             raise ConfigError(f"{path}: entry '{recipe.name}' needs unknown entries {unknown}")
+        if (recipe.data is None) != (recipe.data_dir is None):
+            raise ConfigError(f"{path}: entry '{recipe.name}' needs both data and data_dir, or neither")
         if recipe.real_text is not None and recipe.real_text not in REAL_TEXT:
             raise ConfigError(f"{path}: entry '{recipe.name}' names unknown real_text '{recipe.real_text}' "
                               f"(known: {sorted(REAL_TEXT)})")
     return index
 
 
-def ensure_data(index: ZooIndex, test: bool = False) -> Path:
-    """The zoo's training (or test) SynthCXR folder, generated from its config when missing."""
+def load_indexes(folder: str | os.PathLike[str] = INDEX_DIR) -> list[ZooIndex]:
+    """Every generation's index under ``folder`` (``index*.yaml``); an entry name may appear in one only."""
+    indexes = [load_index(p) for p in sorted(Path(folder).glob("index*.yaml"))]
+    seen: dict[str, str] = {}
+    for index in indexes:
+        for name in index.entries:
+            if name in seen:
+                raise ConfigError(f"zoo entry '{name}' is in the indexes of both {seen[name]} and {index.dataset}")
+            seen[name] = index.dataset
+    return indexes
+
+
+def index_for(name: str, folder: str | os.PathLike[str] = INDEX_DIR) -> ZooIndex:
+    """The index of the generation that holds the entry ``name``."""
+    indexes = load_indexes(folder)
+    for index in indexes:
+        if name in index.entries:
+            return index
+    known = ", ".join(n for index in indexes for n in index.entries)
+    raise ConfigError(f"no zoo recipe '{name}' (known: {known})")
+
+
+def ensure_data(index: ZooIndex, test: bool = False, recipe: ZooRecipe | None = None) -> Path:
+    """The zoo's training (or test) SynthCXR folder, generated from its config when missing; ``recipe``: an
+    entry's own training data when it names one."""
     from omegaconf import OmegaConf
 
     from shared.config import load_config
     from synthcxr import SynthConfig, generate_dataset
 
     config, out = (index.test_data, index.test_data_dir) if test else (index.data, index.data_dir)
+    if not test and recipe is not None and recipe.data is not None and recipe.data_dir is not None:
+        config, out = recipe.data, recipe.data_dir
     if (out / "annotation.json").is_file():
         return out
     cfg = load_config({"synth": asdict(SynthConfig())}, config, [])
@@ -150,13 +189,13 @@ def train_entry(name: str, index: ZooIndex | None = None, overrides: list[str] |
 
     from .registries import load_registries
 
-    index = index or load_index()
+    index = index or index_for(name)
     recipe = index.get(name)
     missing = [n for n in recipe.needs if not (index.folder(n) / ENTRY_FILE).is_file()]
     if missing:
         raise FileNotFoundError(f"zoo entry '{name}' needs {missing} in the zoo first: "
                                 + "; ".join(f"radloop zoo train {n}" for n in missing))
-    ensure_data(index)
+    ensure_data(index, recipe=recipe)
     load_registries()
     entry = TRAINERS.get(recipe.trainer)
     cfg = load_config(entry.meta["experiment"](), recipe.recipe, list(overrides or []))
@@ -226,7 +265,7 @@ def _install_entry(tmp: Path, target: Path, meta: dict[str, Any]) -> None:
 def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: ZooIndex | None = None,
                  root: Path | None = None) -> Path:
     """Write ``<run>/best`` (default ``runs/zoo/<name>``) into the zoo as fp16 with its entry file and card."""
-    index = index or load_index()
+    index = index or index_for(name)
     recipe = index.get(name)
     run = Path(run) if run is not None else Path("runs/zoo") / name
     best = run / "best"
@@ -250,7 +289,8 @@ def export_entry(name: str, run: str | os.PathLike[str] | None = None, index: Zo
     meta = {"name": name, "dataset": index.dataset, "class": read_json(config).get("_class_name"),
             "trainer": recipe.trainer, "recipe": _rel(recipe.recipe),
             "command": f"radloop zoo train {name}", "needs": recipe.needs, "summary": recipe.summary,
-            "data": {"config": _rel(index.data), **_synth_facts(index.data)},
+            "data": {"config": _rel(recipe.data or index.data), **_synth_facts(recipe.data or index.data)},
+            "test_data": _rel(index.test_data),
             **({"real_text": recipe.real_text} if recipe.real_text else {}),
             "parameters": params, "weights_dtype": "float16", "git_sha": _git_sha(), **facts}
     _install_entry(tmp, target, meta)
@@ -267,7 +307,7 @@ def swap_decoder(name: str, source: str, index: ZooIndex | None = None, root: Pa
 
     from report2image.autoencoder import latent_space_mismatch
 
-    index = index or load_index()
+    index = index or index_for(name)
     folder, src = index.folder(name, root), index.folder(source, root)
     for entry, path in ((name, folder), (source, src)):
         if not (path / ENTRY_FILE).is_file():
@@ -303,7 +343,7 @@ def _synth_facts(config: Path) -> dict[str, Any]:
         synth = yaml.safe_load(config.read_text())["synth"]
     except (OSError, KeyError, TypeError):
         return {}
-    return {k: synth[k] for k in ("patients", "studies_per_patient", "size", "seed") if k in synth}
+    return {k: synth[k] for k in ("patients", "studies_per_patient", "size", "seed", "prevalence") if k in synth}
 
 
 def _folder_mb(folder: Path) -> float:
@@ -361,7 +401,8 @@ def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
         f"| reproduce | `{meta['command']}` (recipe `{meta['recipe']}`, trainer `{meta['trainer']}`) |",
         f"| needs | {', '.join('zoo:' + n for n in meta.get('needs', [])) or '-'} |",
         f"| data | SynthCXR, `{data.get('config', '?')}`: {data.get('patients', '?')} patients x "
-        f"{data.get('studies_per_patient', '?')} studies, {data.get('size', '?')} px, seed {data.get('seed', '?')} |",
+        f"{data.get('studies_per_patient', '?')} studies, {data.get('size', '?')} px, seed {data.get('seed', '?')}"
+        + "".join(f"; {k} raised to {v} of studies" for k, v in data.get("prevalence", {}).items()) + " |",
         f"| training | {meta.get('steps', '?')} steps, best validation at step {meta.get('best_step', '?')}, "
         + (f"{minutes / 60:.1f} min on the project's 2-core CPU |" if minutes else "time not recorded |"),
         f"| parameters | {meta.get('parameters', 0) / 1e6:.2f} M, stored as {meta.get('weights_dtype')} |",
@@ -376,7 +417,8 @@ def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
     metrics = measured.get("entries", {}).get(meta["name"])
     lines += ["## Measured", ""]
     if metrics:
-        lines += [f"On the fresh SynthCXR test set (`configs/zoo/test_data.yaml`, seed 1001, never trained on), "
+        test = meta.get("test_data", "configs/zoo/test_data.yaml")
+        lines += [f"On the fresh SynthCXR test set (`{test}`, seed 1001, never trained on), "
                   f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
         lines += _metric_lines(metrics, measured.get("floor_most_common_training_report", {}))
     real = measured.get("real_text", {}).get(meta["name"])
@@ -397,7 +439,8 @@ def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
         lines += ["| " + " | ".join(str(row.get(k, "")) for k in ["step", *keys]) + " |" for row in curve]
     lines += ["", "## Intended use and limits", "",
               "A starting point for the suite's workflows on SynthCXR (the demo, augmentation, counterfactuals) "
-              "and for fine-tuning. Trained on synthetic 64 px radiographs only: it has never seen a real "
+              f"and for fine-tuning. Trained on synthetic {data.get('size', 64)} px radiographs only: it has never "
+              "seen a real "
               "chest X-ray and must not be used on patients or for any clinical decision. "
               + (_JUDGE_LABELS if meta.get("trainer") == "classifier" else _LABELER_LABELS), "",
               f"Data licence: {DATA_LICENCE}.", ""]
@@ -418,7 +461,7 @@ def _load_line(meta: dict[str, Any]) -> str:
 def refresh_card(name: str, index: ZooIndex | None = None, root: Path | None = None,
                  results: Path | None = None) -> Path:
     """Re-write an entry's model card from its ``zoo_entry.json`` and the benchmark results."""
-    index = index or load_index()
+    index = index or index_for(name)
     folder = index.folder(name, root)
     if not (folder / ENTRY_FILE).is_file():
         raise FileNotFoundError(f"zoo entry '{name}' is not in {folder.parent} (radloop zoo train {name})")
@@ -437,13 +480,14 @@ _CURVE_SKIP = {"n", "label_chance"}
 
 
 def list_entries(index: ZooIndex | None = None) -> list[dict[str, Any]]:
-    """One row per index entry: name, trainer, recipe, whether it is in the zoo and its size."""
-    index = index or load_index()
+    """One row per index entry (of ``index``, else of every generation): name, data set, trainer, recipe,
+    whether it is in the zoo and its size."""
     rows = []
-    for name, recipe in index.entries.items():
-        folder = index.folder(name)
-        present = (folder / ENTRY_FILE).is_file()
-        rows.append({"name": name, "trainer": recipe.trainer, "recipe": _rel(recipe.recipe),
-                     "present": present, "mb": round(_folder_mb(folder), 1) if present else None,
-                     "summary": recipe.summary})
+    for idx in [index] if index else load_indexes():
+        for name, recipe in idx.entries.items():
+            folder = idx.folder(name)
+            present = (folder / ENTRY_FILE).is_file()
+            rows.append({"name": name, "dataset": idx.dataset, "trainer": recipe.trainer, "recipe": _rel(recipe.recipe),
+                         "present": present, "mb": round(_folder_mb(folder), 1) if present else None,
+                         "summary": recipe.summary})
     return rows
