@@ -107,8 +107,8 @@ QUICK = DemoSizes(patients=30, studies=2, size=32, backbone="radclip_tiny", back
                   ldm="ldm_tiny", autoencoder_steps=3, unet_steps=4, batch_size=8, n_eval=8, edits=4,
                   augment_per_finding=3, roundtrip_n=4, num_inference_steps=3, max_length=40,
                   val_samples=8)
-# About 8 minutes on a 2-core CPU (the per-stage times are printed and in results.json), so that
-# `make demo` on a fresh clone, install included, stays near 10 minutes.
+# --from-scratch: every model trained for seconds (8 minutes on a 2-core CPU when the augmentation stage still
+# retrained decoders for 82 s of it; the per-stage times are printed and in results.json).
 FULL = DemoSizes(patients=300, studies=3, size=64, backbone="radclip_small", backbone_steps=100,
                  report_model="baseline_small", report_steps=150, classifier="classifier_small", classifier_steps=100,
                  ldm="ldm_small", autoencoder_steps=100, unet_steps=120, batch_size=32, n_eval=100, edits=16,
@@ -232,8 +232,7 @@ def _synthetic_rare(out: Path, pipe: ReportToCXRPipeline, data: Path, backbone: 
     rare = [f for f in _rarest_findings(data, len(PATHOLOGY_LABELS)) if stating_sentences(pool, f)][:2]
     reports = {f: compose_reports(pool, f, sizes.augment_per_finding, seed) for f in rare}
     manifest = write_synthetic_manifest(pipe, reports, out / "synthetic", sizes.num_inference_steps, guidance, seed)
-    reader = resolve_zoo(backbone) if backbone.startswith("zoo:") else backbone
-    _, rates = gate_synthetic(manifest, findings_reader(reader), GATE_THRESHOLD, int(pipe.image_size))
+    _, rates = gate_synthetic(manifest, findings_reader(resolve_zoo(backbone)), GATE_THRESHOLD, int(pipe.image_size))
     decisions = {s["id"]: s for s in json.loads((manifest.parent / GATE_FILE).read_text())["studies"]}
     rows = load_records(manifest)
     studies = [{"finding": r["target_finding"], "report": r["report"], "probability": decisions[r["id"]]["probability"],
