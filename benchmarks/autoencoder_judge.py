@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from judge_scale import auroc_by_finding, positives_by_finding
 
 from evaluation.classifier import Judge
 from evaluation.image_eval import load_image_set
@@ -47,11 +47,6 @@ def selection(labels: np.ndarray, n: int, rare: list[str]) -> list[int]:
     return sorted(keep)
 
 
-def _per_finding(auc: dict[str, float]) -> dict[str, float | None]:
-    return {name: (None if math.isnan(auc[f"auroc/{name}"]) else round(auc[f"auroc/{name}"], 4))
-            for name in CHEXPERT_LABELS}
-
-
 @torch.no_grad()
 def score(vae: AutoencoderKL, judge: Judge, images: torch.Tensor, labels: np.ndarray) -> dict[str, Any]:
     """Images (N, 1, S, S) in [0, 1] and their labels (N, 14): the judge on them and on their reconstructions."""
@@ -59,10 +54,9 @@ def score(vae: AutoencoderKL, judge: Judge, images: torch.Tensor, labels: np.nda
     recon = (reconstruct(vae, images * 2 - 1, batch_size=32) + 1) / 2
     seconds = time.perf_counter() - start
     real, rec = (multilabel_auroc(judge(x).numpy(), labels, CHEXPERT_LABELS) for x in (images, recon))
-    per_real, per_rec = _per_finding(real), _per_finding(rec)
+    per_real, per_rec = auroc_by_finding(real), auroc_by_finding(rec)
     gaps = {k: round(per_real[k] - per_rec[k], 4) for k in CHEXPERT_LABELS if per_real[k] is not None}
-    return {"studies": len(labels), "positives": {k: int((labels[:, j] == 1).sum()) for j, k in
-                                                  enumerate(CHEXPERT_LABELS)},
+    return {"studies": len(labels), "positives": positives_by_finding(labels),
             "psnr": round(float(psnr(recon, images).mean()), 3),
             "ssim": round(float(ssim_map(recon, images).flatten(1).mean(1).mean()), 4),
             "judge_mauc_real": round(real["mauc"], 4), "judge_mauc_reconstructed": round(rec["mauc"], 4),

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -56,19 +57,25 @@ def render(recipe: str, size: int, out: Path, prevalence: dict[str, float] | Non
     return out / "annotation.json"
 
 
+def auroc_by_finding(scores: dict[str, float]) -> dict[str, float | None]:
+    """``multilabel_auroc``'s per-finding AUROCs rounded to 4 places, None where undefined (one outcome only)."""
+    auroc = {name: scores[f"auroc/{name}"] for name in CHEXPERT_LABELS}
+    return {k: (None if math.isnan(v) else round(v, 4)) for k, v in auroc.items()}
+
+
+def positives_by_finding(labels: np.ndarray) -> dict[str, int]:
+    """Positive studies (label 1) per finding of labels (N, 14)."""
+    return {name: int((labels[:, k] == 1).sum()) for k, name in enumerate(CHEXPERT_LABELS)}
+
+
 def per_finding(model: Any, annotation: Path, size: int) -> dict[str, Any]:
     """The judge's AUROC per finding on the test split of ``annotation``, with positives per finding."""
     data = ClassifierDataConfig(annotation=str(annotation), image_size=size)
     loader = DataLoader(classifier_dataset(data, "test", False), batch_size=128, collate_fn=collate_samples)
     probs, labels = predict_probs(model, loader)
     scores = multilabel_auroc(probs, labels, CHEXPERT_LABELS)
-    auroc = {name: scores[f"auroc/{name}"] for name in CHEXPERT_LABELS}
-    return {
-        "studies": int(len(labels)),
-        "mauc": round(scores["mauc"], 4),
-        "auroc": {k: (None if math.isnan(v) else round(v, 4)) for k, v in auroc.items()},
-        "positives": {name: int((labels[:, k] == 1).sum()) for k, name in enumerate(CHEXPERT_LABELS)},
-    }
+    return {"studies": int(len(labels)), "mauc": round(scores["mauc"], 4), "auroc": auroc_by_finding(scores),
+            "positives": positives_by_finding(labels)}
 
 
 def judge(size: int, runs: Path, annotation: Path, reuse: str | None, overrides: list[str],
