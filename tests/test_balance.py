@@ -23,7 +23,7 @@ def test_weights_follow_each_studys_rarest_finding():
     np.testing.assert_allclose(finding_balance_weights(LABELS, 0.0), np.full(6, 1 / 6))  # the natural mix
     half = np.sqrt(raw)
     np.testing.assert_allclose(finding_balance_weights(LABELS, 0.5), half / half.sum())
-    # under full balance each group is drawn equally often: A 3/4 * 1/3 ... as the expected shares say
+    # the expected share of drawn studies showing each finding: the weights of the studies that show it
     shares = sampled_shares(LABELS, w, ["A", "B"])
     assert shares == {"A": round(float(w[:4].sum()), 4), "B": round(float(w[3:5].sum()), 4)}
     assert shares["B"] > 2 / 6  # B is drawn more often than it occurs

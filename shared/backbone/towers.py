@@ -56,7 +56,8 @@ def cxr_resnet_small(pretrained: bool = False, **kwargs) -> ResNet:
 def cxr_resnet_small_fine(pretrained: bool = False, **kwargs) -> ResNet:
     """cxr_resnet_small with a stride-2 stem (no max pool): its first block sees every other pixel instead of
     every fourth, so a thin finding a few pixels across (a rib's step-off) reaches it before any pooling. The
-    same grid as cxr_resnet_small (output stride 8) for about 30% more compute."""
+    same grid as cxr_resnet_small (output stride 8); a judge's training step at 128 px, batch 64, took 1.2 s
+    instead of 0.8 on the project's 2-core CPU."""
     # timm counts the output stride with the max pool; without it the stride is halved (16 -> 8)
     model = _resnet("cxr_resnet_small_fine", (1, 1, 1, 1), (32, 64, 128, 256), 32, 16, **kwargs)
     model.maxpool = nn.Identity()

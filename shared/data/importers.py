@@ -264,10 +264,10 @@ def _mimic_studies(by_study: dict[str, list[dict[str, str]]], texts: _Reports, r
             reasons["no report"] += 1
             continue
         parts = report_sections(text)
-        report = _join(parts.get("FINDINGS", ""), parts.get("IMPRESSION", "") if sections != "findings" else "")
         if not parts.get("FINDINGS"):
             reasons["no findings"] += 1
             continue
+        report = _join(parts["FINDINGS"], parts.get("IMPRESSION", "") if sections != "findings" else "")
         paths = []
         for view in views:
             rel = f"p{subject[:2]}/p{subject}/s{study_id}/{view['dicom_id']}"
