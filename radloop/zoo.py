@@ -205,6 +205,9 @@ def train_entry(name: str, index: ZooIndex | None = None, overrides: list[str] |
     start = time.perf_counter()
     result = entry.builder(OmegaConf.to_object(cfg))
     seconds = time.perf_counter() - start
+    if (run / "train_result.json").is_file():
+        # a run resumed after an interruption: add the training time its checkpoint had recorded
+        seconds += float(read_json(run / "train_result.json").get("resumed_wall_seconds", 0.0))
     atomic_write_text(run / "zoo_train.json", json.dumps({"train_seconds": round(seconds, 1), "steps": result.steps,
                                                           "best_step": result.best_step,
                                                           "best_metric": result.best_metric}, indent=1) + "\n")

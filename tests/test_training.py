@@ -92,6 +92,21 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     for k in full:
         torch.testing.assert_close(full[k], part[k], rtol=0, atol=1e-6)
 
+    # the history covers the whole run (steps 1-6 come from the checkpoint), not just the part after the kill;
+    # the clock readings aside, it is the uninterrupted run's
+    def without_clocks(folder):
+        return [{k: v for k, v in h.items() if "seconds" not in k}
+                for h in json.loads((folder / "history.json").read_text())]
+
+    assert [h["step"] for h in without_clocks(tmp_path / "part") if "train/loss" in h] == list(range(1, 10))
+    full_h, part_h = without_clocks(tmp_path / "full"), without_clocks(tmp_path / "part")
+    assert [sorted(h) for h in part_h] == [sorted(h) for h in full_h]
+    for a, b in zip(full_h, part_h, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    # and the time: the resumed invocation adds its own to what the checkpoint had recorded
+    timing = json.loads((tmp_path / "part" / "train_result.json").read_text())
+    assert 0 < timing["resumed_wall_seconds"] < timing["wall_seconds"]
+
 
 class _Jittered(torch.utils.data.Dataset):
     """Items with a random augmentation drawn from the global RNG, as torchvision's transforms draw."""

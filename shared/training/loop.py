@@ -228,6 +228,7 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
+        self._tick_wall_time()
         partial = self.checkpoint_dir / f".partial_checkpoint_{self.state.step}"
         acc.save_state(str(partial))
         acc.wait_for_everyone()
@@ -243,6 +244,12 @@ class Trainer:
             for old in self.checkpoints()[: -self.cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _tick_wall_time(self) -> None:
+        """Add the wall time since the last tick to the checkpointed total (``state.wall_seconds``)."""
+        now = time.perf_counter()
+        self.state.wall_seconds += now - self._wall_clock
+        self._wall_clock = now
 
     def _save_model(self, name: str, use_ema: bool = True) -> Path:
         target = self.out / name
@@ -402,7 +409,9 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         # 1. where to start: a fresh folder or the latest complete checkpoint
         self._start()
-        history: list[dict[str, float]] = []
+        # a resumed run continues the history and the wall time its checkpoint holds
+        history = self.state.history
+        self._wall_clock, wall_before = time.perf_counter(), self.state.wall_seconds
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (acc.is_main_process and cfg.progress),
                    desc="train", unit="step")
         self.model.train()
@@ -437,10 +446,14 @@ class Trainer:
         # 5. the final weights and the history
         bar.close()
         self._save_model("final")
+        self._tick_wall_time()
         if acc.is_main_process:
             atomic_write_text(self.out / "history.json", json.dumps(history, indent=1) + "\n")
+            # wall_seconds: the training loop's time over every invocation of the run (resumed_wall_seconds of it
+            # before this one resumed); seconds_per_step: this invocation's
             atomic_write_text(self.out / "train_result.json", json.dumps(
                 {"steps": self.state.step, "best_metric": self.state.best, "best_step": self.state.best_step,
-                 "select_metric": self.select_metric, **self._speed(steps_before)}, indent=1) + "\n")
+                 "select_metric": self.select_metric, "wall_seconds": round(self.state.wall_seconds, 3),
+                 "resumed_wall_seconds": round(wall_before, 3), **self._speed(steps_before)}, indent=1) + "\n")
         acc.end_training()
         return TrainResult(self.state.step, self.state.best, self.state.best_step, history, str(self.out))

@@ -176,18 +176,26 @@ def save_folder_atomically(save: Callable[[Path], None], target: Path) -> None:
 
 
 class _Counter:
-    """Checkpointed loop state: optimisation steps done, best validation metric."""
+    """Checkpointed loop state: optimisation steps done, best validation metric, the run's history (logs and
+    validation scores so far) and the training loop's wall time so far, so that a resumed run's
+    ``history.json`` and time cover the whole run, not just the part after its last interruption."""
 
     def __init__(self) -> None:
         self.step = 0
         self.best: float | None = None
         self.best_step: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.wall_seconds = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "best": self.best, "best_step": self.best_step}
+        return {"step": self.step, "best": self.best, "best_step": self.best_step, "history": list(self.history),
+                "wall_seconds": self.wall_seconds}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step, self.best, self.best_step = int(state["step"]), state["best"], state["best_step"]
+        # checkpoints written before the history and time were kept hold neither
+        self.history = list(state.get("history", []))
+        self.wall_seconds = float(state.get("wall_seconds", 0.0))
 
 
 class _EMA:
