@@ -194,10 +194,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from . import zoo
 
     if args.zoo_verb == "list":
-        for row in zoo.list_entries():
-            state = f"{row['mb']:.1f} MB" if row["present"] else "not trained"
-            _echo(f"{row['name']:<16} {row['dataset']:<12} {row['trainer']:<10} {state:<12} {row['recipe']:<28} "
-                  f"{row['summary']}")
+        rows = [[row["name"], row["dataset"], row["trainer"],
+                 f"{row['mb']:.1f} MB" if row["present"] else "not trained", row["recipe"], row["summary"]]
+                for row in zoo.list_entries()]
+        # columns as wide as their longest cell, so that a long entry name does not shift its row
+        widths = [max(len(r[k]) for r in rows) for k in range(5)] if rows else []
+        for r in rows:
+            _echo(" ".join(cell.ljust(w) for cell, w in zip(r[:5], widths, strict=True)) + " " + r[5])
         return 0
     if args.zoo_verb == "train":
         target = zoo.train_entry(args.name, overrides=args.overrides)

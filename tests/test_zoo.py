@@ -198,9 +198,13 @@ def test_an_entry_that_learned_real_text_names_it_and_its_licence(tmp_path):
 
 def test_zoo_list_names_every_recipe(capsys):
     assert main(["zoo", "list"]) == 0
-    out = capsys.readouterr().out
-    for row in list_entries():
-        assert row["name"] in out and row["recipe"] in out
+    lines = capsys.readouterr().out.splitlines()
+    rows = list_entries()
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows, strict=True):
+        assert line.startswith(row["name"] + " ") and row["recipe"] in line
+    # aligned columns: every row's recipe starts where the others' do, the longest name included
+    assert len({line.index(row["recipe"]) for line, row in zip(lines, rows, strict=True)}) == 1
 
 
 def test_zoo_benchmark_scores_a_backbone_and_a_decoder(tiny_zoo, tmp_path, tiny_synth, load_benchmark):
