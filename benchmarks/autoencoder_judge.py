@@ -4,6 +4,9 @@
         --data runs/zoo/data/synthcxr128_rare_test --n 3000 \
         --out benchmarks/results/autoencoder128_judge_synthcxr128_cpu2.json
 
+``--zoo-results FILE`` (with ``--vae zoo:NAME``) also merges the scores into the zoo results file that NAME's model
+card quotes (``radloop zoo card NAME``).
+
 Everything a latent diffusion model draws passes through its autoencoder's decoder, so a finding the judge no
 longer reads on *reconstructions* of real images cannot be read on generated ones either (issue 36: "choose the
 latent design by the autoencoder's per-finding judge AUROC on reconstructions"). The studies scored: the first
@@ -29,6 +32,7 @@ from judge_scale import auroc_by_finding, positives_by_finding
 
 from evaluation.classifier import Judge
 from evaluation.image_eval import load_image_set
+from radloop.zoo import merge_results
 from report2image.autoencoder import reconstruct
 from shared.labels import CHEXPERT_LABELS
 from shared.metrics import multilabel_auroc
@@ -65,6 +69,13 @@ def score(vae: AutoencoderKL, judge: Judge, images: torch.Tensor, labels: np.nda
             "reconstruction_seconds": round(seconds, 1)}
 
 
+def zoo_row(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The scores a zoo autoencoder's card quotes: ``{entry: {metric: value, ..., "command"}}``."""
+    keep = ("psnr", "ssim", "judge_mauc_real", "judge_mauc_reconstructed", "mauc_gap", "largest_finding_gap",
+            "auroc_reconstructed", "gap", "command")
+    return {result["vae"].removeprefix("zoo:"): {k: result[k] for k in keep}}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vae", required=True, help="an AutoencoderKL folder or zoo: name")
@@ -73,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--rare", nargs="*", default=RARE)
     p.add_argument("--out", type=Path)
+    p.add_argument("--zoo-results", dest="zoo_results", type=Path,
+                   help="also merge the scores into this zoo results file (e.g. zoo/synthcxr128/scores.json)")
     args = p.parse_args(argv)
+    if args.zoo_results and not args.vae.startswith("zoo:"):
+        p.error(f"--zoo-results needs --vae zoo:NAME (the entry whose card quotes the scores), got {args.vae!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
     vae = AutoencoderKL.from_pretrained(resolve_zoo(args.vae)).eval()
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     print(text)
+    if args.zoo_results:
+        merge_results("entries", zoo_row(result), args.zoo_results)
 
 
 if __name__ == "__main__":

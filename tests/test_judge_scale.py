@@ -84,3 +84,8 @@ def test_autoencoder_judge_scores_real_and_reconstructed_images(tmp_path, tiny_s
     assert result["size"] == 32 and result["studies"] >= 4
     assert set(result["auroc_real"]) == set(result["auroc_reconstructed"]) and "Fracture" in result["positives"]
     assert result["mauc_gap"] == pytest.approx(result["judge_mauc_real"] - result["judge_mauc_reconstructed"], abs=2e-4)
+    # the card's row: the entry named by --vae zoo:NAME, the scores and the command that gave them
+    row = bench.zoo_row({**result, "vae": "zoo:ae"})
+    assert set(row) == {"ae"} and row["ae"]["gap"] == result["gap"] and "autoencoder_judge.py" in row["ae"]["command"]
+    with pytest.raises(SystemExit):  # the scores need an entry to belong to
+        bench.main(["--vae", str(tmp_path / "vae"), "--judge", "j", "--data", str(out), "--zoo-results", "s.json"])
