@@ -51,7 +51,7 @@ from ..io import atomic_write_text
 from ..labels import CHEXPERT_LABELS
 from .errors import DataError
 from .iu_xray import iu_split, read_iu_reports
-from .prepare import convert_images
+from .prepare import convert_images, drop_bad_studies, warn_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -91,21 +91,17 @@ def _write(out: Path, studies: list[dict[str, Any]], jobs: list[tuple[str, str, 
     written, bad = convert_images(jobs, workers, progress, on_bad_image, desc="import")
     source_of = {target: source for source, target, _ in jobs}
     images = out / "images"
+    readable, dropped = drop_bad_studies(studies, lambda rel: source_of[str(images / rel)] in bad)
     kept: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    dropped = []
-    for study in studies:
-        if any(source_of[str(images / rel)] in bad for rel in study["image_path"]):
-            dropped.append(study["id"])
-        else:
-            kept[study["split"]].append(study)
+    for study in readable:
+        kept[study["split"]].append(study)
     if labels_csv is not None:
         atomic_write_text(out / "labels.csv", labels_csv)
     summary = {**summary, "studies": {k: len(v) for k, v in kept.items()}, "images": len(jobs),
                "written": written, "skipped_existing": len(jobs) - written - len(bad), "bad_images": len(bad)}
     if bad:
         summary.update(bad=bad, dropped=dropped)
-        logger.warning("left out %d studies with unreadable images, e.g. %s (%s); see %s", len(dropped),
-                       next(iter(bad)), next(iter(bad.values())), out / "import_summary.json")
+        warn_dropped(dropped, bad, out / "import_summary.json")
     atomic_write_text(out / "import_summary.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / "annotation.json", json.dumps(kept, indent=1) + "\n")  # last: marks a finished import
     return summary

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from .dataset import _IMAGE_ERRORS, SPLITS, DataError, check_inside_root, load_r
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prepare_dataset", "prepared_name", "convert_images"]
+__all__ = ["prepare_dataset", "prepared_name", "convert_images", "drop_bad_studies", "warn_dropped"]
 
 
 def prepared_name(relative: str) -> str:
@@ -102,6 +102,26 @@ def convert_images(jobs: list[tuple[str, str, int]], workers: int = 0, progress:
     return written, bad
 
 
+def drop_bad_studies(records: list[dict[str, Any]], is_bad: Callable[[str], bool]
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split studies by their images (``record["image_path"]``, each tested with ``is_bad``): (the studies whose
+    every image was converted, the ids of the others). A study is kept whole or not at all, so no report is
+    left with a missing view."""
+    kept, dropped = [], []
+    for rec in records:
+        if any(is_bad(rel) for rel in rec["image_path"]):
+            dropped.append(rec["id"])
+        else:
+            kept.append(rec)
+    return kept, dropped
+
+
+def warn_dropped(dropped: list[str], bad: dict[str, str], report: Path) -> None:
+    """Log, once, how many studies were left out for unreadable images, with the first image and why."""
+    logger.warning("left out %d studies with unreadable images, e.g. %s (%s); see %s", len(dropped),
+                   next(iter(bad)), next(iter(bad.values())), report)
+
+
 def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[str], size: int = 256,
                     workers: int = 0, image_root: str | os.PathLike[str] | None = None,
                     on_bad_image: str = "raise", progress: bool = True,
@@ -130,12 +150,9 @@ def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[s
                 jobs.append((str(root / rel), str(out / "images" / prepared_name(rel)), size))
     written, bad = convert_images(jobs, workers, progress, on_bad_image)
     bad_rel = {os.path.relpath(p, root) for p in bad}
+    readable, dropped = drop_bad_studies(records, bad_rel.__contains__)
     kept: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    dropped = []
-    for rec in records:
-        if any(rel in bad_rel for rel in rec["image_path"]):
-            dropped.append(rec["id"])
-            continue
+    for rec in readable:
         split = rec.get("split") if rec.get("split") in SPLITS else "train"
         kept[split].append({**rec, "image_path": [prepared_name(rel) for rel in rec["image_path"]]})
     labels = annotation.parent / "labels.csv"
@@ -147,8 +164,7 @@ def prepare_dataset(annotation: str | os.PathLike[str], out: str | os.PathLike[s
     if bad:
         atomic_write_text(out / "prepare_report.json",
                           json.dumps({**summary, "bad": bad, "dropped": dropped}, indent=1) + "\n")
-        logger.warning("left out %d studies with unreadable images, e.g. %s (%s); see %s", len(dropped),
-                       next(iter(bad)), next(iter(bad.values())), out / "prepare_report.json")
+        warn_dropped(dropped, bad, out / "prepare_report.json")
     # last: its presence marks a complete prepared data set
     atomic_write_text(out / "annotation.json", json.dumps(kept, indent=1) + "\n")
     return summary
