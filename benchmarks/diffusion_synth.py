@@ -314,18 +314,27 @@ def _r(x: Any) -> Any:
     return round(x, 4) if isinstance(x, float) else x
 
 
+def entry_name(spec: str) -> str:
+    """The zoo entry a model argument names: ``zoo:NAME`` or a zoo folder -> NAME; any other saved folder keeps
+    its path, as ``zoo_synth.py`` names runs."""
+    if spec.startswith("zoo:"):
+        return spec.removeprefix("zoo:")
+    return Path(spec).name if (Path(spec) / ENTRY_FILE).is_file() else spec
+
+
 def autoencoder_entry(pipeline: str, vae: str | None) -> str:
-    """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s (a ``zoo:`` name or a zoo folder;
-    any other saved folder keeps its path, as ``zoo_synth.py`` names runs), else the one the pipeline entry names
-    as its vae (``radloop zoo swap-decoder``), else the ``model.autoencoder`` of the training run the pipeline was
-    saved by (``<run>/best`` beside ``<run>/config.yaml``), else ``autoencoder64``."""
+    """The zoo entry whose card the autoencoder's scores belong to: ``--vae``'s (:func:`entry_name`), else the
+    one the pipeline entry names as its vae (``radloop zoo swap-decoder``), else the ``model.autoencoder`` of the
+    recipe the pipeline entry was trained by, else that of the training run the pipeline was saved by
+    (``<run>/best`` beside ``<run>/config.yaml``), else ``autoencoder64``."""
     if vae:
-        if vae.startswith("zoo:"):
-            return vae.removeprefix("zoo:")
-        return Path(vae).name if (Path(vae) / ENTRY_FILE).is_file() else vae
+        return entry_name(vae)
     folder = Path(resolve_zoo(pipeline))
     entry, run_config = folder / ENTRY_FILE, folder.parent / "config.yaml"
-    named = read_json(entry).get("vae", {}).get("entry") if entry.is_file() else None
+    meta = read_json(entry) if entry.is_file() else {}
+    named = meta.get("vae", {}).get("entry")
+    if not named and meta.get("recipe") and Path(meta["recipe"]).is_file():
+        named = OmegaConf.select(OmegaConf.load(meta["recipe"]), "model.autoencoder")
     if not named and run_config.is_file():
         # an ablation arm or any other training run: it decodes with the autoencoder it was trained on
         named = OmegaConf.select(OmegaConf.load(run_config), "model.autoencoder")
@@ -343,7 +352,8 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
                          "judge_mauc_real": _r(ae["judge_mauc_real"]),
                          "noise_free_render_vs_real": {k: _r(v) for k, v in ae["noise_free_render_vs_real"].items()},
                          "command": command}
-    entries["judge64"] = {"mauc_real_test": _r(result["mauc_real_ceiling"]), "command": command}
+    entries[entry_name(result["classifier"])] = {"mauc_real_test": _r(result["mauc_real_ceiling"]),
+                                                 "command": command}
     ldm = {"guidance_scale": result["guidance_scale"], "mauc_generated": _r(result["mauc_generated"]),
            "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
            "judge_fid_over_floor": _r(result.get("judge_fid_over_floor")),
@@ -357,7 +367,7 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     if rare:
         ldm["rare_findings_auc_plain_to_optimised"] = {k: f"{x['auc_plain']} -> {x['auc_optimised']} "
                                                           f"({x['positives']} positives)" for k, x in rare.items()}
-    entries["ldm64"] = {**ldm, "command": command}
+    entries[entry_name(result["pipeline"])] = {**ldm, "command": command}
     return entries
 
 
@@ -378,7 +388,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     if args.vae:
         swap_autoencoder(pipe, args.vae)
-    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "vae": args.vae,
+    result: dict = {"benchmark": "diffusion_synthcxr", "pipeline": args.pipeline, "classifier": args.classifier,
+                    "vae": args.vae,
                     "autoencoder_entry": autoencoder_entry(args.pipeline, args.vae),
                     "machine": "2-core CPU, no GPU",
                     "conditioner": {k: pipe.conditioner.config[k]

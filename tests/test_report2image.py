@@ -586,6 +586,8 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     pipe.save_pretrained(tmp_path / "pipe")
     pipe.text_encoder.save_pretrained(tmp_path / "backbone")
     build_classifier("classifier_tiny", image_size=32).save_pretrained(tmp_path / "judge")
+    for entry in ("pipe", "judge"):  # zoo folders: their scores go to the entries of those names
+        (tmp_path / entry / "zoo_entry.json").write_text("{}")
     bench = load_benchmark("diffusion_synth")
     zoo_results = tmp_path / "zoo.json"
     zoo_results.write_text(json.dumps({"entries": {"radclip_small": {"kept": 1}}}))
@@ -614,13 +616,18 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     # FID in both feature spaces, each over its own real-vs-real floor
     assert {"backbone_fid_over_floor", "judge_fid_over_floor", "judge_fid_floor"} <= set(result)
     entries = json.loads(zoo_results.read_text())["entries"]
-    assert set(entries) == {"radclip_small", "autoencoder64", "judge64", "ldm64"}
-    assert entries["ldm64"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
+    assert set(entries) == {"radclip_small", "autoencoder64", "judge", "pipe"}
+    assert entries["pipe"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
+    assert bench.entry_name("zoo:judge128") == "judge128" and bench.entry_name("runs/x/best") == "runs/x/best"
     # the autoencoder's scores go to the entry that decodes: --vae's, else the one the pipeline entry names
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), "zoo:autoencoder64_ft") == "autoencoder64_ft"
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder64"
     (tmp_path / "pipe" / "zoo_entry.json").write_text(json.dumps({"vae": {"entry": "zoo:ae_ft"}}))
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "ae_ft"
+    # an entry that was never swapped decodes with the autoencoder its recipe names
+    (tmp_path / "recipe.yaml").write_text("model:\n  autoencoder: zoo:autoencoder128_f4\n")
+    (tmp_path / "pipe" / "zoo_entry.json").write_text(json.dumps({"recipe": str(tmp_path / "recipe.yaml")}))
+    assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder128_f4"
     # a zoo folder by path is its entry; a training run's folder keeps its path (not "best")
     assert bench.autoencoder_entry("x", str(tmp_path / "pipe")) == "pipe"
     assert bench.autoencoder_entry("x", "runs/ae_ft/best") == "runs/ae_ft/best"
