@@ -73,7 +73,7 @@ def zoo_row(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The scores a zoo autoencoder's card quotes: ``{entry: {metric: value, ..., "command"}}``."""
     keep = ("psnr", "ssim", "judge_mauc_real", "judge_mauc_reconstructed", "mauc_gap", "largest_finding_gap",
             "auroc_reconstructed", "gap", "command")
-    return {result["vae"].removeprefix("zoo:"): {k: result[k] for k in keep}}
+    return {result["vae"].removeprefix("zoo:"): {"test_data": result["data"], **{k: result[k] for k in keep}}}
 
 
 def main(argv: list[str] | None = None) -> None:

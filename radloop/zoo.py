@@ -385,7 +385,7 @@ def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
                   for k in names]
         lines.append("")
     for k, v in metrics.items():
-        if k == "command" or k.endswith(suffixes):
+        if k in ("command", "test_data") or k.endswith(suffixes):
             continue
         lines.append(f"- {k}: " + (", ".join(f"{n} {x}" for n, x in v.items()) if isinstance(v, dict) else f"{v}"))
     return lines
@@ -420,9 +420,12 @@ def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
     metrics = measured.get("entries", {}).get(meta["name"])
     lines += ["## Measured", ""]
     if metrics:
-        test = meta.get("test_data", "configs/zoo/test_data.yaml")
-        lines += [f"On the fresh SynthCXR test set (`{test}`, seed 1001, never trained on), "
-                  f"`{metrics.get('command', 'python benchmarks/zoo_synth.py')}`:", ""]
+        command = metrics.get("command", "python benchmarks/zoo_synth.py")
+        if metrics.get("test_data"):  # a benchmark that scored other fresh data names it
+            lines += [f"On fresh SynthCXR test data (`{metrics['test_data']}`, never trained on), `{command}`:", ""]
+        else:
+            test = meta.get("test_data", "configs/zoo/test_data.yaml")
+            lines += [f"On the fresh SynthCXR test set (`{test}`, seed 1001, never trained on), `{command}`:", ""]
         lines += _metric_lines(metrics, measured.get("floor_most_common_training_report", {}))
     real = measured.get("real_text", {}).get(meta["name"])
     if real:

@@ -180,6 +180,22 @@ def test_export_and_train_refuse_what_is_missing(tiny_zoo, tmp_path):
         load_index(tmp_path / "bad.yaml")
 
 
+def test_a_card_names_the_data_its_scores_were_measured_on(tmp_path):
+    """Scores measured on other fresh data than the entry's test set (the rare test set) say so on the card."""
+    from radloop.zoo import merge_results, render_card
+
+    meta = {"name": "ae", "dataset": "d", "command": "c", "recipe": "r", "trainer": "autoencoder",
+            "test_data": "configs/zoo/test_data128.yaml"}
+    merge_results("entries", {"ae": {"psnr": 30.0, "command": "python b.py"}}, tmp_path / "s.json")
+    assert "On the fresh SynthCXR test set (`configs/zoo/test_data128.yaml`, seed 1001" in render_card(
+        meta, tmp_path / "s.json")
+    merge_results("entries", {"ae": {"test_data": "runs/rare", "psnr": 30.0, "command": "python b.py"}},
+                  tmp_path / "s.json")
+    card = render_card(meta, tmp_path / "s.json")
+    assert "On fresh SynthCXR test data (`runs/rare`, never trained on), `python b.py`" in card
+    assert "test_data128" not in card and "- test_data" not in card and "- psnr: 30.0" in card
+
+
 def test_an_entry_that_learned_real_text_names_it_and_its_licence(tmp_path):
     from radloop.zoo import render_card
     from shared.config import ConfigError
