@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.radloop-installed
 
-.PHONY: install demo test lint bench clean gpu-wheels zoo
+.PHONY: install demo test lint bench clean gpu-wheels zoo zoo128
 
 # The packages the GPU machine (Python 3.12, torch 2.11) lacks, as wheels for its platform, into the
 # ignored .whl/ that a device call carries (benchmarks/gpu/check.sh installs them there). pycocoevalcap
@@ -51,6 +51,28 @@ zoo: install
 		--rare-data runs/zoo/data/synthcxr64_rare_test --rare-positives 100 --rare-negatives 100 \
 		--out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json --zoo-results zoo/synthcxr64/scores.json
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
+
+# The 128 px generation (configs/zoo/index128.yaml): the judge, the f = 8 baseline and the f = 4 autoencoder, the
+# generator; then the scores its cards quote. About 4 hours on a 2-core CPU.
+ZOO128_ENTRIES := judge128 autoencoder128 autoencoder128_f4 ldm128
+ZOO128_DATA := runs/zoo/data/synthcxr128
+zoo128: install
+	for name in $(ZOO128_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
+	test -f $(ZOO128_DATA)_rare_test/annotation.json || $(BIN)/radloop synth \
+		--config configs/zoo/rare_test_data.yaml --size 128 --out $(ZOO128_DATA)_rare_test
+	$(BIN)/python benchmarks/judge_scale.py --sizes 128 --reuse 128=zoo:judge128 \
+		--out benchmarks/results/judge128_synthcxr128_cpu2.json --zoo-results zoo/synthcxr128/scores.json
+	for ae in autoencoder128 autoencoder128_f4; do $(BIN)/python benchmarks/autoencoder_judge.py --vae zoo:$$ae \
+		--judge zoo:judge128 --data $(ZOO128_DATA)_rare_test --n 1500 \
+		--out benchmarks/results/$${ae}_judge_synthcxr128_cpu2.json --zoo-results zoo/synthcxr128/scores.json \
+		|| exit 1; done
+	$(BIN)/python benchmarks/diffusion_synth.py --pipeline zoo:ldm128 --data $(ZOO128_DATA)_test \
+		--classifier zoo:judge128 --backbone zoo:radclip_small --run-dir runs/zoo/ldm128 --guidance-grid 3 5 7 \
+		--val-data $(ZOO128_DATA) --train-data $(ZOO128_DATA) --val-n 100 --n 300 --edits 64 \
+		--edit-strengths 0.9 1.0 --edit-guidance 5 \
+		--rare-data $(ZOO128_DATA)_rare_test --rare-positives 100 --rare-negatives 100 \
+		--out benchmarks/results/zoo_diffusion_synthcxr128_cpu2.json --zoo-results zoo/synthcxr128/scores.json
+	for name in $(ZOO128_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
 bench: install
 	$(BIN)/python benchmarks/synthcxr_speed.py
