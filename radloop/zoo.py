@@ -433,8 +433,9 @@ def render_card(meta: dict[str, Any], results: Path | None = None) -> str:
             lines.append("")
         lines += _real_text_lines(meta["name"], real)
     if not metrics and not real:
-        lines += ["Not benchmarked yet: `make zoo` runs the zoo benchmarks (`benchmarks/zoo_synth.py`, "
-                  "`benchmarks/diffusion_synth.py`, `benchmarks/iu_text.py`), then `radloop zoo card NAME`."]
+        lines += ["Not benchmarked yet: `make zoo` (64 px) and `make zoo128` (128 px) run the zoo benchmarks "
+                  "(`benchmarks/zoo_synth.py`, `benchmarks/diffusion_synth.py`, `benchmarks/iu_text.py`, "
+                  "`benchmarks/judge_scale.py`, `benchmarks/autoencoder_judge.py`), then `radloop zoo card NAME`."]
     curve = meta.get("validation_curve")
     if curve:
         keys = [k for k in curve[0] if k.startswith("val/") and k.removeprefix("val/") not in _CURVE_SKIP
