@@ -355,6 +355,8 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     entries[entry_name(result["classifier"])] = {"mauc_real_test": _r(result["mauc_real_ceiling"]),
                                                  "command": command}
     ldm = {"guidance_scale": result["guidance_scale"], "mauc_generated": _r(result["mauc_generated"]),
+           # per finding: the targets are per finding, and the rare ones are where a generator fails
+           "auroc_generated": {k: v for k, v in result.get("auroc_generated", {}).items() if v == v},  # NaN: none
            "backbone_fid_over_floor": _r(result["backbone_fid_over_floor"]),
            "judge_fid_over_floor": _r(result.get("judge_fid_over_floor")),
            "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result.get("ddim50_images_per_s")}
@@ -369,6 +371,14 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
                                                           f"({x['positives']} positives)" for k, x in rare.items()}
     entries[entry_name(result["pipeline"])] = {**ldm, "command": command}
     return entries
+
+
+def keep_own_rows(rows: dict[str, dict], results: Path) -> dict[str, dict]:
+    """``rows`` less those that would replace an entry's row written by another benchmark (judge128's from
+    ``judge_scale.py``, an autoencoder's from ``autoencoder_judge.py``): a card quotes its entry's own benchmark."""
+    existing = read_json(results).get("entries", {}) if results.is_file() else {}
+    return {name: row for name, row in rows.items()
+            if "diffusion_synth.py" in existing.get(name, {}).get("command", "diffusion_synth.py")}
 
 
 def _write(result: dict, out: str | None) -> None:
@@ -430,7 +440,8 @@ def main() -> None:
     _write(result, args.out)
     if args.zoo_results:
         command = "python benchmarks/diffusion_synth.py " + " ".join(sys.argv[1:])
-        merge_results("entries", zoo_entry_metrics(result, command), Path(args.zoo_results))
+        merge_results("entries", keep_own_rows(zoo_entry_metrics(result, command), Path(args.zoo_results)),
+                      Path(args.zoo_results))
 
 
 if __name__ == "__main__":

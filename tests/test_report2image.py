@@ -618,7 +618,12 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     entries = json.loads(zoo_results.read_text())["entries"]
     assert set(entries) == {"radclip_small", "autoencoder64", "judge", "pipe"}
     assert entries["pipe"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
+    assert "Pleural Effusion" in entries["pipe"]["auroc_generated"]  # per finding, undefined ones left out
     assert bench.entry_name("zoo:judge128") == "judge128" and bench.entry_name("runs/x/best") == "runs/x/best"
+    # a row another benchmark wrote (judge_scale.py's judge128) is not replaced by this one's
+    rows = {"j": {"command": "python benchmarks/judge_scale.py"}, "p": {"command": "python diffusion_synth.py"}}
+    (tmp_path / "s.json").write_text(json.dumps({"entries": rows}))
+    assert set(bench.keep_own_rows({"j": {}, "p": {}, "new": {}}, tmp_path / "s.json")) == {"p", "new"}
     # the autoencoder's scores go to the entry that decodes: --vae's, else the one the pipeline entry names
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), "zoo:autoencoder64_ft") == "autoencoder64_ft"
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder64"
