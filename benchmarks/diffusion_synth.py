@@ -84,10 +84,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--ddim-steps", dest="ddim_steps", type=int, default=50, help="DDIM steps of the speed row")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--zoo-results", dest="zoo_results",
-                        help="merge the zoo entries' measurements (the autoencoder's, judge64, ldm64) into this zoo "
-                             "results file, which the model cards quote (radloop zoo card NAME)")
+                        help="merge the zoo entries' measurements (the pipeline's, the classifier's, the "
+                             "autoencoder's) into this zoo results file, which the model cards quote "
+                             "(radloop zoo card NAME)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-noise-opt", dest="skip_noise_opt", action="store_true")
+    parser.add_argument("--rare-plain-only", dest="rare_plain_only", action="store_true",
+                        help="the rare-finding study without the noise optimisation: the judge's AUROC per rare "
+                             "finding on plain generations only (to compare generators; a fraction of the time)")
     parser.add_argument("--rare-data", dest="rare_data",
                         help="the data whose test reports the initial-noise optimisation study draws from (default "
                              "--data; configs/zoo/rare_test_data.yaml holds 100+ of each rare finding)")
@@ -262,8 +266,10 @@ def rare_selection(labels: np.ndarray, idx: list[int], positives: int | None = N
 
 
 def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: dict, judge: Judge, guidance: float,
-                             seed: int, positives: int | None = None, negatives: int | None = None) -> dict:
-    """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without.
+                             seed: int, positives: int | None = None, negatives: int | None = None,
+                             optimise: bool = True) -> dict:
+    """Initial-noise optimisation on the 3 rarest training findings: the judge's AUC with and without
+    (``optimise=False``: without only).
 
     The reports are the test reports of ``real`` with one of those findings -- at most ``positives`` per finding,
     all when None -- and ``negatives`` reports with none of them (default: as many as the positives)."""
@@ -280,6 +286,12 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
     sub_labels = real["labels"][sel]
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     plain = generate(pipe, sub_reports, 20, guidance, seed + 7)
+    auc_plain = multilabel_auroc(judge(plain).numpy(), sub_labels, CHEXPERT_LABELS)
+    counts = {"n_images": len(sel), "n_without_rare_findings": len(neg)}
+    if not optimise:
+        return {"rare_findings": {name: {"positives": int((sub_labels[:, j] == 1).sum()),
+                                         "auc_plain": round(auc_plain[f"auroc/{name}"], 3)}
+                                  for name, j in zip(rare, idx, strict=True)}, **counts}
     start = time.perf_counter()
     z = torch.cat([pipe.optimize_initial_noise(sub_reports[k:k + 25], steps=5, lr=0.05, short_steps=4,
                                                guidance_scale=guidance,
@@ -287,13 +299,11 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
                    for k in range(0, len(sub_reports), 25)])
     opt_seconds = time.perf_counter() - start
     optimised = generate(pipe, sub_reports, 20, guidance, seed + 7, batch=25, latents=z)
-    auc_plain = multilabel_auroc(judge(plain).numpy(), sub_labels, CHEXPERT_LABELS)
     auc_opt = multilabel_auroc(judge(optimised).numpy(), sub_labels, CHEXPERT_LABELS)
     per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
                   "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
                   "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
-    return {"rare_findings": per, "n_images": len(sel), "n_without_rare_findings": len(neg),
-            "seconds_per_image": round(opt_seconds / len(sel), 2),
+    return {"rare_findings": per, **counts, "seconds_per_image": round(opt_seconds / len(sel), 2),
             "score": "backbone image-report cosine (not the judging classifier)"}
 
 
@@ -366,7 +376,7 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
             ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
                                                          ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
     rare = result.get("noise_optimisation", {}).get("rare_findings", {})
-    if rare:
+    if rare and all("auc_optimised" in x for x in rare.values()):
         ldm["rare_findings_auc_plain_to_optimised"] = {k: f"{x['auc_plain']} -> {x['auc_optimised']} "
                                                           f"({x['positives']} positives)" for k, x in rare.items()}
     entries[entry_name(result["pipeline"])] = {**ldm, "command": command}
@@ -433,7 +443,8 @@ def main() -> None:
         rare = load_image_set(Path(args.rare_data) / "annotation.json", "test", pipe.image_size, "file") \
             if args.rare_data else real
         result["noise_optimisation"] = score_noise_optimisation(pipe, train_data, rare, judge, args.guidance,
-                                                                args.seed, args.rare_positives, args.rare_negatives)
+                                                                args.seed, args.rare_positives, args.rare_negatives,
+                                                                optimise=not args.rare_plain_only)
         result["noise_optimisation"]["data"] = args.rare_data or str(data)
     if args.run_dir and (Path(args.run_dir) / "noise_filter.json").is_file():
         result["noise_filter"] = score_noise_filter(Path(args.run_dir), train_data)

@@ -660,6 +660,28 @@ def test_rare_finding_selection_caps_positives_per_finding_and_takes_clean_negat
     assert pos == [0, 2, 4, 6, 3, 5] and neg == [1, 7, 8, 9]  # every positive; negatives up to their number
 
 
+def test_rare_study_without_optimisation_scores_plain_generations_only(tmp_path, tiny_synth, load_benchmark):
+    """--rare-plain-only: the judge's AUROC per rare finding on plain generations, no optimisation run."""
+    from evaluation.classifier import Judge, build_classifier
+    from evaluation.image_eval import load_image_set
+
+    data, _ = tiny_synth
+    bench = load_benchmark("diffusion_synth")
+    build_classifier("classifier_tiny", image_size=32).save_pretrained(tmp_path / "judge")
+    real = load_image_set(data / "annotation.json", "test", 32, "file")
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    out = bench.score_noise_optimisation(pipe, data, real, Judge.from_pretrained(tmp_path / "judge"), 2.0, 0,
+                                         positives=2, negatives=2, optimise=False)
+    assert len(out["rare_findings"]) == 3 and out["n_images"] >= out["n_without_rare_findings"]
+    assert all(set(row) == {"positives", "auc_plain"} for row in out["rare_findings"].values())
+    # and the card then has no plain -> optimised row
+    result = {"pipeline": "p", "classifier": "j", "autoencoder_entry": "a", "mauc_real_ceiling": 0.9,
+              "guidance_scale": 2.0, "mauc_generated": 0.8, "backbone_fid_over_floor": 2.0,
+              "dpm20_images_per_s": 1.0, "noise_optimisation": out}
+    assert "rare_findings_auc_plain_to_optimised" not in bench.zoo_entry_metrics(result, "c")["p"]
+
+
 def test_sharded_pair_cache_gives_the_in_memory_items_and_is_reused(tmp_path, tiny_synth):
     from report2image.train import CachedPairs, DiffusionPairs
 
