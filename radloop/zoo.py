@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the zoo's augmentation answer beside its entries (``benchmarks/augment_synth.py --zoo``); the demo quotes it
 AUGMENT_FILE = "augmentation.json"
 
+
 @dataclass
 class ZooRecipe:
     name: str
