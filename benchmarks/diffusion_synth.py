@@ -287,11 +287,11 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     plain = generate(pipe, sub_reports, 20, guidance, seed + 7)
     auc_plain = multilabel_auroc(judge(plain).numpy(), sub_labels, CHEXPERT_LABELS)
+    per = {name: {"positives": int((sub_labels[:, j] == 1).sum()), "auc_plain": round(auc_plain[f"auroc/{name}"], 3)}
+           for name, j in zip(rare, idx, strict=True)}
     counts = {"n_images": len(sel), "n_without_rare_findings": len(neg)}
     if not optimise:
-        return {"rare_findings": {name: {"positives": int((sub_labels[:, j] == 1).sum()),
-                                         "auc_plain": round(auc_plain[f"auroc/{name}"], 3)}
-                                  for name, j in zip(rare, idx, strict=True)}, **counts}
+        return {"rare_findings": per, **counts}
     start = time.perf_counter()
     z = torch.cat([pipe.optimize_initial_noise(sub_reports[k:k + 25], steps=5, lr=0.05, short_steps=4,
                                                guidance_scale=guidance,
@@ -300,9 +300,8 @@ def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: 
     opt_seconds = time.perf_counter() - start
     optimised = generate(pipe, sub_reports, 20, guidance, seed + 7, batch=25, latents=z)
     auc_opt = multilabel_auroc(judge(optimised).numpy(), sub_labels, CHEXPERT_LABELS)
-    per = {name: {"positives": int((sub_labels[:, j] == 1).sum()),
-                  "auc_plain": round(auc_plain[f"auroc/{name}"], 3),
-                  "auc_optimised": round(auc_opt[f"auroc/{name}"], 3)} for name, j in zip(rare, idx, strict=True)}
+    for name, row in per.items():
+        row["auc_optimised"] = round(auc_opt[f"auroc/{name}"], 3)
     return {"rare_findings": per, **counts, "seconds_per_image": round(opt_seconds / len(sel), 2),
             "score": "backbone image-report cosine (not the judging classifier)"}
 
