@@ -1,4 +1,5 @@
-"""``radloop data ...``: importing the official releases, preparing images, the IU report export, the tokenizer."""
+"""``radloop data ...``: importing the official releases, preparing images, the IU report export, the tokenizer,
+SynthCXR's finding masks."""
 
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finding_masks(args: argparse.Namespace) -> int:
+    from synthcxr.finding_masks import write_finding_masks
+
+    start = time.perf_counter()
+    out = write_finding_masks(args.data, args.findings, args.splits, args.threshold, args.dilate)
+    _echo(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from shared.data.importers import import_iu_xray, import_mimic_cxr
 
@@ -99,6 +109,21 @@ def _add_importers(data: argparse._SubParsersAction) -> None:
     _import_flags(p, max_views=1)
 
 
+def _add_finding_masks(data: argparse._SubParsersAction) -> None:
+    from synthcxr.finding_masks import RARE_FINDINGS
+
+    p = data.add_parser("finding-masks", help="where each SynthCXR study's findings are, for a region-weighted "
+                                              "diffusion loss (data.region_masks)",
+                        description="Renders each study again without each chosen finding and keeps the pixels "
+                                    "that change: DATA/finding_masks/<study>.png and DATA/finding_masks.json.")
+    p.add_argument("data", help="a SynthCXR folder (radloop synth --out)")
+    p.add_argument("--findings", nargs="+", default=list(RARE_FINDINGS), help="findings the masks cover")
+    p.add_argument("--splits", nargs="+", default=["train"], help="splits to mask (training only by default)")
+    p.add_argument("--threshold", type=float, default=0.01, help="smallest pixel change (images in [0, 1])")
+    p.add_argument("--dilate", type=int, default=1, help="pixels the mask grows by")
+    p.set_defaults(func=cmd_finding_masks)
+
+
 def add_data(verbs: argparse._SubParsersAction) -> None:
     """`radloop data ...`: preparing a data set, the IU X-ray report export and the tokenizer."""
     data = verbs.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", metavar="<what>",
@@ -132,3 +157,4 @@ def add_data(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
     _add_importers(data)
+    _add_finding_masks(data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,9 @@ from torch.utils.data import Dataset
 
 from shared.backbone.clip import RadCLIP
 from shared.data.dataset import ReportImageDataset
+from shared.data.region_masks import load_region_mask, read_region_masks
 from shared.data.shard_cache import ShardedCache, files_digest, module_digest
+from shared.data.transforms import PreprocessConfig
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
 
@@ -33,13 +36,18 @@ class DiffusionPairs(Dataset):
     Each item: ``image`` (1, S, S) in [-1, 1], ``report``, ``index`` (for the noise filter),
     ``identity_image`` (another study of the same patient; the study itself when it is the
     patient's only one), ``patient_id``, ``attributes`` (14, 3) and ``labels`` (14,) from the
-    report labeler (never from a labels file: real data has none).
+    report labeler (never from a labels file: real data has none). With ``region_masks`` (a masks file,
+    :mod:`shared.data.region_masks`) also ``region`` (1, S, S) in {0, 1}: where the study's finding is,
+    zeros for a study the file does not name.
     """
 
     def __init__(self, annotation: str, split: str, image_size: int, labeler: ReportLabeler | None = None,
-                 image_root: str | None = None, allow_outside_root: bool = False) -> None:
+                 image_root: str | None = None, allow_outside_root: bool = False,
+                 region_masks: str | None = None) -> None:
         self.base = ReportImageDataset(annotation, split, image_root, image_size=image_size,
                                        allow_outside_root=allow_outside_root)
+        self.region_paths = _region_paths(region_masks, self.base.records, split) if region_masks else None
+        self.preprocess = PreprocessConfig(image_size)
         labeler = labeler or ReportLabeler()
         # one labeler pass per report gives both the attribute tokens and the finding labels
         results = [labeler.label(r) for r in self.base.reports]
@@ -57,19 +65,43 @@ class DiffusionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def region(self, index: int) -> torch.Tensor:
+        """(1, S, S) region mask of study ``index`` in {0, 1} (zeros where the masks file names none)."""
+        path = None if self.region_paths is None else self.region_paths[index]
+        if path is None:
+            size = self.preprocess.image_size
+            return torch.zeros(1, size, size)
+        return load_region_mask(path, self.preprocess)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.base[index]
         partner = self.partner[index]
         identity = item["images"][0] if partner == index else self.base[partner]["images"][0]
-        return {"image": item["images"][0], "report": item["report"], "index": torch.tensor(index),
-                "identity_image": identity, "patient_id": item["patient_id"],
-                "attributes": self.attributes[index], "labels": self.labels[index]}
+        out = {"image": item["images"][0], "report": item["report"], "index": torch.tensor(index),
+               "identity_image": identity, "patient_id": item["patient_id"],
+               "attributes": self.attributes[index], "labels": self.labels[index]}
+        if self.region_paths is not None:
+            out["region"] = self.region(index)
+        return out
+
+
+def _region_paths(masks_file: str, records: Sequence[dict[str, Any]], split: str) -> list[Path | None]:
+    """Each record's mask PNG (None: no mask); a file that names none of the split's studies is an error, the
+    sign of masks made for other data."""
+    masks = read_region_masks(masks_file)
+    paths = [masks.get(r["id"]) for r in records]
+    if records and split == "train" and not any(p is not None for p in paths):
+        raise ValueError(f"{masks_file}: none of its {len(masks)} masks names a {split} study of the annotation")
+    logger.info("%s: region masks for %d of %d %s studies", masks_file, sum(p is not None for p in paths),
+                len(records), split)
+    return paths
 
 
 class CachedPairs(Dataset):
     """What the frozen models make of every training pair, computed once: the autoencoder's
-    latent distribution (mean, std), the backbone's text tokens and image embedding, and the image
-    itself (for the trained identity encoder). Items carry the keys the UNet stage reads.
+    latent distribution (mean, std), the backbone's text tokens and image embedding, the image
+    itself (for the trained identity encoder) and, with region masks, ``region`` (1, h, w) at the latents'
+    size. Items carry the keys the UNet stage reads.
 
     In memory by default; with ``cache_dir`` the rows go to a :class:`~shared.data.shard_cache.ShardedCache`
     under it (every ``accelerate`` process computes its share of the shards on its device; training reads
@@ -91,7 +123,7 @@ class CachedPairs(Dataset):
         rows = self._compute(vae, backbone, range(len(pairs)), batch_size, torch.device("cpu"))
         self.images, self.latent_mean, self.latent_std = rows["image"], rows["latent_mean"], rows["latent_std"]
         self.tokens, self.mask = rows["tokens"], rows["mask"]
-        self.image_embeds = rows.get("image_embeds")
+        self.image_embeds, self.region = rows.get("image_embeds"), rows.get("region")
 
     def _compute(self, vae: AutoencoderKL, backbone: RadCLIP, items: range, batch_size: int,
                  device: torch.device) -> dict[str, torch.Tensor]:
@@ -103,6 +135,10 @@ class CachedPairs(Dataset):
             dist = vae.encode(x).latent_dist
             tok, mask = backbone_text_features(backbone, [it["report"] for it in batch], device)
             row = {"image": x, "latent_mean": dist.mean, "latent_std": dist.std, "tokens": tok, "mask": mask}
+            if self.pairs.region_paths is not None:
+                # a latent cell is in the region when any of its pixels is: a finding one pixel wide keeps its cell
+                masks = torch.stack([self.pairs.region(i) for i in range(k, min(k + batch_size, items.stop))])
+                row["region"] = torch.nn.functional.adaptive_max_pool2d(masks, dist.mean.shape[-2:])
             if self.with_embeds:
                 row["image_embeds"] = backbone_image_embeds(backbone, x)
             for name, value in row.items():
@@ -120,6 +156,8 @@ class CachedPairs(Dataset):
             "files": files_digest([r["paths"][0] for r in base.records]), "image_size": base[0]["images"].shape[-1],
             "vae": module_digest(vae), "backbone": module_digest(backbone), "image_embeds": self.with_embeds,
             "context_length": backbone.context_length}
+        if self.pairs.region_paths is not None:
+            description["region_masks"] = files_digest([p for p in self.pairs.region_paths if p is not None])
         device = PartialState().device
         vae.to(device)
         backbone.to(device)
@@ -150,6 +188,8 @@ class CachedPairs(Dataset):
                    "tokens": self.tokens[index], "mask": self.mask[index]}
             if self.image_embeds is not None:
                 row["image_embeds"] = self.image_embeds[index]
+            if self.region is not None:
+                row["region"] = self.region[index]
             identity = self.images[partner]
         item = {"index": torch.tensor(index), "latent_mean": row["latent_mean"], "latent_std": row["latent_std"],
                 "tokens": row["tokens"], "mask": row["mask"], "identity_image": identity,
@@ -157,4 +197,6 @@ class CachedPairs(Dataset):
                 "attributes": self.pairs.attributes[index], "labels": self.pairs.labels[index]}
         if self.with_embeds:
             item["image_embeds"] = row["image_embeds"]
+        if self.pairs.region_paths is not None:
+            item["region"] = row["region"]
         return item

@@ -31,19 +31,22 @@ class DiffusionLoss(nn.Module):
             the conditioned samples of each batch and turns them into per-sample weights. It is
             held here (not looked up inside a possibly wrapped model) so that the objective works
             the same under ``accelerate``'s DDP wrapper.
+        region_weight: extra weight of the denoising error inside a study's region mask (where its finding
+            is): each latent cell's squared error counts ``1 + region_weight`` times there, once elsewhere.
     """
 
     def __init__(self, refiner_weight: float = 0.1, group_weight: float = 0.05, independence_weight: float = 0.05,
-                 noise_filter: LatentNoiseFilter | None = None) -> None:
+                 noise_filter: LatentNoiseFilter | None = None, region_weight: float = 0.0) -> None:
         super().__init__()
         self.refiner_weight, self.group_weight = refiner_weight, group_weight
         self.independence_weight = independence_weight
         self.noise_filter = noise_filter
+        self.region_weight = region_weight
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, timesteps: torch.Tensor,
                 dropped: torch.Tensor, cond: ConditionOutput, refined: tuple[torch.Tensor, torch.Tensor] | None,
-                patient_ids: Sequence[str], labels: torch.Tensor, snr_weights: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+                patient_ids: Sequence[str], labels: torch.Tensor, snr_weights: torch.Tensor | None = None,
+                region: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Terms of one batch.
 
         Args:
@@ -54,9 +57,11 @@ class DiffusionLoss(nn.Module):
             refined: (alignment loss, (B,) report-image cosine) of the vision-aware refiner, or None.
             patient_ids: (B,) patient of each sample; labels: (B, 14) the labeler's findings.
             snr_weights: (B,) Min-SNR-gamma weights of the timesteps, or None (uniform).
+            region: (B, 1, h, w) region masks in {0, 1} at the latents' size, or None (no region weighting).
         """
         # 1. per-sample denoising error
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))
+        squared = F.mse_loss(pred.float(), target.float(), reduction="none")
+        per_sample = squared.mean((1, 2, 3))
         # 2. Diff-CXR noise filtering: anomaly scores from the conditioned samples, then weights
         weights = torch.ones_like(per_sample)
         if self.noise_filter is not None:
@@ -64,8 +69,12 @@ class DiffusionLoss(nn.Module):
             self.noise_filter.update(index[kept], timesteps[kept], per_sample[kept],
                                      None if refined is None else refined[1][kept])
             weights = self.noise_filter.weights(index).to(per_sample.device)
-        # the filter compares raw errors per timestep; Min-SNR only reweights what is optimised
-        weighted = per_sample if snr_weights is None else per_sample * snr_weights.to(per_sample)
+        # the filter compares raw errors per timestep; Min-SNR and the region masks only reweight what is optimised
+        weighted = per_sample
+        if region is not None and self.region_weight > 0:
+            weighted = (squared * (1.0 + self.region_weight * region.to(squared))).mean((1, 2, 3))
+        if snr_weights is not None:
+            weighted = weighted * snr_weights.to(per_sample)
         diffusion = (weights * weighted).sum() / weights.sum().clamp_min(1.0)
         terms = {"diffusion": diffusion, "kept": weights.mean()}
         loss = diffusion
