@@ -17,7 +17,10 @@ from torch import nn
 from .conditioning import ConditionOutput, group_supervision_loss, independence_loss
 from .noise_filter import LatentNoiseFilter
 
-__all__ = ["DiffusionLoss"]
+__all__ = ["DiffusionLoss", "REGION_MODES"]
+
+#: how ``region_weight`` weighs a region: per latent cell, or per region whatever its area
+REGION_MODES = ("cell", "area")
 
 
 class DiffusionLoss(nn.Module):
@@ -31,17 +34,23 @@ class DiffusionLoss(nn.Module):
             the conditioned samples of each batch and turns them into per-sample weights. It is
             held here (not looked up inside a possibly wrapped model) so that the objective works
             the same under ``accelerate``'s DDP wrapper.
-        region_weight: extra weight of the denoising error inside a study's region mask (where its finding
-            is): each latent cell's squared error counts ``1 + region_weight`` times there, once elsewhere.
+        region_weight, region_mode: extra weight of the denoising error inside a study's region mask (where its
+            finding is). ``"cell"``: each latent cell's squared error counts ``1 + region_weight`` times inside,
+            once elsewhere (a large region, a pneumothorax, weighs its study up more than a rib step-off does);
+            ``"area"``: the region's mean error is added ``region_weight`` times to the study's, whatever its
+            size (every masked study weighs ``1 + region_weight``, the thinnest finding as much as the largest).
     """
 
     def __init__(self, refiner_weight: float = 0.1, group_weight: float = 0.05, independence_weight: float = 0.05,
-                 noise_filter: LatentNoiseFilter | None = None, region_weight: float = 0.0) -> None:
+                 noise_filter: LatentNoiseFilter | None = None, region_weight: float = 0.0,
+                 region_mode: str = "cell") -> None:
         super().__init__()
+        if region_mode not in REGION_MODES:
+            raise ValueError(f"loss.region_mode must be one of {REGION_MODES}, got {region_mode!r}")
         self.refiner_weight, self.group_weight = refiner_weight, group_weight
         self.independence_weight = independence_weight
         self.noise_filter = noise_filter
-        self.region_weight = region_weight
+        self.region_weight, self.region_mode = region_weight, region_mode
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor, timesteps: torch.Tensor,
                 dropped: torch.Tensor, cond: ConditionOutput, refined: tuple[torch.Tensor, torch.Tensor] | None,
@@ -72,7 +81,7 @@ class DiffusionLoss(nn.Module):
         # the filter compares raw errors per timestep; Min-SNR and the region masks only reweight what is optimised
         weighted = per_sample
         if region is not None and self.region_weight > 0:
-            weighted = (squared * (1.0 + self.region_weight * region.to(squared))).mean((1, 2, 3))
+            weighted = per_sample + self.region_weight * self._region_error(squared, region.to(squared))
         if snr_weights is not None:
             weighted = weighted * snr_weights.to(per_sample)
         diffusion = (weights * weighted).sum() / weights.sum().clamp_min(1.0)
@@ -88,3 +97,12 @@ class DiffusionLoss(nn.Module):
             terms["independence"] = independence_loss(cond.identity, cond.pathology)
             loss = loss + self.group_weight * terms["group"] + self.independence_weight * terms["independence"]
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+
+    def _region_error(self, squared: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """(B,) the squared error inside each region (B, 1, h, w): its sum over all cells ("cell"; the
+        weighted total's extra part) or its mean over the region's cells ("area"; 0 for an empty mask)."""
+        inside = (squared * region).sum((1, 2, 3))
+        if self.region_mode == "cell":
+            return inside / squared[0].numel()
+        cells = (region.sum((1, 2, 3)) * squared.shape[1]).clamp_min(1.0)
+        return inside / cells

@@ -45,7 +45,7 @@ from shared.zoo import resolve_zoo
 from .autoencoder import AutoencoderLossConfig, ImagesOnly, fit_autoencoder
 from .conditioning import ConditionOutput, ReportConditioner
 from .data import CachedPairs, DiffusionPairs
-from .losses import DiffusionLoss
+from .losses import REGION_MODES, DiffusionLoss
 from .models import build_autoencoder, build_unet, load_ldm_config
 from .noise_filter import LatentNoiseFilter
 from .pipeline import ReportToCXRPipeline, backbone_text_features
@@ -108,6 +108,9 @@ class DiffusionLossConfig:
     #: extra weight of the denoising error inside the region masks (``data.region_masks``): a finding a few
     #: pixels wide, a rib step-off, is otherwise a hundredth of a study's loss; 0: off
     region_weight: float = 0.0
+    #: "cell" (each latent cell inside counts 1 + region_weight times) or "area" (the region's mean error added
+    #: region_weight times: a rib step-off weighs as much as a pneumothorax); see DiffusionLoss
+    region_mode: str = "cell"
 
 
 @dataclass
@@ -260,7 +263,7 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
     bank = cached.identity_images(train_ds.partner[: min(64, len(train_ds))])
     model = LatentDiffusionModel(build_unet(ldm), conditioner, vae, backbone, nfilter, bank, lcfg.prediction_type)
     objective = DiffusionLoss(lcfg.refiner_weight, lcfg.group_weight, lcfg.independence_weight, nfilter,
-                              lcfg.region_weight)
+                              lcfg.region_weight, lcfg.region_mode)
     # 4. the training step and the validation score
     loss_fn = _unet_step(scheduler, float(vae.config.scaling_factor), objective, mcfg, lcfg)
     eval_fn = _denoising_validation(val_ds, data.val_samples, vae, backbone, scheduler, mcfg)
@@ -275,6 +278,8 @@ def train_diffusion(cfg: DiffusionExperiment) -> TrainResult:
 
 def _check_regions(data: DiffusionDataConfig, lcfg: DiffusionLossConfig) -> None:
     """Region masks and their loss weight come together: either alone is a configuration mistake."""
+    if lcfg.region_mode not in REGION_MODES:
+        raise ValueError(f"loss.region_mode must be one of {REGION_MODES}, got {lcfg.region_mode!r}")
     if lcfg.region_weight < 0:
         raise ValueError(f"loss.region_weight must be >= 0, got {lcfg.region_weight}")
     if lcfg.region_weight > 0 and not data.region_masks:

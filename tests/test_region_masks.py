@@ -105,6 +105,12 @@ def test_region_weighted_loss_by_hand():
     expected = (first + se[1].mean()) / 2
     torch.testing.assert_close(DiffusionLoss(region_weight=3.0)(pred, target, region=region, **common)["loss"],
                                expected)
+    # "area": the region's mean error added region_weight times (cell (0, 1) of the first sample, 2 channels)
+    area = (se[0].mean() + 3.0 * se[0, :, 0, 1].mean() + se[1].mean()) / 2
+    torch.testing.assert_close(DiffusionLoss(region_weight=3.0, region_mode="area")(pred, target, region=region,
+                                                                                     **common)["loss"], area)
+    with pytest.raises(ValueError, match="loss.region_mode must be one of"):
+        DiffusionLoss(region_mode="pixel")
     # no weight or no masks: the plain loss
     torch.testing.assert_close(DiffusionLoss()(pred, target, region=region, **common)["loss"], se.mean())
     torch.testing.assert_close(DiffusionLoss(region_weight=3.0)(pred, target, **common)["loss"], se.mean())
@@ -147,6 +153,8 @@ def test_train_diffusion_two_steps_with_region_weights_and_the_cached_regions(tm
     (["loss.region_weight=5"], "loss.region_weight is 5.0 but data.region_masks is not set"),
     (["data.region_masks=MASKS"], "but loss.region_weight is 0: the masks would not be used"),
     (["data.region_masks=MASKS", "loss.region_weight=-1"], "loss.region_weight must be >= 0, got -1"),
+    (["data.region_masks=MASKS", "loss.region_weight=1", "loss.region_mode=pixel"],
+     "loss.region_mode must be one of ('cell', 'area'), got 'pixel'"),
 ])
 def test_region_settings_that_do_not_go_together_are_one_line(tmp_path, masked_synth, capsys, extra, message):
     extra = [e.replace("MASKS", str(masked_synth / MASKS_FILE)) for e in extra]
@@ -161,3 +169,18 @@ def test_masks_for_other_data_are_refused(tmp_path, masked_synth, capsys):
     other.write_text(json.dumps({"masks": {"nobody": f"synth/{MASKS_FILE}"}}))  # a file, of no study here
     assert _train(tmp_path, masked_synth, f"data.region_masks={other}", "loss.region_weight=5") == 2
     assert "none of its 1 masks names a train study of the annotation" in capsys.readouterr().err
+
+
+def test_a_zoo_entry_gets_its_finding_masks_written_once(tmp_path, masked_synth):
+    from radloop.zoo import ensure_finding_masks, load_index
+
+    path = masked_synth / MASKS_FILE
+    before = path.stat().st_mtime_ns
+    assert ensure_finding_masks(masked_synth, ["Fracture", "Pneumothorax"]) == path
+    assert path.stat().st_mtime_ns == before  # the same findings: kept
+    ensure_finding_masks(masked_synth, ["Fracture"])  # other findings: written again
+    assert json.loads(path.read_text())["findings"] == ["Fracture"]
+    (tmp_path / "index.yaml").write_text(
+        "dataset: d\ndata: r.yaml\ndata_dir: x\ntest_data: r.yaml\ntest_data_dir: y\nentries:\n"
+        "  ldm: {trainer: diffusion, recipe: r.yaml, finding_masks: [Fracture, Lung Lesion]}\n")
+    assert load_index(tmp_path / "index.yaml").get("ldm").finding_masks == ["Fracture", "Lung Lesion"]
