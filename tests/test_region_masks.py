@@ -170,17 +170,3 @@ def test_masks_for_other_data_are_refused(tmp_path, masked_synth, capsys):
     assert _train(tmp_path, masked_synth, f"data.region_masks={other}", "loss.region_weight=5") == 2
     assert "none of its 1 masks names a train study of the annotation" in capsys.readouterr().err
 
-
-def test_a_zoo_entry_gets_its_finding_masks_written_once(tmp_path, masked_synth):
-    from radloop.zoo import ensure_finding_masks, load_index
-
-    path = masked_synth / MASKS_FILE
-    before = path.stat().st_mtime_ns
-    assert ensure_finding_masks(masked_synth, ["Fracture", "Pneumothorax"]) == path
-    assert path.stat().st_mtime_ns == before  # the same findings: kept
-    ensure_finding_masks(masked_synth, ["Fracture"])  # other findings: written again
-    assert json.loads(path.read_text())["findings"] == ["Fracture"]
-    (tmp_path / "index.yaml").write_text(
-        "dataset: d\ndata: r.yaml\ndata_dir: x\ntest_data: r.yaml\ntest_data_dir: y\nentries:\n"
-        "  ldm: {trainer: diffusion, recipe: r.yaml, finding_masks: [Fracture, Lung Lesion]}\n")
-    assert load_index(tmp_path / "index.yaml").get("ldm").finding_masks == ["Fracture", "Lung Lesion"]
