@@ -170,3 +170,25 @@ def test_masks_for_other_data_are_refused(tmp_path, masked_synth, capsys):
     assert _train(tmp_path, masked_synth, f"data.region_masks={other}", "loss.region_weight=5") == 2
     assert "none of its 1 masks names a train study of the annotation" in capsys.readouterr().err
 
+
+
+def test_the_finding_sheet_has_a_row_per_source_and_a_column_per_study(tmp_path, tiny_synth, load_benchmark,
+                                                                      capsys):
+    from tests.test_report2image import tiny_pipeline
+
+    data = tiny_synth[0]
+    alone = [r["findings"][0]["name"] for r in read_attributes(data) if r["split"] == "test"
+             and len(r["findings"]) == 1]
+    finding = max(set(alone), key=alone.count)
+    n = min(alone.count(finding), 2)
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    bench = load_benchmark("finding_sheet")
+    pipe = str(tmp_path / "pipe")
+    bench.main(["--finding", finding, "--data", str(data), "--pipelines", pipe, pipe, "--n", "2", "--steps", "2",
+                "--out", str(tmp_path / "s.png")])
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][:2] == ["real", "reconstruction"] and len(out["studies"]) == n
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.size == (32 * n, 32 * 4)  # real, reconstruction and two generators
+    with pytest.raises(SystemExit, match="no test study shows 'Pleural Other' alone"):
+        bench.main(["--finding", "Pleural Other", "--data", str(data), "--pipelines", "x", "--out", "y.png"])
