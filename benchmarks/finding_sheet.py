@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from report2image import ReportToCXRPipeline
+from report2image.autoencoder import reconstruct
 from synthcxr import read_attributes
 
 
@@ -59,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = ReportToCXRPipeline.from_pretrained(name)
         pipe.set_progress_bar_config(disable=True)
         if k == 0:
-            x = torch.from_numpy(np.stack(real))[:, None] * 2 - 1
-            with torch.no_grad():
-                rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            rec = reconstruct(pipe.vae, torch.from_numpy(np.stack(real))[:, None] * 2 - 1)
             rows.append(np.concatenate([(r[0].numpy() + 1) / 2 for r in rec], 1))
         images = pipe([r["report"] for r in studies], num_inference_steps=args.steps, guidance_scale=args.guidance,
                       generator=torch.Generator().manual_seed(args.seed), output_type="pt").images
