@@ -382,14 +382,6 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
     return entries
 
 
-def keep_own_rows(rows: dict[str, dict], results: Path) -> dict[str, dict]:
-    """``rows`` less those that would replace an entry's row written by another benchmark (judge128's from
-    ``judge_scale.py``, an autoencoder's from ``autoencoder_judge.py``): a card quotes its entry's own benchmark."""
-    existing = read_json(results).get("entries", {}) if results.is_file() else {}
-    return {name: row for name, row in rows.items()
-            if "diffusion_synth.py" in existing.get(name, {}).get("command", "diffusion_synth.py")}
-
-
 def _write(result: dict, out: str | None) -> None:
     """Print the result as JSON, and write it to ``out`` when given."""
     text = json.dumps(result, indent=1, default=float)
@@ -450,8 +442,8 @@ def main() -> None:
     _write(result, args.out)
     if args.zoo_results:
         command = "python benchmarks/diffusion_synth.py " + " ".join(sys.argv[1:])
-        merge_results("entries", keep_own_rows(zoo_entry_metrics(result, command), Path(args.zoo_results)),
-                      Path(args.zoo_results))
+        merge_results("entries", zoo_entry_metrics(result, command), Path(args.zoo_results),
+                      owner="diffusion_synth.py")
 
 
 if __name__ == "__main__":

@@ -337,14 +337,19 @@ def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def merge_results(block: str, rows: dict[str, Any], results: Path | None = None) -> None:
+def merge_results(block: str, rows: dict[str, Any], results: Path | None = None, owner: str | None = None) -> None:
     """Merge a benchmark's per-entry rows into one block of the zoo results file that the cards quote:
     ``entries`` (SynthCXR test set: ``benchmarks/zoo_synth.py``, ``benchmarks/diffusion_synth.py``) or
     ``real_text`` (``benchmarks/iu_text.py``: ``{"base": NAME, "rows": {metric: [entry, base]}, "command"}``).
-    ``results``: default :func:`scores_file`."""
+    ``results``: default :func:`scores_file`. ``owner``: the benchmark script writing (``"diffusion_synth.py"``);
+    a row whose command names another script is left as it is (a card quotes its entry's own benchmark: judge128's
+    row is ``judge_scale.py``'s, an autoencoder's ``autoencoder_judge.py``'s)."""
     results = results or scores_file()
     merged = read_json(results) if results.is_file() else {}
-    merged.setdefault(block, {}).update(rows)
+    current = merged.setdefault(block, {})
+    if owner is not None:
+        rows = {name: row for name, row in rows.items() if owner in current.get(name, {}).get("command", owner)}
+    current.update(rows)
     atomic_write_text(results, json.dumps(merged, indent=1, default=float) + "\n")
 
 

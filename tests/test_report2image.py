@@ -580,6 +580,7 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     """benchmarks/diffusion_synth.py on a tiny pipeline: the autoencoder, guidance tuning, generation, the three
     editing variants, and the zoo entries' measurements merged into a results file."""
     from evaluation.classifier import build_classifier
+    from radloop.zoo import merge_results
 
     data, _ = tiny_synth
     pipe = tiny_pipeline()
@@ -623,7 +624,8 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     # a row another benchmark wrote (judge_scale.py's judge128) is not replaced by this one's
     rows = {"j": {"command": "python benchmarks/judge_scale.py"}, "p": {"command": "python diffusion_synth.py"}}
     (tmp_path / "s.json").write_text(json.dumps({"entries": rows}))
-    assert set(bench.keep_own_rows({"j": {}, "p": {}, "new": {}}, tmp_path / "s.json")) == {"p", "new"}
+    merge_results("entries", {"j": {}, "p": {}, "new": {}}, tmp_path / "s.json", owner="diffusion_synth.py")
+    assert json.loads((tmp_path / "s.json").read_text())["entries"] == {**rows, "p": {}, "new": {}}
     # the autoencoder's scores go to the entry that decodes: --vae's, else the one the pipeline entry names
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), "zoo:autoencoder64_ft") == "autoencoder64_ft"
     assert bench.autoencoder_entry(str(tmp_path / "pipe"), None) == "autoencoder64"
