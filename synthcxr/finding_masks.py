@@ -24,7 +24,7 @@ import numpy as np
 from shared.io import atomic_write_bytes, atomic_write_text
 
 from .counterfactuals import read_attributes
-from .generate import _to_png
+from .generate import to_png
 from .renderer import render
 from .world import FINDING_SPECS, Acquisition, Finding, Patient
 
@@ -77,7 +77,7 @@ def write_finding_masks(data_dir: str | os.PathLike[str], names: Sequence[str] =
         if mask is None or not mask.any():
             continue
         rel = f"finding_masks/{rec['id']}.png"
-        atomic_write_bytes(data_dir / rel, _to_png(mask.astype(np.float32)))
+        atomic_write_bytes(data_dir / rel, to_png(mask.astype(np.float32)))
         masks[rec["id"]] = rel
         for f in findings:
             if f.name in counts:

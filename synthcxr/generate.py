@@ -49,7 +49,7 @@ from .world import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SynthConfig", "generate_dataset", "degrade", "DEGRADATIONS", "contact_sheet", "patient_for"]
+__all__ = ["SynthConfig", "generate_dataset", "degrade", "DEGRADATIONS", "contact_sheet", "patient_for", "to_png"]
 
 DEGRADATIONS = ("noise", "blur", "low_contrast", "low_resolution")
 FORMAT_VERSION = 1
@@ -119,7 +119,8 @@ def degrade(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _to_png(img: np.ndarray) -> bytes:
+def to_png(img: np.ndarray) -> bytes:
+    """8-bit greyscale PNG bytes of an image (H, W) in [0, 1]: the one encoder of every SynthCXR file on disk."""
     buf = io.BytesIO()
     Image.fromarray(np.round(img * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
@@ -151,7 +152,7 @@ def _patient_studies(args: tuple[SynthConfig, int, str, str]) -> list[dict[str, 
                 img = degrade(img, degradation, np.random.default_rng([deg_seed, len(paths)]))
             rel = f"images/{patient.patient_id}/{study_id}_{view}.png"
             # temp file + rename: a killed run never leaves a truncated PNG under a final name
-            atomic_write_bytes(Path(out_dir) / rel, _to_png(img))
+            atomic_write_bytes(Path(out_dir) / rel, to_png(img))
             paths.append(rel)
         records.append({
             "id": study_id,

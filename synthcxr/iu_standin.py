@@ -26,7 +26,7 @@ from shared.data.iu_xray import IUReport, read_iu_reports
 from shared.io import atomic_write_bytes, atomic_write_text
 from shared.text.labeler import merge_attributes
 
-from .generate import _to_png
+from .generate import to_png
 from .renderer import render
 from .world import FINDING_SPECS, Finding, sample_acquisition, sample_patient, stable_seed
 
@@ -101,7 +101,7 @@ def _render_report(job: tuple[IUReport, list[dict[str, Any]], str, int]) -> int:
         if path.is_file():
             continue
         image = render(patient, drawn, acquisition, size, "lateral" if n == 1 else "frontal")
-        atomic_write_bytes(path, _to_png(image))
+        atomic_write_bytes(path, to_png(image))
         written += 1
     return written
 
