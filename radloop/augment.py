@@ -273,9 +273,10 @@ def _other_sources(cfg: AugmentExperiment, pipe: Any, synthetic: Path, real: lis
     sources: dict[str, Path] = {}
     gate: dict[str, Any] = {}
     if cfg.gate_backbone:
-        sources["real+gated"], rates = gate_synthetic(synthetic, findings_reader(cfg.gate_backbone),
-                                                      cfg.gate_threshold, int(getattr(pipe, "image_size", 64)))
-        gate = {"reader": cfg.gate_backbone, "threshold": cfg.gate_threshold, "findings": rates}
+        gated = gate_synthetic(synthetic, findings_reader(cfg.gate_backbone), cfg.gate_threshold,
+                               int(getattr(pipe, "image_size", 64)))
+        sources["real+gated"] = gated.manifest
+        gate = {"reader": cfg.gate_backbone, "threshold": cfg.gate_threshold, "findings": gated.findings}
     if cfg.counterfactual:
         train = [r for r in real if r.get("split") == "train"]
         sentences = {f: stating_sentences(pool, f) for f in rare}

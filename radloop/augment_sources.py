@@ -21,6 +21,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from shared.metrics.clinical import binarize
 from shared.metrics.report_quality import contradicted, said_values
 from shared.text.labeler import ReportLabeler
 
-__all__ = ["GATE_FILE", "GATE_THRESHOLD", "load_grey", "findings_reader", "gate_synthetic", "add_finding",
+__all__ = ["GATE_FILE", "GATE_THRESHOLD", "GateOutput", "load_grey", "findings_reader", "gate_synthetic", "add_finding",
            "write_counterfactual_manifest", "pick_rare_findings", "sentence_pool", "stating_sentences",
            "compose_reports"]
 
@@ -49,6 +50,21 @@ Reader = Callable[[torch.Tensor], np.ndarray]
 GATE_FILE = "gate.json"
 #: the reader's probability of the intended finding at which the gate keeps a synthetic image
 GATE_THRESHOLD = 0.5
+
+
+@dataclass
+class GateOutput:
+    """What :func:`gate_synthetic` decided (also written to :data:`GATE_FILE`).
+
+    Attributes:
+        manifest: the gated manifest (``synthetic_gated.jsonl``, the kept rows in order).
+        findings: ``{finding: {"generated", "accepted", "rate", "mean_probability"}}``.
+        studies: one ``{"id", "finding", "probability", "accepted"}`` per synthetic study, in manifest order.
+    """
+
+    manifest: Path
+    findings: dict[str, dict[str, float]]
+    studies: list[dict[str, Any]]
 
 
 def reusable(manifest: Path, request: dict[str, Any]) -> bool:
@@ -159,7 +175,7 @@ def load_grey(path: str | os.PathLike[str], size: int) -> torch.Tensor:
 
 
 def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold: float = GATE_THRESHOLD,
-                   image_size: int = 224) -> tuple[Path, dict[str, dict[str, float]]]:
+                   image_size: int = 224) -> GateOutput:
     """Keep the synthetic studies of ``synthetic`` (a manifest with ``target_finding``) whose image the reader
     reads as showing that finding with probability >= ``threshold``.
 
@@ -167,7 +183,7 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
     threshold, the rates, and each study's probability and decision under ``studies``).
 
     Returns:
-        (the gated manifest, ``{finding: {"generated", "accepted", "rate", "mean_probability"}}``).
+        the gated manifest, the per-finding rates and each study's decision (:class:`GateOutput`).
     """
     synthetic = Path(synthetic)
     rows = load_records(synthetic)
@@ -189,7 +205,7 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r, ok in zip(rows, accepted, strict=True) if ok))
     atomic_write_text(synthetic.parent / GATE_FILE,
                       json.dumps({"threshold": threshold, "findings": rates, "studies": studies}) + "\n")
-    return out, rates
+    return GateOutput(out, rates, studies)
 
 
 def add_finding(report: str, sentence: str, labeler: ReportLabeler) -> str:

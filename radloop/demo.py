@@ -58,7 +58,6 @@ from synthcxr import SynthConfig, counterfactual_edits, generate_dataset, read_a
 
 from .augment import write_synthetic_manifest
 from .augment_sources import (
-    GATE_FILE,
     GATE_THRESHOLD,
     compose_reports,
     findings_reader,
@@ -232,13 +231,12 @@ def _synthetic_rare(out: Path, pipe: ReportToCXRPipeline, data: Path, backbone: 
     rare = [f for f in _rarest_findings(data, len(PATHOLOGY_LABELS)) if stating_sentences(pool, f)][:2]
     reports = {f: compose_reports(pool, f, sizes.augment_per_finding, seed) for f in rare}
     manifest = write_synthetic_manifest(pipe, reports, out / "synthetic", sizes.num_inference_steps, guidance, seed)
-    _, rates = gate_synthetic(manifest, findings_reader(resolve_zoo(backbone)), GATE_THRESHOLD, int(pipe.image_size))
-    decisions = {s["id"]: s for s in json.loads((manifest.parent / GATE_FILE).read_text())["studies"]}
+    gate = gate_synthetic(manifest, findings_reader(resolve_zoo(backbone)), GATE_THRESHOLD, int(pipe.image_size))
     rows = load_records(manifest)
-    studies = [{"finding": r["target_finding"], "report": r["report"], "probability": decisions[r["id"]]["probability"],
-                "accepted": decisions[r["id"]]["accepted"]} for r in rows]
+    studies = [{"finding": r["target_finding"], "report": r["report"], "probability": d["probability"],
+                "accepted": d["accepted"]} for r, d in zip(rows, gate.studies, strict=True)]
     images = torch.stack([load_grey(manifest.parent / r["image_path"][0], int(pipe.image_size)) for r in rows])
-    return {"rare_findings": rare, "reader": backbone, "threshold": GATE_THRESHOLD, "findings": rates,
+    return {"rare_findings": rare, "reader": backbone, "threshold": GATE_THRESHOLD, "findings": gate.findings,
             "studies": studies, "images": images}
 
 

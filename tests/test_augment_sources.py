@@ -50,7 +50,8 @@ def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
         probs[:, frac] = 0.1
         return probs
 
-    gated, rates = gate_synthetic(manifest, reader, threshold=0.2, image_size=16)
+    out = gate_synthetic(manifest, reader, threshold=0.2, image_size=16)
+    gated, rates = out.manifest, out.findings
     assert [r["id"] for r in load_records(gated)] == ["syn_pneumothorax_1", "syn_pneumothorax_2"]
     assert rates["Pneumothorax"]["accepted"] == 2 and rates["Pneumothorax"]["rate"] == round(2 / 3, 4)
     assert rates["Fracture"] == {"generated": 3, "accepted": 0, "rate": 0.0, "mean_probability": 0.1}
@@ -60,6 +61,7 @@ def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
     assert [(s["id"], s["accepted"]) for s in gate["studies"]][:3] == [
         ("syn_pneumothorax_0", False), ("syn_pneumothorax_1", True), ("syn_pneumothorax_2", True)]
     assert {s["probability"] for s in gate["studies"] if s["finding"] == "Fracture"} == {0.1}
+    assert out.studies == gate["studies"]
 
 
 def test_findings_reader_reads_a_backbone_head_and_refuses_one_without(tmp_path):
