@@ -1,9 +1,7 @@
 """The model zoo: names, export to fp16 with a model card, loading, and the shipped entries."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -479,58 +477,6 @@ def test_shipped_diffusion_entries_load_from_the_zoo(monkeypatch):
         if name.startswith(("encoder.", "quant_conv.")):
             assert torch.equal(p, vae.state_dict()[name]), name
     assert load_classifier("zoo:judge64").config.image_size == 64
-
-
-#: the thin findings the 128 px judge exists for, as the regression test draws them (true counterfactual pairs)
-THIN_FINDINGS = {"Fracture": dict(laterality="right", zone="lower", kind="rib"),
-                 "Pneumothorax": dict(severity="small", laterality="left", zone="apex"),
-                 "Lung Lesion": dict(severity="small", laterality="right", zone="upper", kind="nodule"),
-                 "Pleural Effusion": dict(severity="small", laterality="right")}
-
-
-def _judge_reads(judge, finding: str, n: int = 8) -> tuple[int, float]:
-    """``n`` fixed patients (seeds no training used) drawn by SynthCXR at the judge's size with and without one
-    finding: (images of the finding the judge reads at > 0.5, mean probability with minus without)."""
-    from shared.labels import CHEXPERT_LABELS
-    from synthcxr import Finding, render, sample_acquisition, sample_patient, stable_seed
-
-    size = judge.classifier.config.image_size
-    sick, well = [], []
-    for i in range(n):
-        patient = sample_patient(f"R{i}", stable_seed("judge-regression", i))
-        acquisition = sample_acquisition(stable_seed("judge-regression-acq", i))
-        sick.append(render(patient, [Finding(finding, seed=i, **THIN_FINDINGS[finding])], acquisition, size))
-        well.append(render(patient, [], acquisition, size))
-    k = CHEXPERT_LABELS.index(finding)
-    p_sick = judge(torch.from_numpy(np.stack(sick))[:, None])[:, k]
-    p_well = judge(torch.from_numpy(np.stack(well))[:, None])[:, k]
-    return int((p_sick > 0.5).sum()), float(p_sick.mean() - p_well.mean())
-
-
-@pytest.mark.parametrize("finding", list(THIN_FINDINGS))
-def test_zoo_judge128_reads_the_thin_findings(monkeypatch, finding):
-    """judge128 reads each thin finding, fracture and pneumothorax included, in most of 8 fixed-seed images
-    (measured: 8, 6, 7 and 8 of 8 for fracture, pneumothorax, lung lesion, effusion; margins 0.67-1.00)."""
-    from evaluation.classifier import Judge
-
-    monkeypatch.delenv(ZOO_ENV, raising=False)
-    hits, margin = _judge_reads(Judge.from_pretrained("zoo:judge128"), finding)
-    assert hits >= 5 and margin > 0.3, (hits, margin)
-
-
-def test_zoo_judge128_check_fails_with_another_weight_file(monkeypatch):
-    """The same check with judge64's weights (the same tensor shapes) in judge128's model fails on fracture
-    (measured: 0 of 8)."""
-    from safetensors.torch import load_file
-
-    from evaluation.classifier import Judge
-
-    monkeypatch.delenv(ZOO_ENV, raising=False)
-    judge = Judge.from_pretrained("zoo:judge128")
-    other = load_file(str(next(Path(resolve_zoo("zoo:judge64")).glob("*.safetensors"))))
-    judge.classifier.load_state_dict({k: v.float() for k, v in other.items()})
-    hits, margin = _judge_reads(judge, "Fracture")
-    assert hits < 5 or margin <= 0.3
 
 
 @pytest.fixture(scope="module")
