@@ -32,8 +32,8 @@ from .zoo_card import REAL_TEXT, SCORES_FILE, render_card, scores_file
 logger = logging.getLogger(__name__)
 
 __all__ = ["ZooIndex", "ZooRecipe", "load_index", "load_indexes", "index_for", "train_entry", "export_entry",
-           "swap_decoder", "render_card", "refresh_card", "list_entries", "ensure_data", "merge_results",
-           "scores_file", "SCORES_FILE", "AUGMENT_FILE"]
+           "swap_decoder", "render_card", "refresh_card", "list_entries", "ensure_data", "ensure_finding_masks",
+           "merge_results", "scores_file", "SCORES_FILE", "AUGMENT_FILE"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the zoo's augmentation answer beside its entries (``benchmarks/augment_synth.py --zoo``); the demo quotes it
@@ -53,6 +53,9 @@ class ZooRecipe:
     #: judge trained where a rare finding is common
     data: Path | None = None
     data_dir: Path | None = None
+    #: findings whose masks (``radloop data finding-masks``) the recipe's ``data.region_masks`` reads: written
+    #: into the training data folder before training when missing
+    finding_masks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,7 +92,8 @@ def load_index(path: str | os.PathLike[str] = INDEX_DIR / "index.yaml") -> ZooIn
         entries = {name: ZooRecipe(name, e["trainer"], base / e["recipe"], e.get("summary", ""),
                                    list(e.get("needs", [])), e.get("real_text"),
                                    base / e["data"] if "data" in e else None,
-                                   Path(e["data_dir"]) if "data_dir" in e else None)
+                                   Path(e["data_dir"]) if "data_dir" in e else None,
+                                   list(e.get("finding_masks", [])))
                    for name, e in raw["entries"].items()}
         index = ZooIndex(raw["dataset"], base / raw["data"], Path(raw["data_dir"]), base / raw["test_data"],
                          Path(raw["test_data_dir"]), entries)
@@ -148,6 +152,17 @@ def ensure_data(index: ZooIndex, test: bool = False, recipe: ZooRecipe | None = 
     return out
 
 
+def ensure_finding_masks(data_dir: Path, findings: list[str]) -> Path:
+    """``data_dir``'s finding masks file, written when missing or when it covers other findings."""
+    from synthcxr.finding_masks import MASKS_FILE, write_finding_masks
+
+    path = data_dir / MASKS_FILE
+    if path.is_file() and read_json(path).get("findings") == list(findings):
+        return path
+    logger.info("writing the masks of %s in %s", ", ".join(findings), data_dir)
+    return write_finding_masks(data_dir, findings)
+
+
 def _rel(path: Path) -> str:
     """A path as the repository names it (absolute when outside)."""
     path = Path(path).resolve()
@@ -179,7 +194,9 @@ def train_entry(name: str, index: ZooIndex | None = None, overrides: list[str] |
     if missing:
         raise FileNotFoundError(f"zoo entry '{name}' needs {missing} in the zoo first: "
                                 + "; ".join(f"radloop zoo train {n}" for n in missing))
-    ensure_data(index, recipe=recipe)
+    data_dir = ensure_data(index, recipe=recipe)
+    if recipe.finding_masks:
+        ensure_finding_masks(data_dir, recipe.finding_masks)
     load_registries()
     entry = TRAINERS.get(recipe.trainer)
     cfg = load_config(entry.meta["experiment"](), recipe.recipe, list(overrides or []))

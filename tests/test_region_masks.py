@@ -192,3 +192,18 @@ def test_the_finding_sheet_has_a_row_per_source_and_a_column_per_study(tmp_path,
         assert im.size == (32 * n, 32 * 4)  # real, reconstruction and two generators
     with pytest.raises(SystemExit, match="no test study shows 'Pleural Other' alone"):
         bench.main(["--finding", "Pleural Other", "--data", str(data), "--pipelines", "x", "--out", "y.png"])
+
+
+def test_a_zoo_entry_gets_its_finding_masks_written_once(tmp_path, masked_synth):
+    from radloop.zoo import ensure_finding_masks, load_index
+
+    path = masked_synth / MASKS_FILE
+    before = path.stat().st_mtime_ns
+    assert ensure_finding_masks(masked_synth, ["Fracture", "Pneumothorax"]) == path
+    assert path.stat().st_mtime_ns == before  # the same findings: kept
+    ensure_finding_masks(masked_synth, ["Fracture"])  # other findings: written again
+    assert json.loads(path.read_text())["findings"] == ["Fracture"]
+    (tmp_path / "index.yaml").write_text(
+        "dataset: d\ndata: r.yaml\ndata_dir: x\ntest_data: r.yaml\ntest_data_dir: y\nentries:\n"
+        "  ldm: {trainer: diffusion, recipe: r.yaml, finding_masks: [Fracture, Lung Lesion]}\n")
+    assert load_index(tmp_path / "index.yaml").get("ldm").finding_masks == ["Fracture", "Lung Lesion"]
