@@ -108,3 +108,82 @@ def test_zoo_autoencoder128_f8_keeps_the_effusion_and_loses_the_fracture(judge12
     assert hits >= 5 and margin > 0.3, (hits, margin)
     hits, margin = _judge_reads(judge128, "Fracture", through)
     assert hits < 4 and margin <= 0.3, (hits, margin)
+
+
+# -- ldm128 ----------------------------------------------------------------------------------------
+#: reports in the training reports' style (a normal heart and mediastinum, the finding stated twice as the
+#: SynthCXR impression repeats it), one per finding the regression check draws
+_HEART = "Heart size is normal. Normal mediastinal contours. "
+LDM128_REPORTS = {
+    "Pneumothorax": _HEART + "No focal consolidation. There is a large right pneumothorax. No pleural effusion. "
+                             "There is a large right pneumothorax.",
+    "Cardiomegaly": "Severe cardiomegaly. The lungs are clear. No pleural effusion. No pneumothorax. "
+                    "Severe cardiomegaly.",
+    "Fracture": _HEART + "The lungs are clear. There is no pleural effusion. No pneumothorax. "
+                         "Right lower rib fracture. Right lower rib fracture.",
+}
+LDM128_NORMAL = _HEART + "The lungs are clear. No pleural effusion. No pneumothorax. " \
+                         "No acute cardiopulmonary abnormality."
+
+
+@pytest.fixture(scope="module")
+def ldm128():
+    from report2image import ReportToCXRPipeline
+
+    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm128")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.use_sampler(pipe.sampling.sampler)
+    return pipe
+
+
+@torch.no_grad()
+def _ldm_draws(pipe, judge, finding: str, n: int = 4) -> tuple[int, float]:
+    """``n`` images of the finding's fixed report and of a normal report, fixed seed, the entry's saved guidance
+    and sampler: (images the judge reads the finding in at > 0.5, mean probability minus the normal report's)."""
+    from shared.labels import CHEXPERT_LABELS
+
+    k = CHEXPERT_LABELS.index(finding)
+
+    def read(report: str) -> torch.Tensor:
+        images = pipe([report] * n, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        return judge(images)[:, k]
+
+    p_sick, p_normal = read(LDM128_REPORTS[finding]), read(LDM128_NORMAL)
+    return int((p_sick > 0.5).sum()), float(p_sick.mean() - p_normal.mean())
+
+
+@pytest.mark.parametrize("finding", ["Pneumothorax", "Cardiomegaly"])
+def test_zoo_ldm128_draws_the_finding_the_report_states(ldm128, judge128, finding):
+    """judge128 finds the stated finding in most of 4 fixed-seed images, far more than in a normal report's
+    (measured: pneumothorax 3 of 4, margin 0.76; cardiomegaly 4 of 4, margin 1.00; the same check on a rib
+    fracture: 1 of 4, margin 0.20)."""
+    hits, margin = _ldm_draws(ldm128, judge128, finding)
+    assert hits >= 3 and margin > 0.4, (hits, margin)
+
+
+@pytest.mark.xfail(strict=True, reason="ldm128 does not draw a rib fracture yet (rare set AUROC 0.49, "
+                                       "docs/results.md): this fails loudly the day it does")
+def test_zoo_ldm128_draws_a_rib_fracture(ldm128, judge128):
+    hits, margin = _ldm_draws(ldm128, judge128, "Fracture")
+    assert hits >= 3 and margin > 0.4, (hits, margin)
+
+
+def test_zoo_ldm128_check_fails_with_its_weights_misplaced(judge128):
+    """The pneumothorax check with the UNet's same-shaped tensors handed round one place (what a loader that
+    maps a weight file wrongly would do) fails (measured: 0 of 4, margin 0.00)."""
+    from collections import defaultdict
+
+    from report2image import ReportToCXRPipeline
+
+    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm128")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.use_sampler(pipe.sampling.sampler)
+    state = pipe.unet.state_dict()
+    groups = defaultdict(list)
+    for name, tensor in state.items():
+        groups[tuple(tensor.shape)].append(name)
+    moved = {names[i]: state[names[i - 1]].clone() for names in groups.values() if len(names) > 1
+             for i in range(len(names))}
+    pipe.unet.load_state_dict({**state, **moved})
+    hits, margin = _ldm_draws(pipe, judge128, "Pneumothorax")
+    assert hits < 3 or margin <= 0.4, (hits, margin)
