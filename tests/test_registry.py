@@ -88,7 +88,7 @@ def test_every_family_is_registered_with_tiny_variants():
         "classifier": {"classifier_tiny", "densenet121"},
         "tower_pretrainer": {"tower_pretrainer_tiny", "tower_pretrainer_small"},
         "report_decoder": {f"{d}{s}" for d in ("baseline", "uar", "cmcrl", "ifnet") for s in ("", "_small", "_tiny")},
-        "ldm": {"ldm_tiny", "ldm_small", "ldm_small128", "ldm_small128_f4", "ldm_base"},
+        "ldm": {"ldm_tiny", "ldm_small", "ldm_small128", "ldm_small128_f4", "ldm_wide128_f4", "ldm_base"},
     }
     for family, names in expected.items():
         assert names <= set(models[family]), family

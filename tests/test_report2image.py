@@ -342,7 +342,7 @@ def test_noise_filter_alignment_signal_flags_pairs_the_refiner_keeps_apart():
 
 def test_ldm_config_errors_name_the_model_and_file(tmp_path):
     with pytest.raises(KeyError, match="unknown ldm 'ldm_huge'; known: ldm_base, ldm_small, ldm_small128, "
-                                       "ldm_small128_f4, ldm_tiny"):
+                                       "ldm_small128_f4, ldm_tiny, ldm_wide128_f4"):
         load_ldm_config("ldm_huge")
     bad = tmp_path / "bad.json"
     bad.write_text('{"image_size": 32, "vae": {}, "unet": {}}')
