@@ -126,14 +126,19 @@ LDM128_NORMAL = _HEART + "The lungs are clear. No pleural effusion. No pneumotho
                          "No acute cardiopulmonary abnormality."
 
 
-@pytest.fixture(scope="module")
-def ldm128():
+def _load_ldm128():
+    """zoo:ldm128 as its card says it samples: the saved sampler, no progress bar."""
     from report2image import ReportToCXRPipeline
 
     pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm128")
     pipe.set_progress_bar_config(disable=True)
     pipe.use_sampler(pipe.sampling.sampler)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def ldm128():
+    return _load_ldm128()
 
 
 @torch.no_grad()
@@ -173,11 +178,7 @@ def test_zoo_ldm128_check_fails_with_its_weights_misplaced(judge128):
     maps a weight file wrongly would do) fails (measured: 0 of 4, margin 0.00)."""
     from collections import defaultdict
 
-    from report2image import ReportToCXRPipeline
-
-    pipe = ReportToCXRPipeline.from_pretrained("zoo:ldm128")
-    pipe.set_progress_bar_config(disable=True)
-    pipe.use_sampler(pipe.sampling.sampler)
+    pipe = _load_ldm128()  # a copy of its own: the module's pipeline stays intact for the other checks
     state = pipe.unet.state_dict()
     groups = defaultdict(list)
     for name, tensor in state.items():
