@@ -171,7 +171,6 @@ def test_masks_for_other_data_are_refused(tmp_path, masked_synth, capsys):
     assert "none of its 1 masks names a train study of the annotation" in capsys.readouterr().err
 
 
-
 def test_the_finding_sheet_has_a_row_per_source_and_a_column_per_study(tmp_path, tiny_synth, load_benchmark,
                                                                       capsys):
     from tests.test_report2image import tiny_pipeline
