@@ -118,3 +118,21 @@ def test_pretraining_verbs_two_steps(tmp_path, tiny_synth, verb, extra):
     size = next((int(a.split("=")[1]) for a in extra if a.startswith("data.image_size=")), None)
     if size is not None:
         assert json.loads((run / "best" / "config.json").read_text())["image_size"] == size
+
+
+def test_tower_labels_unmentioned_findings_read_as_absent_when_asked(tiny_synth):
+    """The labeler leaves unmentioned findings blank (NaN); ``data.unmentioned=negative`` makes them 0 in the loss and
+    in validation, and leaves every mentioned label (1 / 0 / -1) as it was."""
+    from shared.backbone.train_tower import ClassifierDataConfig, classifier_dataset
+
+    out, _ = tiny_synth
+    data = ClassifierDataConfig(annotation=str(out / "annotation.json"), image_size=32, label_source="labeler")
+    ignored = torch.stack([s["labels"] for s in classifier_dataset(data, "train", False)])
+    data.unmentioned = "negative"
+    negative = torch.stack([s["labels"] for s in classifier_dataset(data, "train", False)])
+    blank = torch.isnan(ignored)
+    assert blank.any() and not torch.isnan(negative).any()
+    assert (negative[blank] == 0).all() and torch.equal(negative[~blank], ignored[~blank])
+    data.unmentioned = "absent"
+    with pytest.raises(ValueError, match="data.unmentioned must be 'ignore' or 'negative', got 'absent'"):
+        classifier_dataset(data, "train", False)

@@ -46,6 +46,10 @@ class ClassifierDataConfig(DataConfig):
     label_source: str = "file"
     #: what an uncertain label does in the loss: ``ignore``, ``positive`` or ``negative``
     uncertain: str = "ignore"
+    #: what a finding the report does not mention (NaN) is, in the loss and in validation: ``ignore`` or
+    #: ``negative``. The labeler leaves a finding blank unless the report names it, and some findings are never
+    #: negated in reports (atelectasis, support devices): ignored, they have positives only and nothing to learn.
+    unmentioned: str = "ignore"
 
 
 @dataclass
@@ -95,6 +99,20 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, uncertain: str = "ign
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], target[mask])
 
 
+class _UnmentionedNegative(torch.utils.data.Dataset):
+    """Wrap a labelled dataset: a finding left blank (NaN, not mentioned) reads as absent (0)."""
+
+    def __init__(self, base: torch.utils.data.Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i]
+        return {**item, "labels": torch.nan_to_num(item["labels"], nan=0.0)}
+
+
 class _LabelerLabels(torch.utils.data.Dataset):
     """Wrap a dataset and attach labels computed once from its reports by the labeler."""
 
@@ -114,13 +132,16 @@ class _LabelerLabels(torch.utils.data.Dataset):
 def classifier_dataset(data: ClassifierDataConfig, split: str, train: bool) -> torch.utils.data.Dataset:
     ds = ReportImageDataset(data.annotation, split, data.image_root, image_size=data.image_size, resize=data.resize,
                             train=train, max_views=1, labels=data.labels, allow_outside_root=data.allow_outside_root)
+    if data.unmentioned not in ("ignore", "negative"):
+        raise ValueError(f"data.unmentioned must be 'ignore' or 'negative', got {data.unmentioned!r}")
+    labelled: torch.utils.data.Dataset = ds
     if data.label_source == "labeler":
-        return _LabelerLabels(ds)
-    if data.label_source != "file":
+        labelled = _LabelerLabels(ds)
+    elif data.label_source != "file":
         raise ValueError(f"data.label_source must be 'file' or 'labeler', got {data.label_source!r}")
-    if len(ds) and "labels" not in ds[0]:
+    elif len(ds) and "labels" not in ds[0]:
         raise ValueError(f"{data.annotation} has no labels file; set data.labels or data.label_source=labeler")
-    return ds
+    return _UnmentionedNegative(labelled) if data.unmentioned == "negative" else labelled
 
 
 @torch.no_grad()
