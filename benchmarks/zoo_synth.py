@@ -1,16 +1,19 @@
 """Score the model zoo's entries on a fresh SynthCXR test set (a seed no zoo training saw). Prints JSON.
 
     python benchmarks/zoo_synth.py [--entries radclip_small ifnet ...] \
-        [--json zoo/synthcxr64/scores.json]
+        [--json zoo/synthcxr64/scores.json] [--index configs/zoo/index128.yaml]
 
-The test data is ``configs/zoo/test_data.yaml`` (seed 1001; its "test" split, 810 studies), generated
-when missing. Labels for scoring are SynthCXR's ground truth of each image (``labels.csv``); no zoo
+The test data is the index's (``configs/zoo/test_data.yaml``: seed 1001, its "test" split, 810 studies;
+the same studies at 128 px for ``index128.yaml``), generated when missing, read at its own size.
+Labels for scoring are SynthCXR's ground truth of each image (``labels.csv``); no zoo
 model saw them in training.
 
 * backbone entries (RadCLIP): image -> report label-matched precision@5 (a retrieved report counts
   when its finding set equals the image's) over the test split, zero-shot finding AUROC from text
   prompts (:mod:`shared.backbone.zero_shot`, macro over the observations with both outcomes), and the
   AUROC of the backbone's own findings head for comparison (supervised by the labeler in training);
+* image towers (``radloop train tower``): the AUROC of the tower's findings head against the true
+  findings, per finding and macro, with images/s;
 * report decoders: the generated test reports, greedy and beam 3, with reports/s on this machine;
   BLEU/METEOR/ROUGE-L/CIDEr and clinical efficacy against the reference reports, CE micro/macro-F1
   of the labeler's reading of the generated text against the image's true findings, and the share
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from report_synth import QUALITY_KEYS, score, truth_labels
 
-from radloop.zoo import load_index
+from radloop.zoo import INDEX_DIR, load_index
 from shared.backbone import RadCLIP
 from shared.backbone.train import embed_dataset
 from shared.backbone.zero_shot import zero_shot_probabilities
@@ -76,6 +79,27 @@ def score_backbone(name: str, test_ds: ReportImageDataset, truth: np.ndarray) ->
             head = torch.sigmoid(model.label_logits(img)).numpy()
         out["findings_head_macro_auroc"] = round(multilabel_auroc(head, truth, CHEXPERT_LABELS)["mauc"], 4)
     return out
+
+
+def score_tower(name: str, test_ds: ReportImageDataset, truth: np.ndarray) -> dict[str, Any]:
+    """A pre-trained tower's findings head on the test images against their true findings."""
+    from torch.utils.data import DataLoader
+
+    from shared.backbone.classifier import TowerPretrainer
+    from shared.data.dataset import collate_samples
+
+    model = TowerPretrainer.from_pretrained(_ref(name)).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(model(b["images"][:, 0]).logits)
+                           for b in DataLoader(test_ds, batch_size=128, collate_fn=collate_samples)]).numpy()
+    seconds = time.perf_counter() - t0
+    auroc = multilabel_auroc(probs, truth, CHEXPERT_LABELS)
+    return {"findings_head_macro_auroc": round(auroc["mauc"], 4),
+            "findings_head_auroc": {k.removeprefix("auroc/"): round(v, 4) for k, v in auroc.items()
+                                    if k.startswith("auroc/")},
+            "positives": {n: int((truth[:, i] == 1).sum()) for i, n in enumerate(CHEXPERT_LABELS)},
+            "images_per_s": round(len(test_ds) / seconds, 1)}
 
 
 def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.ndarray,
@@ -125,16 +149,22 @@ def main() -> None:
     p.add_argument("--json", help="also write the result here (the model cards read it)")
     p.add_argument("--out-dir", default="runs/zoo/bench", help="generated test reports land here")
     p.add_argument("--limit-test", dest="limit_test", type=int, help="score the first N test studies (smoke runs)")
+    p.add_argument("--index", default=str(INDEX_DIR / "index.yaml"),
+                   help="the zoo generation: its entries, training and test data (default: the 64 px index.yaml)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from radloop.zoo import ensure_data
 
-    index = load_index()
+    index = load_index(args.index)
     data, train_data = ensure_data(index, test=True), ensure_data(index)
-    names = args.entries or [n for n in index.entries if (index.folder(n) / ENTRY_FILE).is_file()]
+    # the entries this script scores: backbones, towers and decoders (judges, autoencoders and generators have
+    # their own benchmarks)
+    names = args.entries or [n for n, r in index.entries.items() if r.trainer in ("backbone", "tower", "report")
+                             and (index.folder(n) / ENTRY_FILE).is_file()]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    test_ds = ReportImageDataset(data / "annotation.json", "test", image_size=64)
+    synth = read_json(data / "synthcxr.json")["config"]
+    test_ds = ReportImageDataset(data / "annotation.json", "test", image_size=int(synth["size"]))
     if args.limit_test:
         test_ds.records = test_ds.records[: args.limit_test]
     test = [test_ds[i] for i in range(len(test_ds))]
@@ -144,12 +174,16 @@ def main() -> None:
     labeler = ReportLabeler()
     training_reports = [e["report"] for e in read_json(train_data / "annotation.json")["train"]]
     command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
+    if Path(args.index).resolve() != (INDEX_DIR / "index.yaml").resolve():
+        command += f" --index {args.index}"
     entries: dict[str, Any] = {}
     for name in names:
         kind = read_json(Path(resolve_zoo(_ref(name))) / "config.json").get("_class_name")
         t0 = time.perf_counter()
         if kind == "RadCLIP":
             entries[name] = score_backbone(name, test_ds, truth)
+        elif kind == "TowerPretrainer":
+            entries[name] = score_tower(name, test_ds, truth)
         else:
             entries[name] = {"model_class": kind,
                              **score_decoder(name, test, refs, truth, labeler, out_dir, training_reports)}
@@ -158,9 +192,9 @@ def main() -> None:
     most_common = Counter(training_reports).most_common(1)[0][0]
     floor = score({i: most_common for i in ids}, refs, truth, labeler, training_reports)
     result = {
-        "benchmark": "zoo_synthcxr64",
+        "benchmark": f"zoo_{index.dataset}",
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "test_data": f"{data} (seed 1001, {len(ids)} test studies, never trained on)",
+        "test_data": f"{data} (seed {synth['seed']}, {len(ids)} test studies at {synth['size']} px, never trained on)",
         "command": command,
         "targets": {"i2t_label_precision@5": 0.85, "zero_shot_macro_auroc": 0.90,
                     "truth_ce_micro_f1_beam3": "0.85 best decoder, 0.75 every decoder",

@@ -10,6 +10,7 @@ from image2report.models import BaselineReportModel, build_report_model
 from radloop.cli import main
 from radloop.zoo import export_entry, list_entries, load_index, refresh_card
 from shared.data.dataset import ReportImageDataset, load_records
+from shared.labels import CHEXPERT_LABELS
 from shared.text.tokenizer import ReportTokenizer
 from shared.zoo import ENTRY_FILE, ZOO_ENV, resolve_zoo, zoo_entries
 
@@ -254,6 +255,23 @@ def test_zoo_benchmark_scores_a_backbone_and_a_decoder(tiny_zoo, tmp_path, tiny_
     by_path = bench.score_decoder(folder, test, refs, truth, ReportLabeler(), tmp_path)
     assert by_path["truth_ce_micro_f1_beam3"] == decoder["truth_ce_micro_f1_beam3"]
     assert len(list(tmp_path.glob("*tinyset_tiny_test_greedy.json"))) == 1
+
+
+def test_zoo_benchmark_scores_a_tower_against_the_true_findings(tmp_path, tiny_synth, load_benchmark):
+    from shared.backbone.classifier import build_tower_pretrainer
+    from shared.backbone.train import dataset_labels
+
+    bench = load_benchmark("zoo_synth")
+    torch.manual_seed(0)
+    build_tower_pretrainer("tower_pretrainer_tiny", image_size=32).save_pretrained(tmp_path / "tower")
+    synth, _ = tiny_synth
+    ds = ReportImageDataset(synth / "annotation.json", "test", image_size=32)
+    truth = dataset_labels(ds)
+    out = bench.score_tower(str(tmp_path / "tower"), ds, truth)
+    assert 0 <= out["findings_head_macro_auroc"] <= 1 and out["images_per_s"] > 0
+    assert set(out["positives"]) == set(CHEXPERT_LABELS)
+    assert sum(out["positives"].values()) == int((truth == 1).sum())
+    assert set(out["findings_head_auroc"]) <= set(CHEXPERT_LABELS)
 
 
 def test_zoo_benchmark_summarises_training_seeds_per_model_class(load_benchmark):
