@@ -85,8 +85,9 @@ class AugmentExperiment:
     amount_seeds: list[int] = field(default_factory=list)
     #: resamples of the paired approximate-randomization test against the ``real`` arm (0: no test)
     significance_samples: int = 1000
-    #: the quality gate's reader: a RadCLIP folder whose findings head reads every synthetic image (an independent
-    #: reader, never the judge); adds the arm ``real+gated``: the synthetic studies it reads the finding in
+    #: the quality gate's reader: a RadCLIP or tower pre-trainer folder whose findings head reads every synthetic
+    #: image (an independent reader, never the judge); adds the arm ``real+gated``: the synthetic studies it reads
+    #: the finding in
     gate_backbone: str | None = None
     gate_threshold: float = GATE_THRESHOLD
     #: add the arm ``real+counterfactual``: each rare finding added to ``per_finding`` real training images by

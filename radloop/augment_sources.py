@@ -1,8 +1,9 @@
 """Two augmentation sources beside synthesis from scratch, for ``radloop augment``.
 
 * **The quality gate** keeps a synthetic image only when an *independent* reader sees the finding its report
-  was written for: the findings head of a RadCLIP backbone (:func:`findings_reader`), never the judge that scores
-  the results. It writes the kept studies as a manifest and the acceptance rate of each finding.
+  was written for: the findings head of a RadCLIP backbone or of a pre-trained tower (:func:`findings_reader`),
+  never the judge that scores the results. It writes the kept studies as a manifest and the acceptance rate of
+  each finding.
 * **Counterfactual augmentation** adds a rare finding to *real* training images by masked editing (the
   pipeline's :meth:`~report2image.ReportToCXRPipeline.counterfactual`, DiffEdit mask): the patient's anatomy is
   kept, and the edited report (:func:`add_finding`) is the label.
@@ -144,24 +145,50 @@ def compose_reports(pool: tuple[list[str], np.ndarray], finding: str, k: int, se
     return out
 
 
-def findings_reader(backbone: str | os.PathLike[str]) -> Reader:
-    """``reader(images) -> (N, 14)`` probabilities of each finding, from a RadCLIP's findings head, for [0, 1]
-    images (N, 1, S, S). The gate's reader: trained on the real images' reports, not the judge.
+def findings_reader(reader: str | os.PathLike[str]) -> Reader:
+    """``reader(images) -> (N, 14)`` probabilities of each finding for [0, 1] images (N, 1, S, S): the gate's
+    reader, trained on the real images' reports, never the judge. ``reader``: a RadCLIP folder (its findings
+    head) or a tower pre-trainer's (``radloop train tower``: its findings head, images resized to its own side,
+    e.g. zoo:tower128 for 128 px images, where radclip_small reads a 64 px copy).
 
     Raises:
-        ValueError: the backbone has no findings head (trained with ``model.findings_weight`` 0).
+        ValueError: a judge's folder, or a backbone without findings head (``model.findings_weight`` 0).
     """
-    from report2image.pipeline import backbone_image_embeds
     from shared.backbone import RadCLIP
+    from shared.backbone.classifier import TowerPretrainer
+    from shared.modeling import saved_class
 
-    model = RadCLIP.from_pretrained(backbone).eval()
+    # the judge is named only to be refused: the gate must not read with the model that scores the results
+    folder, kind = saved_class(reader, {"RadCLIP": RadCLIP, "TowerPretrainer": TowerPretrainer,
+                                        "CXRClassifier": None}, "a RadCLIP or TowerPretrainer (findings head)")
+    if kind is None:
+        raise ValueError(f"{folder} holds the judge classifier, which never gates: it scores the results")
+    if kind is TowerPretrainer:
+        return _tower_reader(TowerPretrainer.from_pretrained(folder).eval())
+    model = RadCLIP.from_pretrained(folder).eval()
     if model.label_head is None:
-        raise ValueError(f"{backbone} has no findings head (trained with model.findings_weight=0): it cannot gate")
+        raise ValueError(f"{reader} has no findings head (trained with model.findings_weight=0): it cannot gate")
+    from report2image.pipeline import backbone_image_embeds
 
     @torch.no_grad()
     def read(images: torch.Tensor) -> np.ndarray:
         out = [torch.sigmoid(model.label_logits(backbone_image_embeds(model, batch * 2 - 1)))
                for batch in images.split(64)]
+        return torch.cat(out).numpy()
+
+    return read
+
+
+def _tower_reader(model: Any) -> Reader:
+    side = int(model.config.image_size)
+
+    @torch.no_grad()
+    def read(images: torch.Tensor) -> np.ndarray:
+        out = []
+        for batch in images.split(64):
+            if batch.shape[-1] != side:  # the pixels it was trained on (bilinear, as the data loader resizes)
+                batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="bilinear", antialias=True)
+            out.append(torch.sigmoid(model(batch * 2 - 1).logits))
         return torch.cat(out).numpy()
 
     return read

@@ -77,6 +77,28 @@ def test_findings_reader_reads_a_backbone_head_and_refuses_one_without(tmp_path)
         findings_reader(tmp_path / "plain")
 
 
+def test_findings_reader_reads_a_tower_head_at_its_own_side_and_refuses_the_judge(tmp_path):
+    from evaluation.classifier import build_classifier
+    from shared.backbone.classifier import build_tower_pretrainer
+
+    torch.manual_seed(0)
+    tower = build_tower_pretrainer("tower_pretrainer_tiny", image_size=32).eval()
+    tower.save_pretrained(tmp_path / "tower")
+    reader = findings_reader(tmp_path / "tower")
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = torch.sigmoid(tower(images * 2 - 1).logits).numpy()
+    np.testing.assert_allclose(reader(images), expected, rtol=1e-5, atol=1e-6)
+    # images of another size are resized to the tower's 32 px first (flat images: the resize is exact)
+    flat = torch.rand(3, 1, 1, 1)
+    with torch.no_grad():
+        expected = torch.sigmoid(tower(flat.expand(3, 1, 32, 32) * 2 - 1).logits).numpy()
+    np.testing.assert_allclose(reader(flat.expand(3, 1, 64, 64)), expected, rtol=1e-5, atol=1e-6)
+    build_classifier("classifier_tiny").save_pretrained(tmp_path / "judge")
+    with pytest.raises(ValueError, match="judge classifier, which never gates"):
+        findings_reader(tmp_path / "judge")
+
+
 def test_counterfactual_edits_keep_the_patient_and_label_with_the_edited_report(tiny_synth, tmp_path):
     from tests.test_report2image import tiny_pipeline
 
