@@ -52,14 +52,16 @@ zoo: install
 		--out benchmarks/results/zoo_diffusion_synthcxr64_cpu2.json --zoo-results zoo/synthcxr64/scores.json
 	for name in $(ZOO_ENTRIES); do $(BIN)/radloop zoo card $$name || exit 1; done
 
-# The 128 px generation (configs/zoo/index128.yaml): the judge, the f = 8 baseline and the f = 4 autoencoder, the
-# generator; then the scores its cards quote. About 4 hours on a 2-core CPU.
-ZOO128_ENTRIES := judge128 autoencoder128 autoencoder128_f4 ldm128
+# The 128 px generation (configs/zoo/index128.yaml): the judge, the decoders' tower and UAR on it, the f = 8
+# baseline and the f = 4 autoencoder, the generator; then the scores its cards quote. About 5 hours on a 2-core CPU.
+ZOO128_ENTRIES := judge128 tower128 uar128 autoencoder128 autoencoder128_f4 ldm128
 ZOO128_DATA := runs/zoo/data/synthcxr128
 zoo128: install
 	for name in $(ZOO128_ENTRIES); do $(BIN)/radloop zoo train $$name || exit 1; done
 	test -f $(ZOO128_DATA)_rare_test/annotation.json || $(BIN)/radloop synth \
 		--config configs/zoo/rare_test_data.yaml --size 128 --out $(ZOO128_DATA)_rare_test
+	$(BIN)/python benchmarks/zoo_synth.py --index configs/zoo/index128.yaml --entries tower128 uar128 \
+		--json zoo/synthcxr128/scores.json
 	$(BIN)/python benchmarks/judge_scale.py --sizes 128 --reuse 128=zoo:judge128 \
 		--out benchmarks/results/judge128_synthcxr128_cpu2.json --zoo-results zoo/synthcxr128/scores.json
 	for ae in autoencoder128 autoencoder128_f4; do $(BIN)/python benchmarks/autoencoder_judge.py --vae zoo:$$ae \

@@ -204,8 +204,10 @@ def main() -> None:
         "entries": entries,
     }
     if args.json and Path(args.json).is_file():
-        # scoring some entries keeps the others' earlier results, and the seed summary covers them all
-        result["entries"] = {**read_json(args.json).get("entries", {}), **entries}
+        # scoring some entries keeps the others' earlier results (and what other benchmarks wrote there, e.g.
+        # real_text), and the seed summary covers them all
+        earlier = read_json(args.json)
+        result = {**earlier, **result, "entries": {**earlier.get("entries", {}), **entries}}
     seeds = seed_summary(result["entries"])
     if seeds:
         result["seeds_by_model_class"] = seeds
