@@ -63,6 +63,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--guidance-grid", dest="guidance_grid", type=float, nargs="*", default=[],
                         help="scales tried on validation reports; the best (judge mAUC) is used on the test set")
     parser.add_argument("--val-n", dest="val_n", type=int, default=100)
+    parser.add_argument("--save-guidance", dest="save_guidance",
+                        help="write the scale --guidance-grid picks on validation into this pipeline folder's "
+                             "sampling_config.json (a run's best/ before `radloop zoo export`), other settings kept")
     parser.add_argument("--val-data", dest="val_data", help="the data whose val split tunes guidance (default --data)")
     parser.add_argument("--autoencoder-n", dest="autoencoder_n", type=int, default=0,
                         help="test images whose reconstructions are scored (0: skip)")
@@ -265,6 +268,17 @@ def rare_selection(labels: np.ndarray, idx: list[int], positives: int | None = N
     return pos, neg[: negatives or max(len(pos), 16)]
 
 
+def save_guidance(folder: str | Path, guidance: float) -> Path:
+    """Set ``guidance_scale`` in ``folder``'s saved sampling defaults (the pipeline's ``sampling_config.json``),
+    keeping its other settings, so that the scale picked on validation travels with the model."""
+    from report2image.pipeline import SAMPLING_FILE, SamplingConfig
+    from shared.saved_settings import load_settings, save_settings
+
+    sampling = load_settings(folder, SAMPLING_FILE, SamplingConfig)
+    sampling.guidance_scale = float(guidance)
+    return save_settings(folder, SAMPLING_FILE, sampling)
+
+
 def score_noise_optimisation(pipe: ReportToCXRPipeline, train_data: Path, real: dict, judge: Judge, guidance: float,
                              seed: int, positives: int | None = None, negatives: int | None = None,
                              optimise: bool = True) -> dict:
@@ -420,6 +434,10 @@ def main() -> None:
         result["guidance_tuning"] = tune_guidance(pipe, val_data, args.guidance_grid, args.val_n, judge, args.seed)
         result["guidance_tuning"]["data"] = str(val_data)
         args.guidance = result["guidance_tuning"]["best"]
+        if args.save_guidance:
+            save_guidance(args.save_guidance, args.guidance)
+    elif args.save_guidance:
+        raise SystemExit("--save-guidance writes the scale --guidance-grid picks on validation: give a grid")
     result["guidance_scale"] = args.guidance
     # 3. generation from test reports (judge, FID, sampler speed); 4. counterfactuals
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,

@@ -595,12 +595,18 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     monkeypatch.setattr("sys.argv", [
         "diffusion_synth.py", "--pipeline", str(tmp_path / "pipe"), "--data", str(data), "--classifier",
         str(tmp_path / "judge"), "--backbone", str(tmp_path / "backbone"), "--n", "6", "--edits", "2",
-        "--edit-steps", "2", "--ddim-steps", "2", "--autoencoder-n", "6", "--guidance-grid", "1.5", "3", "--val-n", "4",
-        "--skip-noise-opt", "--edit-mask-threshold", "4", "--edit-mask-dilate", "0",
-        "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results)])
+        "--edit-steps", "2", "--ddim-steps", "2", "--autoencoder-n", "6", "--guidance-grid", "1.5", "2.5",
+        "--val-n", "4", "--skip-noise-opt", "--edit-mask-threshold", "4", "--edit-mask-dilate", "0",
+        "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results),
+        "--save-guidance", str(tmp_path / "pipe")])
+    before = json.loads((tmp_path / "pipe" / "sampling_config.json").read_text())
+    assert before["guidance_scale"] not in (1.5, 2.5)
     bench.main()
     result = json.loads((tmp_path / "out.json").read_text())
-    assert result["guidance_scale"] in (1.5, 3.0) and set(result["guidance_tuning"]["mauc_by_scale"]) == {"1.5", "3.0"}
+    assert result["guidance_scale"] in (1.5, 2.5) and set(result["guidance_tuning"]["mauc_by_scale"]) == {"1.5", "2.5"}
+    # the scale picked on validation is saved with the pipeline; its other sampling settings are kept
+    after = json.loads((tmp_path / "pipe" / "sampling_config.json").read_text())
+    assert after == {**before, "guidance_scale": result["guidance_scale"]}
     assert {"psnr", "ssim", "judge_mauc_real", "noise_free_render_vs_real"} <= set(result["autoencoder"])
     # per finding, on the real images and on their reconstructions
     assert set(result["autoencoder"]["auroc_reconstructed"]) == set(result["autoencoder"]["auroc_real"])
