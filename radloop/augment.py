@@ -14,9 +14,12 @@
 Optional arms separate the questions a reader asks next: ``upweight_real`` adds a real-only arm
 whose rare training studies are repeated until each rare finding has as many extra training
 examples as the synthetic arm adds ("more rare examples" without synthetic images), and
-``amounts`` adds arms with the first k synthetic studies per finding (the amount curve). Every
-arm is compared with ``real`` by a paired approximate-randomization test on the pooled
-(seed, test study) predictions (:func:`shared.metrics.stats.approximate_randomization`).
+``amounts`` adds arms with the first k synthetic studies per finding (the amount curve),
+``gate_backbone`` and ``counterfactual`` the gated and the counterfactual arms (:mod:`.augment_sources`),
+and ``upweight_with`` a generated-study arm on top of the up-weighted real studies. Every arm is
+compared with ``real`` (and each generated-study arm with ``real_upweighted``) by a paired
+approximate-randomization test on the pooled (seed, test study) predictions
+(:func:`shared.metrics.stats.approximate_randomization`).
 
 A rerun reuses what is finished: synthetic images whose manifest matches the composed reports,
 and every (arm, seed) run whose ``scores.json`` was written for the same manifest and recipe.
@@ -79,6 +82,10 @@ class AugmentExperiment:
     #: also train a real-only arm whose rare training studies are repeated to add ``per_finding`` examples per
     #: rare finding -- the same extra exposures as the synthetic arm, without synthetic images
     upweight_real: bool = False
+    #: generated-study arms (``real+synthetic``, ``real+gated``, ``real+counterfactual``) also trained with the
+    #: real rare studies up-weighted as in ``real_upweighted`` (arm ``<arm>+upweighted``, compared with both):
+    #: whether the two sources of rare examples add up; needs ``upweight_real``
+    upweight_with: list[str] = field(default_factory=list)
     #: score on this annotation's test split (e.g. a fresh data seed) instead of ``annotation``'s
     test_annotation: str | None = None
     #: seeds of the amount curve's arms (empty: ``seeds``); the main arms always run ``seeds``
@@ -227,8 +234,17 @@ def _compared(arms: Sequence[str]) -> list[tuple[str, str]]:
     """(arm, baseline) pairs: every arm against ``real``; each generated source against the up-weighted arm."""
     pairs = [(arm, "real") for arm in arms if arm != "real"]
     if "real_upweighted" in arms:
-        pairs += [(arm, "real_upweighted") for arm in SOURCE_ARMS if arm in arms]
+        pairs += [(arm, "real_upweighted") for arm in arms if arm in SOURCE_ARMS or arm.endswith("+upweighted")]
     return pairs
+
+
+def _check_upweight_with(cfg: AugmentExperiment) -> None:
+    """Before anything is generated: ``upweight_with`` names arms this config makes, beside ``real_upweighted``."""
+    made = ["real+synthetic"] + ["real+gated"] * bool(cfg.gate_backbone) + ["real+counterfactual"] * cfg.counterfactual
+    unknown = [name for name in cfg.upweight_with if name not in made]
+    if unknown or (cfg.upweight_with and not cfg.upweight_real):
+        raise ValueError(f"upweight_with: {unknown or list(cfg.upweight_with)} must name generated-study arms this "
+                         f"config makes ({made}), with upweight_real=true")
 
 
 def _rare_findings(cfg: AugmentExperiment, train_reports: list[str], labeler: ReportLabeler) -> list[str]:
@@ -247,15 +263,17 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str
     """Every arm's training manifest: ``real`` is the annotation itself (``real``: its records with absolute image
     paths, :func:`_real_rows`); ``sources``: more arms (name -> a manifest of generated studies with
     ``target_finding``) added to the real studies."""
-    arms = {"real": annotation,
-            "real+synthetic": _write_manifest(real + _synthetic_rows(synthetic, cfg.per_finding),
-                                              out / "real_plus_synthetic.jsonl")}
-    for name, manifest in (sources or {}).items():
-        arms[name] = _write_manifest(real + _synthetic_rows(manifest, cfg.per_finding),
-                                     out / f"{name.replace('+', '_plus_')}.jsonl")
+    # the generated studies each arm adds to the real ones
+    added = {"real+synthetic": _synthetic_rows(synthetic, cfg.per_finding),
+             **{name: _synthetic_rows(manifest, cfg.per_finding) for name, manifest in (sources or {}).items()}}
+    arms = {"real": annotation, **{name: _write_manifest(real + rows, out / f"{name.replace('+', '_plus_')}.jsonl")
+                                   for name, rows in added.items()}}
     if cfg.upweight_real:
-        arms["real_upweighted"] = _write_manifest(real + upweighted_rows(real, rare, cfg.per_finding, labeler),
-                                                  out / "real_upweighted.jsonl")
+        repeats = upweighted_rows(real, rare, cfg.per_finding, labeler)
+        arms["real_upweighted"] = _write_manifest(real + repeats, out / "real_upweighted.jsonl")
+        for name in cfg.upweight_with:
+            arms[f"{name}+upweighted"] = _write_manifest(real + repeats + added[name],
+                                                         out / f"{name.replace('+', '_plus_')}_upweighted.jsonl")
     for k in sorted(set(cfg.amounts)):
         if not 0 < k < cfg.per_finding:
             raise ValueError(f"amounts: {k} is not between 0 and per_finding={cfg.per_finding} (exclusive)")
@@ -392,6 +410,7 @@ def _amount_curve(cfg: AugmentExperiment, summary: dict[str, Any]) -> list[dict[
 
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``<output_dir>/augment_results.json`` and returns it."""
+    _check_upweight_with(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     annotation = Path(cfg.annotation)
@@ -437,10 +456,12 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     if "real_upweighted" in arms:
         result["verdict_vs_upweighted"] = _verdict(summary["rare_f1_mean"], runs, "real+synthetic", "real_upweighted",
                                                    tests.get("real+synthetic vs real_upweighted"))
-    for arm in SOURCE_ARMS[1:]:
-        if arm in arms:
-            result.setdefault("verdicts", {})[arm] = _verdict(summary["rare_f1_mean"], runs, arm,
-                                                              test=tests.get(f"{arm} vs real"))
+    for arm in [a for a in arms if a in SOURCE_ARMS[1:] or a.endswith("+upweighted")]:
+        result.setdefault("verdicts", {})[arm] = _verdict(summary["rare_f1_mean"], runs, arm,
+                                                          test=tests.get(f"{arm} vs real"))
+        if "real_upweighted" in arms:
+            result.setdefault("verdicts_vs_upweighted", {})[arm] = _verdict(
+                summary["rare_f1_mean"], runs, arm, "real_upweighted", tests.get(f"{arm} vs real_upweighted"))
     if cfg.amounts:
         result["amount_curve"] = _amount_curve(cfg, summary)
     atomic_write_text(out / "augment_results.json", json.dumps(result, indent=1, default=float) + "\n")

@@ -142,11 +142,35 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     cfg = _tiny_augment(data, tmp_path / "aug")
     cfg.amounts, cfg.amount_seeds, cfg.seeds, cfg.significance_samples = [], [], [0], 10
     cfg.gate_backbone, cfg.gate_threshold, cfg.counterfactual = str(tmp_path / "reader"), 0.0, True
+    cfg.upweight_with = ["real+gated"]  # the gated studies on top of the up-weighted real ones
     pipe = tiny_pipeline(use_identity=False)
     pipe.sampling.num_inference_steps = pipe.sampling.edit_num_inference_steps = 2
     result = augment.run_augment(cfg, pipe=pipe)
-    assert result["arms"] == ["real", "real+synthetic", "real+gated", "real+counterfactual", "real_upweighted"]
+    assert result["arms"] == ["real", "real+synthetic", "real+gated", "real+counterfactual", "real_upweighted",
+                              "real+gated+upweighted"]
     assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
     assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0
-    assert {"real+gated vs real_upweighted", "real+counterfactual vs real"} <= set(result["significance"])
-    assert set(result["verdicts"]) == {"real+gated", "real+counterfactual"}
+    assert {"real+gated vs real_upweighted", "real+counterfactual vs real", "real+gated+upweighted vs real",
+            "real+gated+upweighted vs real_upweighted"} <= set(result["significance"])
+    assert set(result["verdicts"]) == {"real+gated", "real+counterfactual", "real+gated+upweighted"}
+    assert set(result["verdicts_vs_upweighted"]) == set(result["verdicts"])
+    # the combined arm: every real study, the up-weighted repeats and the gated studies, once each
+    by_arm = {name: load_records(tmp_path / "aug" / f"{name}.jsonl")
+              for name in ("real_upweighted", "real_plus_gated", "real_plus_gated_upweighted")}
+    real = load_records(data / "annotation.json")
+    assert sorted(r["id"] for r in by_arm["real_plus_gated_upweighted"]) == sorted(
+        {r["id"] for arm in ("real_upweighted", "real_plus_gated") for r in by_arm[arm]})
+    assert len(by_arm["real_plus_gated_upweighted"]) == (len(by_arm["real_upweighted"]) + len(by_arm["real_plus_gated"])
+                                                         - len(real))
+
+
+def test_augment_refuses_to_upweight_an_arm_it_does_not_make_before_generating_anything(tiny_synth, tmp_path):
+    import radloop.augment as augment
+    from tests.test_workflows import _tiny_augment
+
+    data, _ = tiny_synth
+    cfg = _tiny_augment(data, tmp_path / "aug")
+    cfg.upweight_with = ["real+gated"]  # no gate_backbone: that arm is not made
+    with pytest.raises(ValueError, match=r"upweight_with: \['real\+gated'\] must name generated-study arms"):
+        augment.run_augment(cfg, pipe=object())
+    assert not (tmp_path / "aug").exists()
