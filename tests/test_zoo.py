@@ -558,3 +558,27 @@ def test_demo_from_the_zoo_says_what_is_missing(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
     err = capsys.readouterr().err
     assert "zoo:ldm64" in err and "--from-scratch" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_shipped_zoo_recipe_loads_into_its_trainers_schema():
+    """Each entry of every index (configs/zoo/index*.yaml) and each augmentation benchmark config names only keys
+    its schema has: a typo fails here, not an hour into `make zoo128`."""
+    from omegaconf import OmegaConf
+
+    from radloop.augment import AugmentExperiment
+    from radloop.registries import load_registries
+    from radloop.zoo import INDEX_DIR, load_indexes
+    from shared.config import load_config
+    from shared.training import TRAINERS
+
+    load_registries()
+    recipes = [(r.trainer, r.recipe) for index in load_indexes() for r in index.entries.values()]
+    assert len(recipes) >= 16
+    for trainer, recipe in recipes:
+        cfg = load_config(TRAINERS.get(trainer).meta["experiment"](), recipe)
+        assert cfg.train.output_dir.startswith("runs/zoo/"), recipe
+    for path in sorted(INDEX_DIR.glob("augment*.yaml")):
+        if path.name.startswith("augment_test"):
+            continue
+        cfg = OmegaConf.to_object(load_config(AugmentExperiment(), path))
+        assert cfg.report.train.max_steps > 0 and cfg.findings, path
