@@ -19,6 +19,11 @@ model saw them in training.
   of the labeler's reading of the generated text against the image's true findings, and the share
   of distinct reports; the same for the most common training report (the floor) once.
 
+With ``--rare-data`` (the rare test set, ``configs/zoo/rare_test_data.yaml``: 100+ studies with each of the
+three rarest findings, which the 810-study test set has 8-15 of) every decoder also writes greedy reports for
+its test split, scored per rare finding (precision / recall / F1 of the labeler's reading against the truth),
+and every tower's findings head is scored there too (``rare_set``).
+
 With ``--json`` the results file also feeds the zoo's model cards (``radloop zoo card NAME``).
 """
 
@@ -123,6 +128,24 @@ def score_decoder(name: str, test: list[dict], refs: dict[str, str], truth: np.n
     return out
 
 
+#: the rarest findings of the zoo's training reports, scored on the rare test set
+RARE_FINDINGS = ("Fracture", "Pneumothorax", "Lung Lesion")
+
+
+def score_decoder_rare(name: str, test: list[dict], truth: np.ndarray, labeler: ReportLabeler) -> dict[str, Any]:
+    """Greedy reports of the rare test set, per rare finding: the labeler's reading against the truth."""
+    from image2report.generator import ReportGenerator
+    from shared.metrics.clinical import binarize, per_label_scores
+
+    gen = ReportGenerator.from_pretrained(_ref(name))
+    texts = []
+    for start in range(0, len(test), 512):  # the whole set's images at once would hold GBs
+        texts += gen.generate(torch.stack([s["images"] for s in test[start:start + 512]]), num_beams=1)
+    idx = [CHEXPERT_LABELS.index(n) for n in RARE_FINDINGS]
+    per = per_label_scores(binarize(labeler.label_batch(texts))[:, idx], (truth[:, idx] == 1), RARE_FINDINGS)
+    return {n: {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for n, row in per.items()}
+
+
 def seed_summary(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean and sample standard deviation of each decoder metric over the entries of one model class (their
     ``model_class``: the zoo entry and runs of other training seeds), for every class scored more than once."""
@@ -149,6 +172,8 @@ def main() -> None:
     p.add_argument("--json", help="also write the result here (the model cards read it)")
     p.add_argument("--out-dir", default="runs/zoo/bench", help="generated test reports land here")
     p.add_argument("--limit-test", dest="limit_test", type=int, help="score the first N test studies (smoke runs)")
+    p.add_argument("--rare-data", dest="rare_data",
+                   help="the rare test set at the index's size (e.g. runs/zoo/data/synthcxr128_rare_test)")
     p.add_argument("--index", default=str(INDEX_DIR / "index.yaml"),
                    help="the zoo generation: its entries, training and test data (default: the 64 px index.yaml)")
     args = p.parse_args()
@@ -173,9 +198,15 @@ def main() -> None:
     truth = truth_labels(data, ids)
     labeler = ReportLabeler()
     training_reports = [e["report"] for e in read_json(train_data / "annotation.json")["train"]]
+    rare_ds = ReportImageDataset(Path(args.rare_data) / "annotation.json", "test", image_size=int(synth["size"])) \
+        if args.rare_data else None
+    rare_truth = truth_labels(Path(args.rare_data), [r["id"] for r in rare_ds.records]) if rare_ds else None
+    rare_test: list[dict] = []  # read once, when the first decoder needs it
     command = "python benchmarks/zoo_synth.py --entries " + " ".join(names)
     if Path(args.index).resolve() != (INDEX_DIR / "index.yaml").resolve():
         command += f" --index {args.index}"
+    if args.rare_data:
+        command += f" --rare-data {args.rare_data}"
     entries: dict[str, Any] = {}
     for name in names:
         kind = read_json(Path(resolve_zoo(_ref(name))) / "config.json").get("_class_name")
@@ -184,9 +215,14 @@ def main() -> None:
             entries[name] = score_backbone(name, test_ds, truth)
         elif kind == "TowerPretrainer":
             entries[name] = score_tower(name, test_ds, truth)
+            if rare_ds is not None:
+                entries[name]["rare_set"] = score_tower(name, rare_ds, rare_truth)
         else:
             entries[name] = {"model_class": kind,
                              **score_decoder(name, test, refs, truth, labeler, out_dir, training_reports)}
+            if rare_ds is not None:
+                rare_test = rare_test or [rare_ds[i] for i in range(len(rare_ds))]
+                entries[name]["rare_set_greedy"] = score_decoder_rare(name, rare_test, rare_truth, labeler)
         entries[name]["command"] = command
         logging.warning("%s scored in %.0f s", name, time.perf_counter() - t0)
     most_common = Counter(training_reports).most_common(1)[0][0]

@@ -249,6 +249,11 @@ def test_zoo_benchmark_scores_a_backbone_and_a_decoder(tiny_zoo, tmp_path, tiny_
     for mode in ("greedy", "beam3"):
         assert 0 <= decoder[f"truth_ce_micro_f1_{mode}"] <= 1 and decoder[f"{mode}_reports_per_s"] > 0
         assert (tmp_path / f"tiny_test_{mode}.json").is_file()
+    rare = bench.score_decoder_rare("tiny", test, truth, ReportLabeler())
+    assert list(rare) == list(bench.RARE_FINDINGS)
+    for name in bench.RARE_FINDINGS:
+        assert rare[name]["support"] == int((truth[:, CHEXPERT_LABELS.index(name)] == 1).sum())
+        assert 0 <= rare[name]["f1"] <= 1
     # a saved folder (another training seed's run) scores as the zoo entry does
     refs = {s["study_id"]: s["report"] for s in test}
     folder = str(tmp_path / "zoo" / "tinyset" / "tiny")
