@@ -65,8 +65,17 @@ def _metric_lines(metrics: dict[str, Any], floor: dict[str, Any]) -> list[str]:
     for k, v in metrics.items():
         if k in ("command", "test_data") or k.endswith(suffixes):
             continue
-        lines.append(f"- {k}: " + (", ".join(f"{n} {x}" for n, x in v.items()) if isinstance(v, dict) else f"{v}"))
+        lines += _item_lines(k, v)
     return lines
+
+
+def _item_lines(key: str, value: Any, indent: str = "") -> list[str]:
+    """A measurement as a list item: a flat dict on one line (``name value, ...``), a nested one as sub-items."""
+    if not isinstance(value, dict):
+        return [f"{indent}- {key}: {value}"]
+    if not any(isinstance(v, dict) for v in value.values()):
+        return [f"{indent}- {key}: " + ", ".join(f"{n} {x}" for n, x in value.items())]
+    return [f"{indent}- {key}:"] + [line for n, x in value.items() for line in _item_lines(n, x, indent + "  ")]
 
 
 def render_card(meta: dict[str, Any], results: Path | None = None) -> str:

@@ -193,6 +193,11 @@ def test_a_card_names_the_data_its_scores_were_measured_on(tmp_path):
     card = render_card(meta, tmp_path / "s.json")
     assert "On fresh SynthCXR test data (`runs/rare`, never trained on), `python b.py`" in card
     assert "test_data128" not in card and "- test_data" not in card and "- psnr: 30.0" in card
+    # a flat dict on one line, a nested one (scores on a second data set) as sub-items
+    merge_results("entries", {"ae": {"auroc": {"A": 0.9, "B": 0.8}, "rare_set": {"mauc": 0.7, "auroc": {"A": 0.6}},
+                                     "command": "python b.py"}}, tmp_path / "s.json")
+    card = render_card(meta, tmp_path / "s.json")
+    assert "- auroc: A 0.9, B 0.8\n- rare_set:\n  - mauc: 0.7\n  - auroc: A 0.6\n" in card
 
 
 def test_an_entry_that_learned_real_text_names_it_and_its_licence(tmp_path):
