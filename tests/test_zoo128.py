@@ -56,6 +56,20 @@ def _judge_reads(judge, finding: str, through=None) -> tuple[int, float]:
     return int((p_sick > 0.5).sum()), float(p_sick.mean() - p_well.mean())
 
 
+def _misplace_weights(model: torch.nn.Module) -> None:
+    """Hand each of ``model``'s parameters the weights of the previous one of the same shape (what a loader that
+    maps a weight file wrongly would do); a parameter with no same-shaped sibling, and every buffer (BatchNorm's
+    statistics), keep their own."""
+    from collections import defaultdict
+
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    groups = defaultdict(list)
+    for name, tensor in params.items():
+        groups[tuple(tensor.shape)].append(name)
+    moved = {names[i]: params[names[i - 1]] for names in groups.values() if len(names) > 1 for i in range(len(names))}
+    model.load_state_dict({**model.state_dict(), **moved})
+
+
 # -- judge128 --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("finding", list(THIN_FINDINGS))
 def test_zoo_judge128_reads_the_thin_findings(judge128, finding):
@@ -176,15 +190,66 @@ def test_zoo_ldm128_draws_a_rib_fracture(ldm128, judge128):
 def test_zoo_ldm128_check_fails_with_its_weights_misplaced(judge128):
     """The pneumothorax check with the UNet's same-shaped tensors handed round one place (what a loader that
     maps a weight file wrongly would do) fails (measured: 0 of 4, margin 0.00)."""
-    from collections import defaultdict
-
     pipe = _load_ldm128()  # a copy of its own: the module's pipeline stays intact for the other checks
-    state = pipe.unet.state_dict()
-    groups = defaultdict(list)
-    for name, tensor in state.items():
-        groups[tuple(tensor.shape)].append(name)
-    moved = {names[i]: state[names[i - 1]].clone() for names in groups.values() if len(names) > 1
-             for i in range(len(names))}
-    pipe.unet.load_state_dict({**state, **moved})
+    _misplace_weights(pipe.unet)
     hits, margin = _ldm_draws(pipe, judge128, "Pneumothorax")
     assert hits < 3 or margin <= 0.4, (hits, margin)
+
+
+# -- tower128 and uar128 (the 128 px decoders) -----------------------------------------------------------
+@torch.no_grad()
+def _tower_reads(tower, finding: str) -> tuple[int, float]:
+    """tower128's findings head on :func:`_thin_pairs`: (images of the finding it reads at > 0.5, mean
+    probability with minus without)."""
+    from shared.labels import CHEXPERT_LABELS
+
+    sick, well = _thin_pairs(finding)
+    k = CHEXPERT_LABELS.index(finding)
+    p_sick, p_well = (torch.sigmoid(tower(x * 2 - 1).logits)[:, k] for x in (sick, well))
+    return int((p_sick > 0.5).sum()), float(p_sick.mean() - p_well.mean())
+
+
+@pytest.fixture(scope="module")
+def tower128():
+    from shared.backbone.classifier import TowerPretrainer
+
+    return TowerPretrainer.from_pretrained("zoo:tower128").eval()
+
+
+@pytest.mark.parametrize("finding", ["Pneumothorax", "Lung Lesion", "Pleural Effusion"])
+def test_zoo_tower128_reads_the_findings_of_its_training_reports(tower128, finding):
+    """tower128's findings head (the quality gate's reader at 128 px) reads each finding in most of 8 fixed-seed
+    images (measured: pneumothorax 5 of 8, margin 0.53; lung lesion 5, 0.65; effusion 8, 0.91)."""
+    hits, margin = _tower_reads(tower128, finding)
+    assert hits >= 4 and margin > 0.3, (hits, margin)
+
+
+@pytest.mark.xfail(strict=True, reason="tower128 learnt from ~80 fractures at natural prevalence and does not read "
+                                       "one (0 of 8, margin 0.00; docs/results.md): this fails loudly the day it does")
+def test_zoo_tower128_reads_a_rib_fracture(tower128):
+    hits, margin = _tower_reads(tower128, "Fracture")
+    assert hits >= 4 and margin > 0.3, (hits, margin)
+
+
+def test_zoo_tower128_check_fails_with_its_weights_misplaced():
+    """The effusion check with tower128's same-shaped parameters handed round one place fails (measured: 0 of 8,
+    margin 0.00)."""
+    from shared.backbone.classifier import TowerPretrainer
+
+    tower = TowerPretrainer.from_pretrained("zoo:tower128").eval()
+    _misplace_weights(tower)
+    hits, margin = _tower_reads(tower, "Pleural Effusion")
+    assert hits < 4 or margin <= 0.3, (hits, margin)
+
+
+@torch.no_grad()
+def _decoder_writes(generator, finding: str) -> tuple[int, int]:
+    """uar128's beam-3 reports of :func:`_thin_pairs`, read by the labeler: (reports of the images with the
+    finding that state it, reports of the same patients without it that state it)."""
+    from shared.text.labeler import ReportLabeler
+
+    labeler = ReportLabeler()
+    sick, well = _thin_pairs(finding)
+    stated = [sum(labeler(r).get(finding) == 1 for r in generator.generate((x * 2 - 1)[:, None], num_beams=3))
+              for x in (sick, well)]
+    return stated[0], stated[1]
