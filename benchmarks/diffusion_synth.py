@@ -105,6 +105,8 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.autoencoder_only and (not args.autoencoder_n or args.zoo_results):
         parser.error("--autoencoder-only needs --autoencoder-n and no --zoo-results (the cards need every block)")
+    if args.save_guidance and not args.guidance_grid:
+        parser.error("--save-guidance writes the scale --guidance-grid picks on validation: give a grid")
     return args
 
 
@@ -436,8 +438,6 @@ def main() -> None:
         args.guidance = result["guidance_tuning"]["best"]
         if args.save_guidance:
             save_guidance(args.save_guidance, args.guidance)
-    elif args.save_guidance:
-        raise SystemExit("--save-guidance writes the scale --guidance-grid picks on validation: give a grid")
     result["guidance_scale"] = args.guidance
     # 3. generation from test reports (judge, FID, sampler speed); 4. counterfactuals
     result.update(score_generation(pipe, real, min(args.n, len(real["reports"])), judge, args.backbone,

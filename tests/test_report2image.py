@@ -592,15 +592,21 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     bench = load_benchmark("diffusion_synth")
     zoo_results = tmp_path / "zoo.json"
     zoo_results.write_text(json.dumps({"entries": {"radclip_small": {"kept": 1}}}))
-    monkeypatch.setattr("sys.argv", [
+    argv = [
         "diffusion_synth.py", "--pipeline", str(tmp_path / "pipe"), "--data", str(data), "--classifier",
         str(tmp_path / "judge"), "--backbone", str(tmp_path / "backbone"), "--n", "6", "--edits", "2",
         "--edit-steps", "2", "--ddim-steps", "2", "--autoencoder-n", "6", "--guidance-grid", "1.5", "2.5",
         "--val-n", "4", "--skip-noise-opt", "--edit-mask-threshold", "4", "--edit-mask-dilate", "0",
         "--out", str(tmp_path / "out.json"), "--zoo-results", str(zoo_results),
-        "--save-guidance", str(tmp_path / "pipe")])
+        "--save-guidance", str(tmp_path / "pipe")]
     before = json.loads((tmp_path / "pipe" / "sampling_config.json").read_text())
     assert before["guidance_scale"] not in (1.5, 2.5)
+    # without a grid there is nothing picked to save: refused before any work
+    monkeypatch.setattr("sys.argv", [a for a in argv if a not in ("--guidance-grid", "1.5", "2.5")])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--save-guidance writes the scale --guidance-grid picks" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", argv)
     bench.main()
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["guidance_scale"] in (1.5, 2.5) and set(result["guidance_tuning"]["mauc_by_scale"]) == {"1.5", "2.5"}
