@@ -164,7 +164,7 @@ def findings_reader(reader: str | os.PathLike[str]) -> Reader:
     if kind is None:
         raise ValueError(f"{folder} holds the judge classifier, which never gates: it scores the results")
     if kind is TowerPretrainer:
-        return _tower_reader(TowerPretrainer.from_pretrained(folder).eval())
+        return _tower_reader(folder, TowerPretrainer.from_pretrained(folder).eval())
     model = RadCLIP.from_pretrained(folder).eval()
     if model.label_head is None:
         raise ValueError(f"{reader} has no findings head (trained with model.findings_weight=0): it cannot gate")
@@ -179,17 +179,16 @@ def findings_reader(reader: str | os.PathLike[str]) -> Reader:
     return read
 
 
-def _tower_reader(model: Any) -> Reader:
-    side = int(model.config.image_size)
+def _tower_reader(folder: Path, model: Any) -> Reader:
+    from shared.data.transforms import PREPROCESS_FILE, PreprocessConfig
+    from shared.saved_settings import load_settings
+
+    # the pixels it was trained and selected on, as saved with it (the judge reads its own the same way)
+    preprocess = load_settings(folder, PREPROCESS_FILE, PreprocessConfig, image_size=model.config.image_size)
 
     @torch.no_grad()
     def read(images: torch.Tensor) -> np.ndarray:
-        out = []
-        for batch in images.split(64):
-            if batch.shape[-1] != side:  # the pixels it was trained on (bilinear, as the data loader resizes)
-                batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="bilinear", antialias=True)
-            out.append(torch.sigmoid(model(batch * 2 - 1).logits))
-        return torch.cat(out).numpy()
+        return torch.cat([torch.sigmoid(model(preprocess.apply(b)).logits) for b in images.split(64)]).numpy()
 
     return read
 
