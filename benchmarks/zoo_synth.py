@@ -91,13 +91,12 @@ def score_tower(name: str, test_ds: ReportImageDataset, truth: np.ndarray) -> di
     from torch.utils.data import DataLoader
 
     from shared.backbone.classifier import TowerPretrainer
+    from shared.backbone.train_tower import predict_probs
     from shared.data.dataset import collate_samples
 
-    model = TowerPretrainer.from_pretrained(_ref(name)).eval()
+    model = TowerPretrainer.from_pretrained(_ref(name))
     t0 = time.perf_counter()
-    with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(model(b["images"][:, 0]).logits)
-                           for b in DataLoader(test_ds, batch_size=128, collate_fn=collate_samples)]).numpy()
+    probs, _ = predict_probs(model, DataLoader(test_ds, batch_size=128, collate_fn=collate_samples))
     seconds = time.perf_counter() - t0
     auroc = multilabel_auroc(probs, truth, CHEXPERT_LABELS)
     return {"findings_head_macro_auroc": round(auroc["mauc"], 4),
