@@ -97,6 +97,9 @@ class AugmentExperiment:
     #: the finding in
     gate_backbone: str | None = None
     gate_threshold: float = GATE_THRESHOLD
+    #: real studies (an annotation; its test split) the gate's reader also reads at ``gate_threshold``: the share
+    #: of real cases of each finding it keeps, the reference for the synthetic acceptance rates (``gate.real``)
+    gate_reference: str | None = None
     #: add the arm ``real+counterfactual``: each rare finding added to ``per_finding`` real training images by
     #: masked editing (the real anatomy kept, the edited report as the label)
     counterfactual: bool = False
@@ -238,8 +241,13 @@ def _compared(arms: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_upweight_with(cfg: AugmentExperiment) -> None:
-    """Before anything is generated: ``upweight_with`` names arms this config makes, beside ``real_upweighted``."""
+def _check_config(cfg: AugmentExperiment) -> None:
+    """Before anything is generated: ``upweight_with`` names arms this config makes, beside ``real_upweighted``;
+    ``gate_reference`` is a file, with a gate to measure."""
+    if cfg.gate_reference and not cfg.gate_backbone:
+        raise ValueError(f"gate_reference={cfg.gate_reference}: set gate_backbone too (the reader it measures)")
+    if cfg.gate_reference and not Path(cfg.gate_reference).is_file():
+        raise FileNotFoundError(f"gate_reference: no annotation at {cfg.gate_reference}")
     made = ["real+synthetic"] + ["real+gated"] * bool(cfg.gate_backbone) + ["real+counterfactual"] * cfg.counterfactual
     unknown = [name for name in cfg.upweight_with if name not in made]
     if unknown or (cfg.upweight_with and not cfg.upweight_real):
@@ -287,15 +295,17 @@ def _other_sources(cfg: AugmentExperiment, pipe: Any, synthetic: Path, real: lis
                    out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
     """The gated synthetic studies and the counterfactual edits, when the config asks for them: (arm -> manifest,
     the gate's acceptance rates)."""
-    from .augment_sources import findings_reader, gate_synthetic, write_counterfactual_manifest
+    from .augment_sources import findings_reader, gate_on_real, gate_synthetic, write_counterfactual_manifest
 
     sources: dict[str, Path] = {}
     gate: dict[str, Any] = {}
     if cfg.gate_backbone:
-        gated = gate_synthetic(synthetic, findings_reader(cfg.gate_backbone), cfg.gate_threshold,
-                               int(getattr(pipe, "image_size", 64)))
+        reader, size = findings_reader(cfg.gate_backbone), int(getattr(pipe, "image_size", 64))
+        gated = gate_synthetic(synthetic, reader, cfg.gate_threshold, size)
         sources["real+gated"] = gated.manifest
         gate = {"reader": cfg.gate_backbone, "threshold": cfg.gate_threshold, "findings": gated.findings}
+        if cfg.gate_reference:
+            gate["real"] = gate_on_real(reader, cfg.gate_reference, rare, cfg.gate_threshold, size, labeler=labeler)
     if cfg.counterfactual:
         train = [r for r in real if r.get("split") == "train"]
         sentences = {f: stating_sentences(pool, f) for f in rare}
@@ -410,7 +420,7 @@ def _amount_curve(cfg: AugmentExperiment, summary: dict[str, Any]) -> list[dict[
 
 def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``<output_dir>/augment_results.json`` and returns it."""
-    _check_upweight_with(cfg)
+    _check_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     annotation = Path(cfg.annotation)

@@ -37,9 +37,9 @@ from shared.metrics.clinical import binarize
 from shared.metrics.report_quality import contradicted, said_values
 from shared.text.labeler import ReportLabeler
 
-__all__ = ["GATE_FILE", "GATE_THRESHOLD", "GateOutput", "load_grey", "findings_reader", "gate_synthetic", "add_finding",
-           "write_counterfactual_manifest", "pick_rare_findings", "sentence_pool", "stating_sentences",
-           "compose_reports"]
+__all__ = ["GATE_FILE", "GATE_THRESHOLD", "GateOutput", "load_grey", "findings_reader", "gate_synthetic",
+           "gate_on_real", "add_finding", "write_counterfactual_manifest", "pick_rare_findings", "sentence_pool",
+           "stating_sentences", "compose_reports"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,51 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
     atomic_write_text(synthetic.parent / GATE_FILE,
                       json.dumps({"threshold": threshold, "findings": rates, "studies": studies}) + "\n")
     return GateOutput(out, rates, studies)
+
+
+def gate_on_real(reader: Reader, annotation: str | os.PathLike[str], findings: Sequence[str],
+                 threshold: float = GATE_THRESHOLD, image_size: int = 224, split: str = "test", per_kind: int = 200,
+                 labeler: ReportLabeler | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The gate's reference: the share of *real* studies the reader keeps at the same threshold, per finding.
+
+    An acceptance rate of synthetic images means little alone: a reader trained at a finding's natural
+    prevalence may keep few real cases at 0.5 too, and a reader blind to a finding keeps none. So for each
+    finding the reader reads up to ``per_kind`` real studies of ``annotation``'s ``split`` whose report states it
+    (``kept_positives``: the rate a synthetic image drawn as clearly as a real case would reach) and as many
+    whose report does not (``kept_negatives``: what it keeps by mistake). Labels are the labeler's readings of
+    the reports, as the decoders' are; studies are drawn with a fixed seed.
+
+    Returns:
+        ``{finding: {"positives", "kept_positives", "negatives", "kept_negatives"}}``; a rate is None where the
+        split has no such study.
+    """
+    annotation = Path(annotation)
+    rows = [r for r in load_records(annotation) if r.get("split") == split]
+    if not rows:
+        raise ValueError(f"{annotation} has no '{split}' studies for the gate's reference")
+    positive = binarize((labeler or ReportLabeler()).label_batch([r["report"] for r in rows])) == 1
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for finding in findings:
+        j = CHEXPERT_LABELS.index(finding)
+        kinds = {}
+        for kind, where in (("positives", positive[:, j]), ("negatives", ~positive[:, j])):
+            idx = np.flatnonzero(where)
+            idx = np.sort(rng.choice(idx, per_kind, replace=False)) if len(idx) > per_kind else idx
+            probs = _read_paths(reader, [annotation.parent / rows[i]["image_path"][0] for i in idx], image_size, j)
+            kinds[kind] = len(idx)
+            kinds[f"kept_{kind}"] = round(float((probs >= threshold).mean()), 4) if len(idx) else None
+        out[finding] = kinds
+        logger.info("gate reference: %s kept %s of %d real positives, %s of %d negatives", finding,
+                    kinds["kept_positives"], kinds["positives"], kinds["kept_negatives"], kinds["negatives"])
+    return out
+
+
+def _read_paths(reader: Reader, paths: Sequence[Path], image_size: int, column: int) -> np.ndarray:
+    """The reader's probability of one finding (column) for each image file."""
+    if not paths:
+        return np.zeros(0)
+    return reader(torch.stack([load_grey(p, image_size) for p in paths]))[:, column]
 
 
 def add_finding(report: str, sentence: str, labeler: ReportLabeler) -> str:

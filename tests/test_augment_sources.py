@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from radloop.augment_sources import add_finding, findings_reader, gate_synthetic, write_counterfactual_manifest
+from radloop.augment_sources import (
+    add_finding,
+    findings_reader,
+    gate_on_real,
+    gate_synthetic,
+    write_counterfactual_manifest,
+)
 from shared.data.dataset import load_records
 from shared.labels import CHEXPERT_LABELS
 from shared.text.labeler import ReportLabeler
@@ -62,6 +68,37 @@ def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
         ("syn_pneumothorax_0", False), ("syn_pneumothorax_1", True), ("syn_pneumothorax_2", True)]
     assert {s["probability"] for s in gate["studies"] if s["finding"] == "Fracture"} == {0.1}
     assert out.studies == gate["studies"]
+
+
+def test_gate_on_real_reports_the_share_of_real_cases_the_reader_keeps(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    # (report, brightness): the reader sees a pneumothorax in bright images, whatever the report says
+    studies = [("Small left pneumothorax.", 200), ("Large right pneumothorax.", 20), ("No pneumothorax.", 20),
+               ("No pneumothorax.", 200), ("The lungs are clear.", 20), ("The lungs are clear.", 20)]
+    rows = []
+    for i, (report, grey) in enumerate(studies):
+        Image.fromarray(np.full((16, 16), grey, np.uint8), mode="L").save(tmp_path / "images" / f"s{i}.png")
+        rows.append({"id": f"s{i}", "report": report, "image_path": [f"images/s{i}.png"], "split": "test"})
+    rows.append({**rows[0], "id": "t0", "split": "train"})  # another split: not read
+    (tmp_path / "real.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ptx = CHEXPERT_LABELS.index("Pneumothorax")
+
+    def reader(images):
+        probs = np.zeros((len(images), 14))
+        probs[:, ptx] = images.mean((1, 2, 3)).numpy()
+        return probs
+
+    out = gate_on_real(reader, tmp_path / "real.jsonl", ["Pneumothorax", "Fracture"], threshold=0.5, image_size=16,
+                       labeler=LABELER)
+    # 2 stated positives, one kept; 4 others, the bright one kept by mistake; no fracture is stated anywhere
+    assert out["Pneumothorax"] == {"positives": 2, "kept_positives": 0.5, "negatives": 4, "kept_negatives": 0.25}
+    assert out["Fracture"] == {"positives": 0, "kept_positives": None, "negatives": 6, "kept_negatives": 0.0}
+    capped = gate_on_real(reader, tmp_path / "real.jsonl", ["Pneumothorax"], 0.5, 16, per_kind=3, labeler=LABELER)
+    assert capped["Pneumothorax"]["positives"] == 2 and capped["Pneumothorax"]["negatives"] == 3
+    with pytest.raises(ValueError, match="has no 'val' studies"):
+        gate_on_real(reader, tmp_path / "real.jsonl", ["Pneumothorax"], split="val", labeler=LABELER)
 
 
 def test_findings_reader_reads_a_backbone_head_and_refuses_one_without(tmp_path):
@@ -142,6 +179,7 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     cfg = _tiny_augment(data, tmp_path / "aug")
     cfg.amounts, cfg.amount_seeds, cfg.seeds, cfg.significance_samples = [], [], [0], 10
     cfg.gate_backbone, cfg.gate_threshold, cfg.counterfactual = str(tmp_path / "reader"), 0.0, True
+    cfg.gate_reference = str(data / "annotation.json")  # the real test studies, read at the same threshold
     cfg.upweight_with = ["real+gated"]  # the gated studies on top of the up-weighted real ones
     pipe = tiny_pipeline(use_identity=False)
     pipe.sampling.num_inference_steps = pipe.sampling.edit_num_inference_steps = 2
@@ -150,6 +188,8 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
                               "real+gated+upweighted"]
     assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
     assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0
+    assert set(result["gate"]["real"]) == {"Pneumothorax", "Fracture"}
+    assert all(r["kept_negatives"] == 1.0 for r in result["gate"]["real"].values())
     assert {"real+gated vs real_upweighted", "real+counterfactual vs real", "real+gated+upweighted vs real",
             "real+gated+upweighted vs real_upweighted"} <= set(result["significance"])
     assert set(result["verdicts"]) == {"real+gated", "real+counterfactual", "real+gated+upweighted"}
@@ -172,5 +212,20 @@ def test_augment_refuses_to_upweight_an_arm_it_does_not_make_before_generating_a
     cfg = _tiny_augment(data, tmp_path / "aug")
     cfg.upweight_with = ["real+gated"]  # no gate_backbone: that arm is not made
     with pytest.raises(ValueError, match=r"upweight_with: \['real\+gated'\] must name generated-study arms"):
+        augment.run_augment(cfg, pipe=object())
+    assert not (tmp_path / "aug").exists()
+
+
+def test_augment_refuses_a_gate_reference_without_a_gate_or_a_file_before_generating_anything(tiny_synth, tmp_path):
+    import radloop.augment as augment
+    from tests.test_workflows import _tiny_augment
+
+    data, _ = tiny_synth
+    cfg = _tiny_augment(data, tmp_path / "aug")
+    cfg.gate_reference = str(data / "annotation.json")
+    with pytest.raises(ValueError, match="set gate_backbone too"):
+        augment.run_augment(cfg, pipe=object())
+    cfg.gate_backbone, cfg.gate_reference = "zoo:tower128", str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="gate_reference: no annotation at .*missing.json"):
         augment.run_augment(cfg, pipe=object())
     assert not (tmp_path / "aug").exists()
