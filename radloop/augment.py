@@ -94,7 +94,8 @@ class AugmentExperiment:
     significance_samples: int = 1000
     #: the quality gate's reader: a RadCLIP or tower pre-trainer folder whose findings head reads every synthetic
     #: image (an independent reader, never the judge); adds the arm ``real+gated``: the synthetic studies it reads
-    #: the finding in
+    #: the finding in. It also reads the counterfactual edits (``gate.counterfactual``: how often it sees the added
+    #: finding), which their arm keeps all of
     gate_backbone: str | None = None
     gate_threshold: float = GATE_THRESHOLD
     #: real studies (an annotation; its test split) the gate's reader also reads at ``gate_threshold``: the share
@@ -309,8 +310,11 @@ def _other_sources(cfg: AugmentExperiment, pipe: Any, synthetic: Path, real: lis
     if cfg.counterfactual:
         train = [r for r in real if r.get("split") == "train"]
         sentences = {f: stating_sentences(pool, f) for f in rare}
-        sources["real+counterfactual"] = write_counterfactual_manifest(
+        sources["real+counterfactual"] = edits = write_counterfactual_manifest(
             pipe, train, Path("."), sentences, cfg.per_finding, out / "counterfactual", labeler)
+        if cfg.gate_backbone:
+            # how often the same reader sees the added finding in an edit (read only: the arm keeps every edit)
+            gate["counterfactual"] = gate_synthetic(edits, reader, cfg.gate_threshold, size).findings
     return sources, gate
 
 

@@ -189,6 +189,11 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
     assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0
     assert set(result["gate"]["real"]) == {"Pneumothorax", "Fracture"}
+    # the edits read by the same reader; their arm keeps them all
+    assert {f: r["generated"] for f, r in result["gate"]["counterfactual"].items()} == {
+        "Pneumothorax": cfg.per_finding, "Fracture": cfg.per_finding}
+    assert json.loads((tmp_path / "aug" / "counterfactual" / "gate.json").read_text())["findings"] == \
+        result["gate"]["counterfactual"]
     assert all(r["kept_negatives"] == 1.0 for r in result["gate"]["real"].values())
     assert {"real+gated vs real_upweighted", "real+counterfactual vs real", "real+gated+upweighted vs real",
             "real+gated+upweighted vs real_upweighted"} <= set(result["significance"])
