@@ -254,7 +254,7 @@ def gate_on_real(reader: Reader, annotation: str | os.PathLike[str], findings: S
     rows = [r for r in load_records(annotation) if r.get("split") == split]
     if not rows:
         raise ValueError(f"{annotation} has no '{split}' studies for the gate's reference")
-    positive = binarize((labeler or ReportLabeler()).label_batch([r["report"] for r in rows])) == 1
+    positive = binarize((labeler or ReportLabeler()).label_batch([r["report"] for r in rows]))
     rng = np.random.default_rng(seed)
     out: dict[str, dict[str, Any]] = {}
     for finding in findings:
