@@ -213,8 +213,7 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
     """
     synthetic = Path(synthetic)
     rows = load_records(synthetic)
-    images = torch.stack([load_grey(synthetic.parent / r["image_path"][0], image_size) for r in rows])
-    probs = reader(images)
+    probs = _read_first_views(reader, rows, synthetic.parent, image_size)
     # the reader's probability of each study's own intended finding
     target = np.array([probs[i, CHEXPERT_LABELS.index(r["target_finding"])] for i, r in enumerate(rows)])
     accepted = target >= threshold
@@ -256,27 +255,35 @@ def gate_on_real(reader: Reader, annotation: str | os.PathLike[str], findings: S
         raise ValueError(f"{annotation} has no '{split}' studies for the gate's reference")
     positive = binarize((labeler or ReportLabeler()).label_batch([r["report"] for r in rows]))
     rng = np.random.default_rng(seed)
+    picks: dict[tuple[str, str], np.ndarray] = {}
+    for finding in findings:
+        j = CHEXPERT_LABELS.index(finding)
+        for kind, where in (("positives", positive[:, j]), ("negatives", ~positive[:, j])):
+            idx = np.flatnonzero(where)
+            picks[finding, kind] = np.sort(rng.choice(idx, per_kind, replace=False)) if len(idx) > per_kind else idx
+    # each drawn study is read once, however many findings drew it (the negatives overlap most)
+    read = sorted({int(i) for idx in picks.values() for i in idx})
+    probs = _read_first_views(reader, [rows[i] for i in read], annotation.parent, image_size)
+    row_of = {i: k for k, i in enumerate(read)}
     out: dict[str, dict[str, Any]] = {}
     for finding in findings:
         j = CHEXPERT_LABELS.index(finding)
         kinds = {}
-        for kind, where in (("positives", positive[:, j]), ("negatives", ~positive[:, j])):
-            idx = np.flatnonzero(where)
-            idx = np.sort(rng.choice(idx, per_kind, replace=False)) if len(idx) > per_kind else idx
-            probs = _read_paths(reader, [annotation.parent / rows[i]["image_path"][0] for i in idx], image_size, j)
-            kinds[kind] = len(idx)
-            kinds[f"kept_{kind}"] = round(float((probs >= threshold).mean()), 4) if len(idx) else None
+        for kind in ("positives", "negatives"):
+            p = np.array([probs[row_of[int(i)], j] for i in picks[finding, kind]])
+            kinds[kind] = len(p)
+            kinds[f"kept_{kind}"] = round(float((p >= threshold).mean()), 4) if len(p) else None
         out[finding] = kinds
         logger.info("gate reference: %s kept %s of %d real positives, %s of %d negatives", finding,
                     kinds["kept_positives"], kinds["positives"], kinds["kept_negatives"], kinds["negatives"])
     return out
 
 
-def _read_paths(reader: Reader, paths: Sequence[Path], image_size: int, column: int) -> np.ndarray:
-    """The reader's probability of one finding (column) for each image file."""
-    if not paths:
-        return np.zeros(0)
-    return reader(torch.stack([load_grey(p, image_size) for p in paths]))[:, column]
+def _read_first_views(reader: Reader, rows: Sequence[dict[str, Any]], root: Path, image_size: int) -> np.ndarray:
+    """The reader's probabilities (N, 14) of each study's first image (its path under ``root``)."""
+    if not rows:
+        return np.zeros((0, len(CHEXPERT_LABELS)))
+    return reader(torch.stack([load_grey(root / r["image_path"][0], image_size) for r in rows]))
 
 
 def add_finding(report: str, sentence: str, labeler: ReportLabeler) -> str:
