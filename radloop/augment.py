@@ -275,11 +275,14 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str
     # the generated studies each arm adds to the real ones
     added = {"real+synthetic": _synthetic_rows(synthetic, cfg.per_finding),
              **{name: _synthetic_rows(manifest, cfg.per_finding) for name, manifest in (sources or {}).items()}}
-    arms = {"real": annotation, **{name: _write_manifest(real + rows, out / f"{name.replace('+', '_plus_')}.jsonl")
-                                   for name, rows in added.items()}}
+    # the two baselines first: runs go seed by seed in this order, so a stopped experiment has both
+    arms: dict[str, Path] = {"real": annotation}
     if cfg.upweight_real:
         repeats = upweighted_rows(real, rare, cfg.per_finding, labeler)
         arms["real_upweighted"] = _write_manifest(real + repeats, out / "real_upweighted.jsonl")
+    arms.update({name: _write_manifest(real + rows, out / f"{name.replace('+', '_plus_')}.jsonl")
+                 for name, rows in added.items()})
+    if cfg.upweight_real:
         for name in cfg.upweight_with:
             arms[f"{name}+upweighted"] = _write_manifest(real + repeats + added[name],
                                                          out / f"{name.replace('+', '_plus_')}_upweighted.jsonl")

@@ -184,7 +184,7 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     pipe = tiny_pipeline(use_identity=False)
     pipe.sampling.num_inference_steps = pipe.sampling.edit_num_inference_steps = 2
     result = augment.run_augment(cfg, pipe=pipe)
-    assert result["arms"] == ["real", "real+synthetic", "real+gated", "real+counterfactual", "real_upweighted",
+    assert result["arms"] == ["real", "real_upweighted", "real+synthetic", "real+gated", "real+counterfactual",
                               "real+gated+upweighted"]
     assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
     assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0

@@ -106,7 +106,7 @@ def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(t
     data, _ = tiny_synth
     cfg = _tiny_augment(data, tmp_path / "aug")
     result = augment.run_augment(cfg, pipe=_FakePipe())
-    assert result["arms"] == ["real", "real+synthetic", "real_upweighted", "real+synthetic@1"]
+    assert result["arms"] == ["real", "real_upweighted", "real+synthetic", "real+synthetic@1"]
     assert [p["synthetic_per_finding"] for p in result["amount_curve"]] == [0, 1, 2]
     assert set(result["significance"]) == {"real+synthetic vs real", "real_upweighted vs real",
                                            "real+synthetic@1 vs real", "real+synthetic vs real_upweighted"}
