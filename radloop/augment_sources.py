@@ -58,7 +58,7 @@ class GateOutput:
     """What :func:`gate_synthetic` decided (also written to :data:`GATE_FILE`).
 
     Attributes:
-        manifest: the gated manifest (``synthetic_gated.jsonl``, the kept rows in order).
+        manifest: the gated manifest (``<manifest stem>_gated.jsonl``, the kept rows in order).
         findings: ``{finding: {"generated", "accepted", "rate", "mean_probability"}}``.
         studies: one ``{"id", "finding", "probability", "accepted"}`` per synthetic study, in manifest order.
     """
@@ -205,7 +205,8 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
     """Keep the synthetic studies of ``synthetic`` (a manifest with ``target_finding``) whose image the reader
     reads as showing that finding with probability >= ``threshold``.
 
-    Writes ``synthetic_gated.jsonl`` (the kept rows, in order) and ``gate.json`` beside the manifest (the
+    Writes ``<stem>_gated.jsonl`` (the kept rows, in order; ``synthetic_gated.jsonl`` for ``synthetic.jsonl``,
+    ``counterfactual_gated.jsonl`` for the edits) and ``gate.json`` beside the manifest (the
     threshold, the rates, and each study's probability and decision under ``studies``).
 
     Returns:
@@ -226,7 +227,7 @@ def gate_synthetic(synthetic: str | os.PathLike[str], reader: Reader, threshold:
         logger.info("gate: %s %d of %d accepted", finding, n_ok, len(idx))
     studies = [{"id": r["id"], "finding": r["target_finding"], "probability": round(float(p), 4), "accepted": bool(ok)}
                for r, p, ok in zip(rows, target, accepted, strict=True)]
-    out = synthetic.parent / "synthetic_gated.jsonl"
+    out = synthetic.with_name(f"{synthetic.stem}_gated.jsonl")
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r, ok in zip(rows, accepted, strict=True) if ok))
     atomic_write_text(synthetic.parent / GATE_FILE,
                       json.dumps({"threshold": threshold, "findings": rates, "studies": studies}) + "\n")

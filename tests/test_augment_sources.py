@@ -58,6 +58,7 @@ def test_gate_keeps_what_the_reader_sees_and_reports_rates(tmp_path):
 
     out = gate_synthetic(manifest, reader, threshold=0.2, image_size=16)
     gated, rates = out.manifest, out.findings
+    assert gated == tmp_path / "synthetic_gated.jsonl"
     assert [r["id"] for r in load_records(gated)] == ["syn_pneumothorax_1", "syn_pneumothorax_2"]
     assert rates["Pneumothorax"]["accepted"] == 2 and rates["Pneumothorax"]["rate"] == round(2 / 3, 4)
     assert rates["Fracture"] == {"generated": 3, "accepted": 0, "rate": 0.0, "mean_probability": 0.1}
@@ -192,8 +193,9 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     # the edits read by the same reader; their arm keeps them all
     assert {f: r["generated"] for f, r in result["gate"]["counterfactual"].items()} == {
         "Pneumothorax": cfg.per_finding, "Fracture": cfg.per_finding}
-    assert json.loads((tmp_path / "aug" / "counterfactual" / "gate.json").read_text())["findings"] == \
-        result["gate"]["counterfactual"]
+    edits = tmp_path / "aug" / "counterfactual"
+    assert json.loads((edits / "gate.json").read_text())["findings"] == result["gate"]["counterfactual"]
+    assert (edits / "counterfactual_gated.jsonl").is_file()  # named after the edits, not the synthetic studies
     assert all(r["kept_negatives"] == 1.0 for r in result["gate"]["real"].values())
     assert {"real+gated vs real_upweighted", "real+counterfactual vs real", "real+gated+upweighted vs real",
             "real+gated+upweighted vs real_upweighted"} <= set(result["significance"])
