@@ -14,7 +14,7 @@
 Optional arms separate the questions a reader asks next: ``upweight_real`` adds a real-only arm
 whose rare training studies are repeated until each rare finding has as many extra training
 examples as the synthetic arm adds ("more rare examples" without synthetic images), and
-``amounts`` adds arms with the first k synthetic studies per finding (the amount curve),
+``amounts`` adds arms with the first k generated studies per finding of ``amount_arm`` (the amount curve),
 ``gate_backbone`` and ``counterfactual`` the gated and the counterfactual arms (:mod:`.augment_sources`),
 and ``upweight_with`` a generated-study arm on top of the up-weighted real studies. Every arm is
 compared with ``real`` (and each generated-study arm with ``real_upweighted``) by a paired
@@ -77,8 +77,12 @@ class AugmentExperiment:
     rare_below: float = 0.05
     #: synthetic studies generated per rare finding (the ``real+synthetic`` arm uses all of them)
     per_finding: int = 50
-    #: more points of the amount curve: arms with the first k synthetic studies per finding (0 < k < per_finding)
+    #: more points of the amount curve: arms with the first k studies per finding of ``amount_arm``
+    #: (``<amount_arm>@k``, 0 < k < per_finding)
     amounts: list[int] = field(default_factory=list)
+    #: the generated-study arm the amount curve subsamples: ``real+synthetic``, ``real+gated`` or
+    #: ``real+counterfactual`` (the best one, once the first seeds say which)
+    amount_arm: str = "real+synthetic"
     #: also train a real-only arm whose rare training studies are repeated to add ``per_finding`` examples per
     #: rare finding -- the same extra exposures as the synthetic arm, without synthetic images
     upweight_real: bool = False
@@ -250,6 +254,8 @@ def _check_config(cfg: AugmentExperiment) -> None:
     if cfg.gate_reference and not Path(cfg.gate_reference).is_file():
         raise FileNotFoundError(f"gate_reference: no annotation at {cfg.gate_reference}")
     made = ["real+synthetic"] + ["real+gated"] * bool(cfg.gate_backbone) + ["real+counterfactual"] * cfg.counterfactual
+    if cfg.amount_arm not in made:
+        raise ValueError(f"amount_arm: {cfg.amount_arm!r} is not a generated-study arm this config makes ({made})")
     unknown = [name for name in cfg.upweight_with if name not in made]
     if unknown or (cfg.upweight_with and not cfg.upweight_real):
         raise ValueError(f"upweight_with: {unknown or list(cfg.upweight_with)} must name generated-study arms this "
@@ -273,8 +279,8 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str
     paths, :func:`_real_rows`); ``sources``: more arms (name -> a manifest of generated studies with
     ``target_finding``) added to the real studies."""
     # the generated studies each arm adds to the real ones
-    added = {"real+synthetic": _synthetic_rows(synthetic, cfg.per_finding),
-             **{name: _synthetic_rows(manifest, cfg.per_finding) for name, manifest in (sources or {}).items()}}
+    manifests = {"real+synthetic": synthetic, **(sources or {})}
+    added = {name: _synthetic_rows(manifest, cfg.per_finding) for name, manifest in manifests.items()}
     # the two baselines first: runs go seed by seed in this order, so a stopped experiment has both
     arms: dict[str, Path] = {"real": annotation}
     if cfg.upweight_real:
@@ -289,8 +295,8 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str
     for k in sorted(set(cfg.amounts)):
         if not 0 < k < cfg.per_finding:
             raise ValueError(f"amounts: {k} is not between 0 and per_finding={cfg.per_finding} (exclusive)")
-        arms[f"real+synthetic@{k}"] = _write_manifest(real + _synthetic_rows(synthetic, k),
-                                                      out / f"real_plus_synthetic_{k}.jsonl")
+        arms[f"{cfg.amount_arm}@{k}"] = _write_manifest(real + _synthetic_rows(manifests[cfg.amount_arm], k),
+                                                        out / f"{cfg.amount_arm.replace('+', '_plus_')}_{k}.jsonl")
     return arms
 
 
@@ -337,7 +343,7 @@ PerSeed = dict[str, dict[int, Any]]
 
 def _arm_seeds(cfg: AugmentExperiment, arm: str) -> list[int]:
     """The amount curve's arms may run fewer seeds (``amount_seeds``) than the main arms."""
-    return list(cfg.amount_seeds) if arm.startswith("real+synthetic@") and cfg.amount_seeds else list(cfg.seeds)
+    return list(cfg.amount_seeds) if "@" in arm and cfg.amount_seeds else list(cfg.seeds)
 
 
 def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs: dict[str, str], rare: list[str],
@@ -418,9 +424,9 @@ def _significance(preds_by: PerSeed, refs: dict[str, str], rare: list[str], labe
 
 def _amount_curve(cfg: AugmentExperiment, summary: dict[str, Any]) -> list[dict[str, float]]:
     rare = summary["rare_f1_mean"]
-    points = [(0, "real"), *((k, f"real+synthetic@{k}") for k in sorted(set(cfg.amounts))),
-              (cfg.per_finding, "real+synthetic")]
-    return [{"synthetic_per_finding": k, "rare_f1_mean": rare[arm]["mean"], "ci_low": rare[arm]["ci_low"],
+    points = [(0, "real"), *((k, f"{cfg.amount_arm}@{k}") for k in sorted(set(cfg.amounts))),
+              (cfg.per_finding, cfg.amount_arm)]
+    return [{"arm": arm, "synthetic_per_finding": k, "rare_f1_mean": rare[arm]["mean"], "ci_low": rare[arm]["ci_low"],
              "ci_high": rare[arm]["ci_high"], "ce_macro_f1": summary["ce_macro_f1"][arm]["mean"]}
             for k, arm in points]
 

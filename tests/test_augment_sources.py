@@ -178,7 +178,8 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     torch.manual_seed(0)
     build_backbone("radclip_tiny", tok, num_labels=14).save_pretrained(tmp_path / "reader")
     cfg = _tiny_augment(data, tmp_path / "aug")
-    cfg.amounts, cfg.amount_seeds, cfg.seeds, cfg.significance_samples = [], [], [0], 10
+    cfg.seeds, cfg.significance_samples = [0], 10
+    cfg.amounts, cfg.amount_seeds, cfg.amount_arm = [1], [0], "real+counterfactual"  # the curve of the edits' arm
     cfg.gate_backbone, cfg.gate_threshold, cfg.counterfactual = str(tmp_path / "reader"), 0.0, True
     cfg.gate_reference = str(data / "annotation.json")  # the real test studies, read at the same threshold
     cfg.upweight_with = ["real+gated"]  # the gated studies on top of the up-weighted real ones
@@ -186,7 +187,9 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     pipe.sampling.num_inference_steps = pipe.sampling.edit_num_inference_steps = 2
     result = augment.run_augment(cfg, pipe=pipe)
     assert result["arms"] == ["real", "real_upweighted", "real+synthetic", "real+gated", "real+counterfactual",
-                              "real+gated+upweighted"]
+                              "real+gated+upweighted", "real+counterfactual@1"]
+    assert [(p["arm"], p["synthetic_per_finding"]) for p in result["amount_curve"]] == [
+        ("real", 0), ("real+counterfactual@1", 1), ("real+counterfactual", cfg.per_finding)]
     assert set(result["gate"]["findings"]) == {"Pneumothorax", "Fracture"}
     assert all(r["accepted"] == r["generated"] for r in result["gate"]["findings"].values())  # threshold 0
     assert set(result["gate"]["real"]) == {"Pneumothorax", "Fracture"}
@@ -205,13 +208,17 @@ def test_augment_runs_the_gated_and_counterfactual_arms(tiny_synth, tmp_path):
     by_arm = {name: load_records(tmp_path / "aug" / f"{name}.jsonl")
               for name in ("real_upweighted", "real_plus_gated", "real_plus_gated_upweighted")}
     real = load_records(data / "annotation.json")
+    # the amount curve's point: the first edit of each finding, on top of every real study
+    one_each = load_records(tmp_path / "aug" / "real_plus_counterfactual_1.jsonl")[len(real):]
+    assert sorted(r["target_finding"] for r in one_each) == ["Fracture", "Pneumothorax"]
+    assert all(r["counterfactual"] for r in one_each)
     assert sorted(r["id"] for r in by_arm["real_plus_gated_upweighted"]) == sorted(
         {r["id"] for arm in ("real_upweighted", "real_plus_gated") for r in by_arm[arm]})
     assert len(by_arm["real_plus_gated_upweighted"]) == (len(by_arm["real_upweighted"]) + len(by_arm["real_plus_gated"])
                                                          - len(real))
 
 
-def test_augment_refuses_to_upweight_an_arm_it_does_not_make_before_generating_anything(tiny_synth, tmp_path):
+def test_augment_refuses_to_upweight_or_subsample_an_arm_it_does_not_make_before_generating(tiny_synth, tmp_path):
     import radloop.augment as augment
     from tests.test_workflows import _tiny_augment
 
@@ -219,6 +226,9 @@ def test_augment_refuses_to_upweight_an_arm_it_does_not_make_before_generating_a
     cfg = _tiny_augment(data, tmp_path / "aug")
     cfg.upweight_with = ["real+gated"]  # no gate_backbone: that arm is not made
     with pytest.raises(ValueError, match=r"upweight_with: \['real\+gated'\] must name generated-study arms"):
+        augment.run_augment(cfg, pipe=object())
+    cfg.upweight_with, cfg.amount_arm = [], "real+counterfactual"  # nor is this one: counterfactual is off
+    with pytest.raises(ValueError, match=r"amount_arm: 'real\+counterfactual' is not a generated-study arm"):
         augment.run_augment(cfg, pipe=object())
     assert not (tmp_path / "aug").exists()
 
