@@ -192,6 +192,11 @@ def score_counterfactuals(pipe: ReportToCXRPipeline, data: Path, edits_n: int, j
             out[f"counterfactual_{name}_strength_{strength}"] = row
     source_cf = counterfactual_metrics(source, source, truth, judge, added, removed)
     out["counterfactual_identity_baseline"] = {k: source_cf[k] for k in ("flip_rate", "ssim_to_true_cf")}
+    # the ceiling: how often the judge reads the true counterfactual (SynthCXR's own redraw) as flipped
+    true_cf = counterfactual_metrics(source, truth, truth, judge, added, removed)
+    out["counterfactual_true_cf_ceiling"] = {
+        "flip_rate": true_cf["flip_rate"], "flip_rate_by_edit": flip_rate_by_edit(true_cf["per_edit"]["flip"], added,
+                                                                                  removed)}
     out["counterfactual_guidance"] = guidance
     out["counterfactual_mask"] = {"threshold_ratio": mask_threshold_ratio, "dilate": mask_dilate}
     return out
@@ -387,9 +392,11 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
            "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result.get("ddim50_images_per_s")}
     for key, row in result.items():
         if key.startswith("counterfactual_") and isinstance(row, dict) and "flip_rate" in row \
-                and key != "counterfactual_identity_baseline":
+                and key not in ("counterfactual_identity_baseline", "counterfactual_true_cf_ceiling"):
             ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
                                                          ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
+    if "counterfactual_true_cf_ceiling" in result:  # the flip rate the true counterfactuals themselves reach
+        ldm["true_cf_flip_rate"] = _r(result["counterfactual_true_cf_ceiling"]["flip_rate"])
     rare = result.get("noise_optimisation", {}).get("rare_findings", {})
     if rare and all("auc_optimised" in x for x in rare.values()):
         ldm["rare_findings_auc_plain_to_optimised"] = {k: f"{x['auc_plain']} -> {x['auc_optimised']} "

@@ -624,6 +624,9 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     assert result["counterfactual_mask"] == {"threshold_ratio": 4.0, "dilate": 0}
     by_edit = result["counterfactual_masked_strength_0.7"]["flip_rate_by_edit"]
     assert sum(row["n"] for row in by_edit.values()) == 2 and all(k[0] in "+-" for k in by_edit)
+    # the ceiling: the judge's reading of the true counterfactuals, per kind of edit too
+    ceiling = result["counterfactual_true_cf_ceiling"]
+    assert 0 <= ceiling["flip_rate"] <= 1 and set(ceiling["flip_rate_by_edit"]) == set(by_edit)
     assert bench.flip_rate_by_edit([1.0, 0.0, 1.0], [["A"], ["A"], []], [[], [], ["B"]]) == {
         "+A": {"n": 2, "flip_rate": 0.5}, "-B": {"n": 1, "flip_rate": 1.0}}
     # FID in both feature spaces, each over its own real-vs-real floor
@@ -632,6 +635,7 @@ def test_diffusion_benchmark_runs_end_to_end_and_feeds_the_zoo_cards(tmp_path, t
     assert set(entries) == {"radclip_small", "autoencoder64", "judge", "pipe"}
     assert entries["pipe"]["command"].startswith("python benchmarks/diffusion_synth.py --pipeline")
     assert "Pleural Effusion" in entries["pipe"]["auroc_generated"]  # per finding, undefined ones left out
+    assert entries["pipe"]["true_cf_flip_rate"] == round(ceiling["flip_rate"], 4)
     assert bench.entry_name("zoo:judge128") == "judge128" and bench.entry_name("runs/x/best") == "runs/x/best"
     # a row another benchmark wrote (judge_scale.py's judge128) is not replaced by this one's
     rows = {"j": {"command": "python benchmarks/judge_scale.py"}, "p": {"command": "python diffusion_synth.py"}}
