@@ -378,6 +378,10 @@ def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs:
         preds_by[arm][seed] = saved["predictions"]
         minutes[arm][seed] = round(saved["minutes"], 2)
         logger.info("augment %s seed %d: %s", arm, seed, saved["scores"])
+        # an experiment of hours: what has finished, readable before augment_results.json is written at the end
+        atomic_write_text(out / "augment_progress.json", json.dumps({
+            "planned": [f"{a} seed {s}" for s, a, _ in plan], "scores": {a: r for a, r in runs.items() if r},
+            "minutes": {a: m for a, m in minutes.items() if m}}, indent=1) + "\n")
     return runs, preds_by, minutes
 
 
