@@ -283,15 +283,14 @@ def _arm_manifests(cfg: AugmentExperiment, annotation: Path, real: list[dict[str
     added = {name: _synthetic_rows(manifest, cfg.per_finding) for name, manifest in manifests.items()}
     # the two baselines first: runs go seed by seed in this order, so a stopped experiment has both
     arms: dict[str, Path] = {"real": annotation}
+    repeats = upweighted_rows(real, rare, cfg.per_finding, labeler) if cfg.upweight_real else []
     if cfg.upweight_real:
-        repeats = upweighted_rows(real, rare, cfg.per_finding, labeler)
         arms["real_upweighted"] = _write_manifest(real + repeats, out / "real_upweighted.jsonl")
     arms.update({name: _write_manifest(real + rows, out / f"{name.replace('+', '_plus_')}.jsonl")
                  for name, rows in added.items()})
-    if cfg.upweight_real:
-        for name in cfg.upweight_with:
-            arms[f"{name}+upweighted"] = _write_manifest(real + repeats + added[name],
-                                                         out / f"{name.replace('+', '_plus_')}_upweighted.jsonl")
+    for name in cfg.upweight_with:  # _check_config: only with upweight_real
+        arms[f"{name}+upweighted"] = _write_manifest(real + repeats + added[name],
+                                                     out / f"{name.replace('+', '_plus_')}_upweighted.jsonl")
     for k in sorted(set(cfg.amounts)):
         if not 0 < k < cfg.per_finding:
             raise ValueError(f"amounts: {k} is not between 0 and per_finding={cfg.per_finding} (exclusive)")
@@ -379,10 +378,16 @@ def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs:
         minutes[arm][seed] = round(saved["minutes"], 2)
         logger.info("augment %s seed %d: %s", arm, seed, saved["scores"])
         # an experiment of hours: what has finished, readable before augment_results.json is written at the end
-        atomic_write_text(out / "augment_progress.json", json.dumps({
-            "planned": [f"{a} seed {s}" for s, a, _ in plan], "scores": {a: r for a, r in runs.items() if r},
-            "minutes": {a: m for a, m in minutes.items() if m}}, indent=1) + "\n")
+        atomic_write_text(out / "augment_progress.json", json.dumps(
+            {"planned": [f"{a} seed {s}" for s, a, _ in plan], **_run_tables(runs, minutes)}, indent=1) + "\n")
     return runs, preds_by, minutes
+
+
+def _run_tables(runs: PerSeed, minutes: PerSeed) -> dict[str, dict[str, list]]:
+    """Each arm's finished runs in seed order: their scores, seeds and minutes (results and progress files)."""
+    return {"runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
+            "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
+            "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}}
 
 
 def _summarise(runs: PerSeed) -> dict[str, Any]:
@@ -472,9 +477,7 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     summary = _summarise(runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
               "seeds": list(cfg.seeds), "arms": list(arms), "test_annotation": str(test), "test_studies": len(refs),
-              "runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
-              "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
-              "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}, "summary": summary,
+              **_run_tables(runs, minutes), "summary": summary,
               "examples": {f: v[:3] for f, v in composed.items()}, **({"gate": gate} if gate else {})}
     tests = {}
     if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:
