@@ -390,8 +390,7 @@ def zoo_entry_metrics(result: dict, command: str) -> dict[str, dict]:
            "judge_fid_over_floor": _r(result.get("judge_fid_over_floor")),
            "dpm20_images_per_s": result["dpm20_images_per_s"], "ddim50_images_per_s": result.get("ddim50_images_per_s")}
     for key, row in result.items():
-        if key.startswith("counterfactual_") and isinstance(row, dict) and "flip_rate" in row \
-                and key not in ("counterfactual_identity_baseline", "counterfactual_true_cf_ceiling"):
+        if key.startswith("counterfactual_") and "_strength_" in key:  # the editing variants' rows
             ldm[key.removeprefix("counterfactual_")] = {k: _r(row[k]) for k in
                                                          ("flip_rate", "ssim_to_true_cf", "ssim_outside_edit")}
     if "counterfactual_true_cf_ceiling" in result:  # the flip rate the true counterfactuals themselves reach
