@@ -22,28 +22,25 @@ approximate-randomization test on the pooled (seed, test study) predictions
 (:func:`shared.metrics.stats.approximate_randomization`).
 
 A rerun reuses what is finished: synthetic images whose manifest matches the composed reports,
-and every (arm, seed) run whose ``scores.json`` was written for the same manifest and recipe.
+and every (arm, seed) run whose ``scores.json`` (or ``run_archive`` copy) was written for the same manifest and
+recipe (:mod:`.augment_runs`).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import os
 import re
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.reports import evaluate_reports
-from image2report.train import ReportExperiment, generate_reports, train_report_model
+from image2report.train import ReportExperiment
 from shared.data.dataset import load_records
 from shared.io import atomic_write_text
 from shared.labels import CHEXPERT_LABELS, PATHOLOGY_LABELS
@@ -51,6 +48,7 @@ from shared.metrics.clinical import binarize, per_label_scores
 from shared.metrics.stats import approximate_randomization, mean_ci
 from shared.text.labeler import ReportLabeler
 
+from .augment_runs import PerSeed, run_tables, train_arms
 from .augment_sources import (
     GATE_THRESHOLD,
     compose_reports,
@@ -109,6 +107,9 @@ class AugmentExperiment:
     #: masked editing (the real anatomy kept, the edited report as the label)
     counterfactual: bool = False
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: a folder kept with the code (committed) where each finished run is also written with its predictions
+    #: (``<arm>_seed<k>.json.gz``): a rerun on a fresh machine reuses it (:mod:`.augment_runs`)
+    run_archive: str | None = None
     #: sampling of the synthetic images (None: the pipeline's saved defaults)
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
@@ -188,7 +189,7 @@ def upweighted_rows(real: list[dict[str, Any]], rare: Sequence[str], extra: int,
 
 def _rare_f1(rare: Sequence[str]):
     """Mean F1 over the rare findings of boolean label rows (a metric for the paired test): the same
-    :func:`per_label_scores` that :func:`_arm_scores` reports."""
+    :func:`per_label_scores` that :func:`.augment_runs.arm_scores` reports."""
     idx = [CHEXPERT_LABELS.index(n) for n in rare]
 
     def metric(pred: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
@@ -196,19 +197,6 @@ def _rare_f1(rare: Sequence[str]):
         return float(np.mean([per[n]["f1"] for n in rare]))
 
     return metric
-
-
-def _arm_scores(preds: dict[str, str], refs: dict[str, str], rare: Sequence[str], labeler: ReportLabeler) -> dict:
-    metrics = evaluate_reports(preds, refs, labeler=labeler, meteor=False)
-    ids = sorted(set(preds) & set(refs))
-    per = per_label_scores(binarize(labeler.label_batch([preds[i] for i in ids])),
-                           binarize(labeler.label_batch([refs[i] for i in ids])))
-    keep = ("bleu_4", "rouge_l", "cider", "ce_micro_f1", "ce_macro_f1")
-    out = {k: float(metrics[k]) for k in keep if k in metrics}
-    for name in rare:
-        out[f"rare_f1/{name}"] = per[name]["f1"]
-    out["rare_f1_mean"] = float(np.mean([per[name]["f1"] for name in rare])) if rare else float("nan")
-    return out
 
 
 def _verdict(rare: dict[str, dict[str, float]], runs: PerSeed, arm: str = "real+synthetic",
@@ -326,70 +314,6 @@ def _other_sources(cfg: AugmentExperiment, pipe: Any, synthetic: Path, real: lis
     return sources, gate
 
 
-def _fingerprint(manifest: Path, exp: Any) -> str:
-    """What a finished run's scores depend on: the training manifest's bytes and the report recipe
-    (``data.allow_outside_root`` left out: it permits reading the manifest, it changes nothing read)."""
-    recipe = asdict(exp)
-    recipe["data"].pop("allow_outside_root", None)
-    h = hashlib.sha256(manifest.read_bytes())
-    h.update(json.dumps(recipe, default=str, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-#: per arm, per seed: a run's scores (or predictions, or minutes)
-PerSeed = dict[str, dict[int, Any]]
-
-
-def _arm_seeds(cfg: AugmentExperiment, arm: str) -> list[int]:
-    """The amount curve's arms may run fewer seeds (``amount_seeds``) than the main arms."""
-    return list(cfg.amount_seeds) if "@" in arm and cfg.amount_seeds else list(cfg.seeds)
-
-
-def _train_arms(cfg: AugmentExperiment, arms: dict[str, Path], test: Path, refs: dict[str, str], rare: list[str],
-                labeler: ReportLabeler, out: Path) -> tuple[PerSeed, PerSeed, PerSeed]:
-    """Every arm over its seeds, each scored on the test split of ``test``: the scores, the predictions and
-    the minutes of training and scoring of each run (measured when it ran, kept by a rerun that reuses it)."""
-    runs: PerSeed = {arm: {} for arm in arms}
-    preds_by: PerSeed = {arm: {} for arm in arms}
-    minutes: PerSeed = {arm: {} for arm in arms}
-    seeds = sorted({seed for arm in arms for seed in _arm_seeds(cfg, arm)})
-    plan = [(seed, arm, manifest) for seed in seeds for arm, manifest in arms.items() if seed in _arm_seeds(cfg, arm)]
-    for seed, arm, manifest in tqdm(plan, desc="augment: train + score", unit="run"):
-        exp = copy.deepcopy(cfg.report)
-        exp.data.annotation = str(manifest)
-        # the arms' manifests are written here, with absolute paths to the real and synthetic images
-        exp.data.allow_outside_root = True
-        exp.train.seed = seed
-        run_dir = out / "runs" / f"{re.sub(r'[^0-9a-zA-Z]+', '_', arm)}_seed{seed}"
-        exp.train.output_dir = str(run_dir)
-        key = _fingerprint(manifest, exp)
-        done = run_dir / "scores.json"
-        if done.is_file() and (saved := json.loads(done.read_text())).get("fingerprint") == key:
-            logger.info("augment %s seed %d: finished before, reusing %s", arm, seed, done)
-        else:
-            started = time.perf_counter()
-            train_report_model(exp)
-            preds = generate_reports(str(run_dir / "best"), str(test), "test")  # the recipe's decoding, saved with it
-            saved = {"fingerprint": key, "scores": _arm_scores(preds, refs, rare, labeler), "predictions": preds,
-                     "minutes": (time.perf_counter() - started) / 60}
-            atomic_write_text(done, json.dumps(saved) + "\n")
-        runs[arm][seed] = saved["scores"]
-        preds_by[arm][seed] = saved["predictions"]
-        minutes[arm][seed] = round(saved["minutes"], 2)
-        logger.info("augment %s seed %d: %s", arm, seed, saved["scores"])
-        # an experiment of hours: what has finished, readable before augment_results.json is written at the end
-        atomic_write_text(out / "augment_progress.json", json.dumps(
-            {"planned": [f"{a} seed {s}" for s, a, _ in plan], **_run_tables(runs, minutes)}, indent=1) + "\n")
-    return runs, preds_by, minutes
-
-
-def _run_tables(runs: PerSeed, minutes: PerSeed) -> dict[str, dict[str, list]]:
-    """Each arm's finished runs in seed order: their scores, seeds and minutes (results and progress files)."""
-    return {"runs": {arm: list(by_seed.values()) for arm, by_seed in runs.items()},
-            "run_seeds": {arm: list(by_seed) for arm, by_seed in runs.items()},
-            "run_minutes": {arm: list(by_seed.values()) for arm, by_seed in minutes.items()}}
-
-
 def _summarise(runs: PerSeed) -> dict[str, Any]:
     """Means with t-intervals over seeds per arm, and the paired differences of :func:`_compared` over the
     seeds both arms ran."""
@@ -473,11 +397,11 @@ def run_augment(cfg: AugmentExperiment, pipe: Any | None = None) -> dict[str, An
     arms = _arm_manifests(cfg, annotation, real, synthetic, rare, labeler, out, sources)
 
     # 2. every arm over the seeds; 3. intervals, the paired test and the verdict
-    runs, preds_by, minutes = _train_arms(cfg, arms, test, refs, rare, labeler, out)
+    runs, preds_by, minutes = train_arms(cfg, arms, test, refs, rare, labeler, out)
     summary = _summarise(runs)
     result = {"rare_findings": rare, "synthetic_studies": sum(len(v) for v in composed.values()),
               "seeds": list(cfg.seeds), "arms": list(arms), "test_annotation": str(test), "test_studies": len(refs),
-              **_run_tables(runs, minutes), "summary": summary,
+              **run_tables(runs, minutes), "summary": summary,
               "examples": {f: v[:3] for f, v in composed.items()}, **({"gate": gate} if gate else {})}
     tests = {}
     if cfg.significance_samples and len(preds_by["real"]) and len(arms) > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,7 @@ def _tiny_augment(data, out):
 
 def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(tiny_synth, tmp_path, monkeypatch):
     import radloop.augment as augment
+    import radloop.augment_runs as augment_runs
     from shared.data.dataset import load_records
 
     data, _ = tiny_synth
@@ -132,11 +134,47 @@ def test_augment_arms_amount_curve_significance_and_rerun_reuses_finished_runs(t
     def no_training(_):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(augment, "train_report_model", no_training)
+    monkeypatch.setattr(augment_runs, "train_report_model", no_training)
     pipe = _FakePipe()
     pipe.generate_batched = no_training
     again = augment.run_augment(cfg, pipe=pipe)
     assert again["runs"] == result["runs"] and again["summary"] == result["summary"]
+
+
+def test_augment_run_archive_lets_a_fresh_clone_in_another_folder_reuse_every_run(tiny_synth, tmp_path,
+                                                                                    monkeypatch):
+    import dataclasses
+    import shutil
+
+    import radloop.augment as augment
+    import radloop.augment_runs as augment_runs
+
+    data, _ = tiny_synth
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    shutil.copytree(data, first / "data")
+    monkeypatch.chdir(first)
+    cfg = dataclasses.replace(_tiny_augment(Path("data"), Path("aug")), seeds=[0], amounts=[], amount_seeds=[],
+                              run_archive="archive")
+    result = augment.run_augment(cfg, pipe=_FakePipe())
+    kept = {p.name: p.read_bytes() for p in Path("archive").iterdir()}
+    assert sorted(kept) == ["real_seed0.json.gz", "real_synthetic_seed0.json.gz", "real_upweighted_seed0.json.gz"]
+
+    # a fresh machine: the data and the committed archive in another folder, no output_dir; nothing is trained again
+    shutil.copytree(first / "data", fresh / "data")
+    shutil.copytree(first / "archive", fresh / "archive")
+    monkeypatch.chdir(fresh)
+
+    def no_training(_):
+        raise AssertionError("an archived run was trained again")
+
+    monkeypatch.setattr(augment_runs, "train_report_model", no_training)
+    again = augment.run_augment(cfg, pipe=_FakePipe())
+    assert again["runs"] == result["runs"] and again["significance"] == result["significance"]
+    assert {p.name: p.read_bytes() for p in Path("archive").iterdir()} == kept  # rewritten byte for byte
+    # another recipe is another run: the archive's scores are not taken for it
+    cfg.report.train.learning_rate *= 2
+    with pytest.raises(AssertionError, match="trained again"):
+        augment.run_augment(cfg, pipe=_FakePipe())
 
 
 def test_upweighted_rows_repeat_the_real_studies_that_state_the_finding():
